@@ -1,0 +1,34 @@
+"""gan2flow: turn GANs into score-difference flows.
+
+The central contract is a score-difference estimator, a callable ``(x, sigma) -> v`` returning
+v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x) shaped like x. Estimators produce it (kernel, analytic,
+discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and docs/.
+"""
+from gan2flow import losses, metrics, sigmas, toys
+from gan2flow.estimators import (
+    AnalyticScoreDifference,
+    DenoiserScoreDifference,
+    DiscriminatorScoreDifference,
+    KernelScoreDifference,
+    ScoreDifferenceSum,
+    drift_corrected,
+)
+from gan2flow.flows import FlowDivergenceError, flow, trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "losses",
+    "metrics",
+    "sigmas",
+    "toys",
+    "AnalyticScoreDifference",
+    "DenoiserScoreDifference",
+    "DiscriminatorScoreDifference",
+    "KernelScoreDifference",
+    "ScoreDifferenceSum",
+    "drift_corrected",
+    "FlowDivergenceError",
+    "flow",
+    "trajectory",
+]

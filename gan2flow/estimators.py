@@ -1,0 +1,479 @@
+"""Score-difference estimators: callables ``(x, sigma) -> v`` with v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x).
+
+Every estimator here follows one contract (shared/STYLE.md): it takes a float32 batch ``x`` of shape
+``[batch, ...]`` and a scalar noise level ``sigma`` (a Python float or a scalar tensor) and returns a
+float32 tensor shaped like ``x``. They run eagerly, inside ``tf.function`` and under XLA, so
+:func:`gan2flow.flow` can compile a whole flow into one program.
+
+- :class:`KernelScoreDifference`: training-free mean-shift estimate from samples (§3.1).
+- :class:`AnalyticScoreDifference`: exact, for Gaussians and Gaussian mixtures (§3.3).
+- :class:`DiscriminatorScoreDifference`: the GAN route, ∇ₓ link(T(x, σ)) (§3.2).
+- :class:`DenoiserScoreDifference`: (D_p − D_q)/σ², the diffusion link (§3.4).
+- :class:`ScoreDifferenceSum` and :func:`drift_corrected`: keep the source term current (§7).
+
+Reference: shared/SD_FLOW.md; Tweedie's formula ∇log p_σ(x) = (D_p(x, σ) − x)/σ².
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from gan2flow import _checks
+from gan2flow import losses as _losses
+
+tfd = tfp.distributions
+
+__all__ = [
+    "KernelScoreDifference",
+    "AnalyticScoreDifference",
+    "DiscriminatorScoreDifference",
+    "DenoiserScoreDifference",
+    "ScoreDifferenceSum",
+    "drift_corrected",
+    "kernel_denoise",
+    "smooth",
+]
+
+
+def _sigma_tensor(sigma):
+    return tf.convert_to_tensor(sigma, tf.float32)
+
+
+def _flatten(x):
+    """[batch, ...] -> [batch, D]."""
+    return tf.reshape(x, [tf.shape(x)[0], -1])
+
+
+def _as_sample_variable(samples, name):
+    tensor = _checks.as_float_tensor(samples, name, min_rank=2)
+    if tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one sample, got shape {tuple(tensor.shape)}.")
+    return tensor
+
+
+def kernel_denoise(x, samples, sigma, *, block_size=None, samples_half_sq_norm=None):
+    """Posterior-mean denoiser of the Gaussian KDE of ``samples``: D̂(x, σ) = Σ_j w_j y_j.
+
+    w = softmax_j(−‖x − y_j‖²/2σ²) = softmax_j((x·y_j − ½‖y_j‖²)/σ²) (the ‖x‖² term cancels).
+    Queries are processed ``block_size`` rows at a time, so memory is O(block_size · M), never O(N · M);
+    the softmax subtracts its row maximum (a stable log-sum-exp).
+
+    Args:
+        x: float32 [N, D] queries.
+        samples: float32 [M, D] sample set {y_j}.
+        sigma: scalar noise level > 0.
+        block_size: rows of ``x`` per block (None: all N at once).
+        samples_half_sq_norm: optional precomputed ½‖y_j‖², shape [M].
+
+    Returns:
+        float32 [N, D].
+    """
+    sigma = _sigma_tensor(sigma)
+    inverse_variance = 1.0 / tf.square(sigma)
+    if samples_half_sq_norm is None:
+        samples_half_sq_norm = 0.5 * tf.reduce_sum(tf.square(samples), axis=1)
+
+    def denoise_block(queries):
+        logits = (tf.matmul(queries, samples, transpose_b=True) - samples_half_sq_norm) * inverse_variance
+        weights = tf.nn.softmax(logits, axis=1)
+        return tf.matmul(weights, samples)
+
+    if block_size is None:
+        return denoise_block(x)
+    n = tf.shape(x)[0]
+    dim = tf.shape(x)[1]
+    n_blocks = (n + block_size - 1) // block_size
+    padded = tf.pad(x, [[0, n_blocks * block_size - n], [0, 0]])
+    blocks = tf.reshape(padded, [n_blocks, block_size, dim])
+    denoised = tf.map_fn(denoise_block, blocks, fn_output_signature=tf.float32)
+    return tf.reshape(denoised, [n_blocks * block_size, dim])[:n]
+
+
+class KernelScoreDifference:
+    """Training-free SD estimate from samples: v̂_σ(x) = (D̂_p(x, σ) − D̂_q(x, σ)) / σ².
+
+    D̂_p is the mean-shift denoiser of the target samples and D̂_q that of the source samples
+    (shared/SD_FLOW.md §3.1): exactly the score difference of the two Gaussian kernel density
+    estimates with bandwidth σ. With ``source=None`` the particles being flowed are the source
+    sample (the usual kernel SD flow: q is whatever the particles are now).
+
+    Args:
+        target: samples of p, array [M, ...].
+        source: samples of q, array [M', ...] with the same trailing shape, or None (use x itself).
+        block_size: query rows per block; memory is O(block_size · M). None: one block.
+
+    Example:
+        >>> est = gan2flow.KernelScoreDifference(target=real_samples, block_size=1024)
+        >>> v = est(x, 0.5)           # same shape as x
+
+    Raises:
+        ValueError: non-finite or empty samples, mismatched shapes, block_size < 1.
+
+    Caution (§8): with small σ and few target samples the flow collapses onto the target samples.
+    """
+
+    def __init__(self, target, source=None, block_size=None):
+        target = _as_sample_variable(target, "target")
+        self.event_shape = tuple(target.shape[1:])
+        flat_target = tf.reshape(target, [target.shape[0], -1])
+        # Centre everything on the target mean: the weights are shift-invariant and smaller
+        # coordinates keep x·y − ½‖y‖² accurate in float32.
+        self._center = tf.Variable(tf.reduce_mean(flat_target, axis=0), trainable=False, name="center")
+        centered = flat_target - self._center
+        self._target = tf.Variable(centered, trainable=False, name="target")
+        self._target_half_sq = tf.Variable(
+            0.5 * tf.reduce_sum(tf.square(centered), axis=1), trainable=False, name="target_half_sq"
+        )
+        if source is None:
+            self._source = None
+            self._source_half_sq = None
+        else:
+            source = _as_sample_variable(source, "source")
+            _checks.same_trailing_shape(target, source, "target", "source")
+            flat_source = tf.reshape(source, [source.shape[0], -1]) - self._center
+            self._source = tf.Variable(flat_source, trainable=False, name="source")
+            self._source_half_sq = tf.Variable(
+                0.5 * tf.reduce_sum(tf.square(flat_source), axis=1), trainable=False, name="source_half_sq"
+            )
+        self.block_size = None if block_size is None else _checks.positive_int(block_size, "block_size")
+
+    def denoise_target(self, x, sigma):
+        """D̂_p(x, σ), shaped like x."""
+        flat = _flatten(tf.convert_to_tensor(x, tf.float32)) - self._center
+        denoised = kernel_denoise(
+            flat, self._target, sigma, block_size=self.block_size, samples_half_sq_norm=self._target_half_sq
+        )
+        return tf.reshape(denoised + self._center, tf.shape(x))
+
+    def __call__(self, x, sigma):
+        x = tf.convert_to_tensor(x, tf.float32)
+        sigma = _sigma_tensor(sigma)
+        flat = _flatten(x) - self._center
+        target_mean = kernel_denoise(
+            flat, self._target, sigma, block_size=self.block_size, samples_half_sq_norm=self._target_half_sq
+        )
+        if self._source is None:
+            source_mean = kernel_denoise(flat, flat, sigma, block_size=self.block_size)
+        else:
+            source_mean = kernel_denoise(
+                flat, self._source, sigma, block_size=self.block_size, samples_half_sq_norm=self._source_half_sq
+            )
+        return tf.reshape((target_mean - source_mean) / tf.square(sigma), tf.shape(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Analytic (Gaussians and Gaussian mixtures through tensorflow-probability)
+
+_SUPPORTED = (
+    "tfd.MultivariateNormalDiag, tfd.MultivariateNormalTriL, tfd.MultivariateNormalFullCovariance, "
+    "tfd.Independent(tfd.Normal, 1), and tfd.MixtureSameFamily of these"
+)
+
+
+def smooth(distribution, sigma):
+    """The proxy p_σ = p * N(0, σ²I) of a Gaussian or Gaussian mixture, exactly.
+
+    A Gaussian N(μ, Σ) becomes N(μ, Σ + σ²I); a mixture smooths each component (§3.3).
+
+    Args:
+        distribution: one of tfd.MultivariateNormalDiag, MultivariateNormalTriL,
+            MultivariateNormalFullCovariance, Independent(Normal, 1), or MixtureSameFamily of these.
+        sigma: scalar noise level ≥ 0 (tensor or float).
+
+    Returns:
+        A tensorflow-probability distribution of the same family.
+
+    Raises:
+        ValueError: for any other distribution (named in the message).
+    """
+    sigma = _sigma_tensor(sigma)
+    variance = tf.square(sigma)
+    if isinstance(distribution, tfd.MixtureSameFamily):
+        return tfd.MixtureSameFamily(
+            mixture_distribution=distribution.mixture_distribution,
+            components_distribution=smooth(distribution.components_distribution, sigma),
+        )
+    if isinstance(distribution, tfd.MultivariateNormalDiag):
+        scale = distribution.stddev()
+        return tfd.MultivariateNormalDiag(loc=distribution.mean(), scale_diag=tf.sqrt(tf.square(scale) + variance))
+    if isinstance(distribution, tfd.Independent) and isinstance(distribution.distribution, tfd.Normal):
+        inner = distribution.distribution
+        if distribution.reinterpreted_batch_ndims != 1:
+            raise ValueError(
+                "`distribution` Independent(Normal) must reinterpret exactly 1 batch axis as the event, "
+                f"got reinterpreted_batch_ndims={distribution.reinterpreted_batch_ndims}."
+            )
+        scale = tf.broadcast_to(inner.scale, tf.shape(inner.loc))
+        return tfd.Independent(tfd.Normal(inner.loc, tf.sqrt(tf.square(scale) + variance)), 1)
+    if isinstance(distribution, (tfd.MultivariateNormalTriL, tfd.MultivariateNormalFullCovariance)) or (
+        isinstance(distribution, tfd.MultivariateNormalLinearOperator)
+    ):
+        covariance = distribution.covariance()
+        dim = tf.shape(covariance)[-1]
+        smoothed = covariance + variance * tf.eye(dim, dtype=covariance.dtype)
+        return tfd.MultivariateNormalTriL(loc=distribution.mean(), scale_tril=tf.linalg.cholesky(smoothed))
+    raise ValueError(
+        f"`distribution` must be a Gaussian or Gaussian mixture ({_SUPPORTED}); "
+        f"got {type(distribution).__name__}."
+    )
+
+
+def _check_analytic(distribution, name):
+    if not isinstance(distribution, tfd.Distribution):
+        raise ValueError(
+            f"`{name}` must be a tensorflow-probability distribution ({_SUPPORTED}), "
+            f"got {type(distribution).__name__}."
+        )
+    try:
+        smooth(distribution, 0.0)
+    except ValueError as error:
+        raise ValueError(str(error).replace("`distribution`", f"`{name}`")) from None
+    if distribution.event_shape.rank != 1:
+        raise ValueError(f"`{name}` must have a vector event shape [d], got {distribution.event_shape}.")
+    if distribution.batch_shape.rank not in (0, None):
+        raise ValueError(f"`{name}` must have an empty batch shape, got {distribution.batch_shape}.")
+
+
+class AnalyticScoreDifference:
+    """Exact v_σ = ∇log p_σ − ∇log q_σ for Gaussians and Gaussian mixtures (ground truth, §3.3).
+
+    Both are smoothed exactly by :func:`smooth` and their scores come from automatic differentiation
+    of ``log_prob``.
+
+    Args:
+        target: p, a tensorflow-probability Gaussian or Gaussian mixture with event shape [d].
+        source: q, the same kinds; or None for a flat source (∇log q_σ = 0: then v is the target score).
+
+    Example:
+        >>> tfd = tfp.distributions
+        >>> est = gan2flow.AnalyticScoreDifference(gan2flow.toys.grid25(), tfd.MultivariateNormalDiag([0., 0.], [1., 1.]))
+        >>> v = est(x, 0.3)
+
+    Raises:
+        ValueError: unsupported distributions, or x whose last axis does not match d.
+    """
+
+    def __init__(self, target, source):
+        _check_analytic(target, "target")
+        if source is not None:
+            _check_analytic(source, "source")
+            if target.event_shape != source.event_shape:
+                raise ValueError(
+                    f"`target` and `source` must have the same event shape, got {target.event_shape} "
+                    f"and {source.event_shape}."
+                )
+        self.target = target
+        self.source = source
+        self.event_shape = tuple(target.event_shape.as_list())
+
+    def _check_x(self, x):
+        if x.shape.rank is not None and (x.shape.rank != 2 or x.shape[-1] != self.event_shape[0]):
+            raise ValueError(f"`x` must have shape [batch, {self.event_shape[0]}], got {tuple(x.shape)}.")
+
+    def log_ratio(self, x, sigma):
+        """log p_σ(x) − log q_σ(x), shape [batch]."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        self._check_x(x)
+        value = smooth(self.target, sigma).log_prob(x)
+        if self.source is not None:
+            value = value - smooth(self.source, sigma).log_prob(x)
+        return value
+
+    def target_score(self, x, sigma):
+        """∇log p_σ(x)."""
+        return self._score(self.target, x, sigma)
+
+    def source_score(self, x, sigma):
+        """∇log q_σ(x) (zeros for a flat source)."""
+        if self.source is None:
+            return tf.zeros_like(tf.convert_to_tensor(x, tf.float32))
+        return self._score(self.source, x, sigma)
+
+    def _score(self, distribution, x, sigma):
+        x = tf.convert_to_tensor(x, tf.float32)
+        self._check_x(x)
+        smoothed = smooth(distribution, sigma)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            log_prob = tf.reduce_sum(smoothed.log_prob(x))
+        return tape.gradient(log_prob, x)
+
+    def __call__(self, x, sigma):
+        x = tf.convert_to_tensor(x, tf.float32)
+        self._check_x(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = tf.reduce_sum(self.log_ratio(x, sigma))
+        return tape.gradient(value, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Discriminators
+
+
+def _model_arity(model):
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return len(inputs) if isinstance(inputs, (list, tuple)) else 1
+    return None
+
+
+class DiscriminatorScoreDifference:
+    """The GAN route: v_σ(x) ≈ ∇ₓ link(T(x, σ)) for a discriminator trained with an SD-consistent loss.
+
+    At the optimum of the loss on noised data, link(T) = log p_σ/q_σ (shared/SD_FLOW.md §3.2, §4),
+    so its input gradient is the score difference. For the logistic loss the link is the identity.
+
+    Args:
+        discriminator: a Keras model (or any callable) taking ``x`` — or ``[x, sigma]`` with sigma
+            shaped [batch, 1] when σ-conditioned — and returning raw outputs [batch, 1] or [batch].
+        loss: the loss it was trained with (a name from ``gan2flow.losses.names()`` or a loss object),
+            whose link maps outputs to log-ratios; ``None`` means flow along ∇T itself (for losses with
+            no link, such as hinge or Wasserstein: a direction, not an SD estimate).
+        sigma_conditioned: whether the model takes σ as a second input; None infers it from the
+            model's ``inputs`` (functional and sequential Keras models).
+
+    Example:
+        >>> est = gan2flow.DiscriminatorScoreDifference(disc, loss="logistic")
+        >>> v = est(x, 0.1)
+
+    Raises:
+        ValueError: a loss with no link, an undeterminable σ-conditioning, or outputs of the wrong shape.
+    """
+
+    def __init__(self, discriminator, loss="logistic", sigma_conditioned=None):
+        if not callable(discriminator):
+            raise ValueError(
+                f"`discriminator` must be a Keras model or callable, got {type(discriminator).__name__}."
+            )
+        self.discriminator = discriminator
+        if loss is None:
+            self.loss = None
+        else:
+            self.loss = _losses.get(loss)
+            if not self.loss.sd_consistent:
+                raise ValueError(
+                    f"`loss`={self.loss.name!r} has no link from discriminator output to log p/q, so its "
+                    "gradient is not a score-difference estimate. Calibrate it with gan2flow.convert(...), "
+                    "or pass loss=None to flow along the raw output gradient."
+                )
+        if sigma_conditioned is None:
+            arity = _model_arity(discriminator)
+            if arity is None:
+                raise ValueError(
+                    "`sigma_conditioned` must be given (True or False) for a discriminator without Keras "
+                    f"`inputs` (got a {type(discriminator).__name__})."
+                )
+            if arity not in (1, 2):
+                raise ValueError(
+                    f"`discriminator` must take x or [x, sigma], got a model with {arity} inputs."
+                )
+            sigma_conditioned = arity == 2
+        self.sigma_conditioned = bool(sigma_conditioned)
+
+    def raw_output(self, x, sigma):
+        """The discriminator's raw output T(x, σ), shape [batch]."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        if self.sigma_conditioned:
+            sigma_column = tf.fill([tf.shape(x)[0], 1], _sigma_tensor(sigma))
+            output = self.discriminator([x, sigma_column], training=False)
+        else:
+            output = self.discriminator(x, training=False)
+        output = tf.convert_to_tensor(output)
+        if output.shape.rank == 2 and output.shape[1] == 1:
+            output = output[:, 0]
+        elif output.shape.rank != 1:
+            raise ValueError(
+                "`discriminator` must return one raw output per sample, shape [batch, 1] or [batch]; "
+                f"got shape {tuple(output.shape)}."
+            )
+        return tf.cast(output, tf.float32)
+
+    def log_ratio(self, x, sigma):
+        """link(T(x, σ)): the estimated log p_σ(x)/q_σ(x), shape [batch] (T itself when loss is None)."""
+        output = self.raw_output(x, sigma)
+        return output if self.loss is None else self.loss.log_ratio(output)
+
+    def __call__(self, x, sigma):
+        x = tf.convert_to_tensor(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = tf.reduce_sum(self.log_ratio(x, sigma))
+        gradient = tape.gradient(value, x)
+        if gradient is None:
+            raise ValueError("`discriminator` output does not depend on its input x (no gradient path).")
+        return gradient
+
+
+# --------------------------------------------------------------------------------------------------
+# Denoisers and combinations
+
+
+class DenoiserScoreDifference:
+    """The diffusion link: v_σ(x) = (D_p(x, σ) − D_q(x, σ)) / σ² for posterior-mean denoisers (§3.4).
+
+    Args:
+        target_denoiser: callable (x, sigma) -> D_p(x, σ), shaped like x.
+        source_denoiser: callable for D_q, or None for a flat source proxy (D_q(x, σ) = x), which turns
+            the SD flow into a deterministic diffusion sampler (DDIM/Euler) with
+            ``step_sizes=gan2flow.sigmas.diffusion_step_sizes(sigmas)``.
+    """
+
+    def __init__(self, target_denoiser, source_denoiser=None):
+        for name, value in (("target_denoiser", target_denoiser), ("source_denoiser", source_denoiser)):
+            if value is not None and not callable(value):
+                raise ValueError(f"`{name}` must be a callable (x, sigma) -> denoised x, got {type(value).__name__}.")
+        if target_denoiser is None:
+            raise ValueError("`target_denoiser` must be a callable (x, sigma) -> denoised x, got None.")
+        self.target_denoiser = target_denoiser
+        self.source_denoiser = source_denoiser
+
+    def __call__(self, x, sigma):
+        x = tf.convert_to_tensor(x, tf.float32)
+        sigma = _sigma_tensor(sigma)
+        target = tf.convert_to_tensor(self.target_denoiser(x, sigma), tf.float32)
+        source = x if self.source_denoiser is None else tf.convert_to_tensor(self.source_denoiser(x, sigma), tf.float32)
+        return (target - source) / tf.square(sigma)
+
+
+class ScoreDifferenceSum:
+    """The sum of several score-difference estimators (exact telescoping of log-ratios).
+
+    ∇log p_σ − ∇log r_σ = [∇log p_σ − ∇log q_σ] + [∇log q_σ − ∇log r_σ]: chaining estimators whose
+    targets and sources meet gives the SD between the outer ends (shared/SD_FLOW.md §7).
+    """
+
+    def __init__(self, *estimators):
+        if not estimators:
+            raise ValueError("`estimators` must name at least one estimator, got none.")
+        for index, estimator in enumerate(estimators):
+            if not callable(estimator):
+                raise ValueError(f"`estimators[{index}]` must be callable (x, sigma) -> v, got {type(estimator).__name__}.")
+        self.estimators = tuple(estimators)
+
+    def __call__(self, x, sigma):
+        x = tf.convert_to_tensor(x, tf.float32)
+        total = self.estimators[0](x, sigma)
+        for estimator in self.estimators[1:]:
+            total = total + estimator(x, sigma)
+        return total
+
+
+def drift_corrected(estimator, initial_samples, *, block_size=None):
+    """Keep a fixed estimator's source term current as particles move (shared/SD_FLOW.md §7).
+
+    ``estimator`` gives ∇log p_σ − ∇log q₀,σ for the *initial* source q₀. The exact identity
+    ∇log p_σ − ∇log q_t,σ = [∇log p_σ − ∇log q₀,σ] + [∇log q₀,σ − ∇log q_t,σ] adds a kernel estimate of
+    the second bracket from the starting samples (target) and the current particles (source), with no
+    training.
+
+    Args:
+        estimator: an SD estimator against q₀ (e.g. a :class:`DiscriminatorScoreDifference`).
+        initial_samples: samples of q₀ (typically the particles before the flow), [M, ...].
+        block_size: block size for the kernel term.
+
+    Returns:
+        A :class:`ScoreDifferenceSum`.
+    """
+    return ScoreDifferenceSum(estimator, KernelScoreDifference(initial_samples, source=None, block_size=block_size))
