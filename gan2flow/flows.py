@@ -109,13 +109,14 @@ def _build_runner(estimator, method, record, noisy, jit_compile):
         mean_velocity = 0.5 * (velocity + corrected)
         return x + eta * mean_velocity, mean_velocity
 
-    def run(x, sigmas, etas, steps_per_sigma, noise_scale, seed, offset, step_offset, bound, max_backoffs):
+    def run(x, sigmas, etas, n_levels, steps_per_sigma, noise_scale, seed, offset, step_offset, bound,
+            max_backoffs):
+        # sigmas/etas are padded to a bucket length (see _pad_schedule); n_levels is the real length.
         _TRACES["count"] += 1
-        n_levels = tf.shape(sigmas)[0]
         n_steps = n_levels * steps_per_sigma
         shape = tf.shape(x)
         if record:
-            history = tf.zeros(tf.concat([[n_levels + 1], shape], axis=0), x.dtype)
+            history = tf.zeros(tf.concat([[tf.shape(sigmas)[0] + 1], shape], axis=0), x.dtype)
             history = tf.tensor_scatter_nd_update(history, [[0]], x[None])
         else:
             history = tf.zeros([0], x.dtype)
@@ -155,6 +156,16 @@ def _build_runner(estimator, method, record, noisy, jit_compile):
         return x, bad_step, backoffs, scale, history
 
     return tf.function(run, jit_compile=bool(jit_compile), reduce_retracing=False)
+
+
+def _pad_schedule(values, length, fill):
+    """Pad a per-level schedule to ``length`` so schedules of similar length share one program."""
+    return tf.concat([values, tf.fill([length - int(values.shape[0])], tf.constant(fill, tf.float32))], axis=0)
+
+
+def _bucket(n_levels):
+    """Schedule lengths are padded to a power of two (at least 8): few programs, little waste."""
+    return max(8, 1 << (int(n_levels) - 1).bit_length())
 
 
 def _runner(estimator, method, record, noisy, jit_compile):
@@ -239,6 +250,10 @@ def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale,
         bound=tf.constant(divergence_bound, tf.float32),
         max_backoffs=tf.constant(allowed, tf.int32),
     )
+    n_levels = int(sigmas.shape[0])
+    bucket = _bucket(n_levels)
+    padded_sigmas = _pad_schedule(sigmas, bucket, float(sigmas[-1]))
+    padded_etas = _pad_schedule(etas, bucket, 0.0)
     chunk = n if batch_size is None else min(batch_size, n)
     outputs, histories = [], []
     for start in range(0, n, chunk):
@@ -246,15 +261,16 @@ def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale,
         row_offset = tf.constant(offset + start, tf.int64)
         if callback is None:
             result, bad_step, _, scale, history = runner(
-                part, sigmas, etas, tf.constant(steps_per_sigma, tf.int32), offset=row_offset,
-                step_offset=tf.constant(0, tf.int32), **constants,
+                part, padded_sigmas, padded_etas, tf.constant(n_levels, tf.int32),
+                tf.constant(steps_per_sigma, tf.int32), offset=row_offset, step_offset=tf.constant(0, tf.int32),
+                **constants,
             )
             if int(bad_step) >= 0:
                 _raise_divergence(int(bad_step), steps_per_sigma, sigmas, etas, float(scale), on_divergence,
                                   max_backoffs)
             outputs.append(result)
             if record:
-                histories.append(history)
+                histories.append(history[:n_levels + 1])
             continue
         # With a callback: one compiled step at a time, so Python sees every step.
         states = [part] if record else None
@@ -263,8 +279,10 @@ def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale,
         for level in range(int(sigmas.shape[0])):
             for _ in range(steps_per_sigma):
                 part, bad_step, _, step_scale_used, _ = runner(
-                    part, sigmas[level:level + 1], etas[level:level + 1] * scale, tf.constant(1, tf.int32),
-                    offset=row_offset, step_offset=tf.constant(step, tf.int32), **constants,
+                    part, _pad_schedule(sigmas[level:level + 1], 8, float(sigmas[level])),
+                    _pad_schedule(etas[level:level + 1] * scale, 8, 0.0),
+                    tf.constant(1, tf.int32), tf.constant(1, tf.int32), offset=row_offset,
+                    step_offset=tf.constant(step, tf.int32), **constants,
                 )
                 scale *= float(step_scale_used)
                 if int(bad_step) >= 0:

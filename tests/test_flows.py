@@ -1,0 +1,238 @@
+"""The flow integrators: closed forms, contract suite, compilation, divergence handling."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import gan2flow
+from gan2flow import flows, metrics
+
+tfd = tfp.distributions
+
+MU, S = np.float32([2.0, -1.0]), 0.5
+
+
+def gaussian_denoiser(x, sigma):
+    """Posterior mean for target N(μ, s²I): D(x, σ) = (s²x + σ²μ)/(s² + σ²)."""
+    return (S**2 * x + sigma**2 * MU) / (S**2 + sigma**2)
+
+
+def _estimators():
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(256, 2)).astype(np.float32) + 1
+    disc = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    p = tfd.MultivariateNormalDiag(MU, [S, S])
+    q = tfd.MultivariateNormalDiag([0.0, 0.0], [1.0, 1.0])
+    return {
+        "kernel": gan2flow.KernelScoreDifference(target, block_size=64),
+        "analytic": gan2flow.AnalyticScoreDifference(p, q),
+        "discriminator": gan2flow.DiscriminatorScoreDifference(disc),
+        "denoiser": gan2flow.DenoiserScoreDifference(gaussian_denoiser),
+        "drift_corrected": gan2flow.drift_corrected(gan2flow.AnalyticScoreDifference(p, q), target[:64]),
+    }
+
+
+ESTIMATORS = _estimators()
+SIGMAS = gan2flow.sigmas.geometric(2.0, 0.1, 4)
+
+
+@pytest.mark.parametrize("method", flows.METHODS)
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_contract_shape_identity_and_seeds(name, method):
+    estimator = ESTIMATORS[name]
+    x = np.random.default_rng(2).normal(size=(32, 2)).astype(np.float32)
+    out = gan2flow.flow(x, estimator, SIGMAS, method=method, steps_per_sigma=2)
+    assert out.shape == x.shape and out.dtype == tf.float32
+    assert np.all(np.isfinite(out)) and not np.allclose(out, x)
+    # Zero steps (empty schedule) is the identity.
+    np.testing.assert_array_equal(gan2flow.flow(x, estimator, []), x)
+    # Same seed, same samples (bit for bit); another seed differs.
+    a = gan2flow.flow(x, estimator, SIGMAS, method=method, noise_scale=0.5, seed=7)
+    b = gan2flow.flow(x, estimator, SIGMAS, method=method, noise_scale=0.5, seed=7)
+    c = gan2flow.flow(x, estimator, SIGMAS, method=method, noise_scale=0.5, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_xla_and_graph_runs_agree(name):
+    x = np.random.default_rng(3).normal(size=(32, 2)).astype(np.float32)
+    xla = gan2flow.flow(x, ESTIMATORS[name], SIGMAS, method="heun", jit_compile=True)
+    graph = gan2flow.flow(x, ESTIMATORS[name], SIGMAS, method="heun", jit_compile=False)
+    # Different fusion/ordering of float32 ops over 8 evaluations: ~1e-5 relative.
+    np.testing.assert_allclose(xla, graph, rtol=1e-4, atol=1e-4)
+
+
+def test_euler_step_is_hand_computed():
+    estimator = ESTIMATORS["analytic"]
+    x = np.float32([[0.5, 0.5], [-1.0, 2.0]])
+    sigma, scale = 0.6, 0.3
+    expected = x + scale * sigma**2 * estimator(x, sigma).numpy()
+    np.testing.assert_allclose(gan2flow.flow(x, estimator, [sigma], step_scale=scale), expected, rtol=1e-6)
+    v1 = estimator(x, sigma).numpy()
+    v2 = estimator(x + scale * sigma**2 * v1, sigma).numpy()
+    heun = x + scale * sigma**2 * 0.5 * (v1 + v2)
+    np.testing.assert_allclose(gan2flow.flow(x, estimator, [sigma], step_scale=scale, method="heun"), heun,
+                               rtol=1e-6)
+
+
+def test_one_denoiser_step_is_the_ddim_step():
+    # With no source term and η_k = σ_k(σ_k − σ_{k+1}):  x ← x + (1 − σ_{k+1}/σ_k)(D(x, σ_k) − x).
+    x = np.random.default_rng(4).normal(size=(16, 2)).astype(np.float32) * 3
+    sigmas = np.float32([3.0, 1.2])
+    etas = gan2flow.sigmas.diffusion_step_sizes(sigmas, sigma_final=0.5)
+    estimator = gan2flow.DenoiserScoreDifference(gaussian_denoiser)
+    one = gan2flow.flow(x, estimator, sigmas[:1], step_sizes=etas[:1])
+    ddim = x + (1 - 1.2 / 3.0) * (gaussian_denoiser(x, 3.0) - x)
+    np.testing.assert_allclose(one, ddim, rtol=1e-5, atol=1e-5)  # float32 rounding of the same algebra
+
+
+def test_denoiser_flow_from_wide_noise_lands_on_the_target_moments():
+    # x₀ ~ N(0, σ_max²I) ≈ p_{σ_max} = N(μ, (s² + σ_max²)I) for σ_max ≫ |μ|, s. The deterministic sampler is
+    # an Euler scheme of the probability-flow ODE; 400 geometric levels make its error ≪ the MC error.
+    n, sigma_max = 20_000, 200.0
+    x0 = np.random.default_rng(5).normal(size=(n, 2)).astype(np.float32) * sigma_max
+    sigmas = gan2flow.sigmas.geometric(sigma_max, 1e-3, 400)
+    out = gan2flow.flow(x0, gan2flow.DenoiserScoreDifference(gaussian_denoiser), sigmas,
+                        step_sizes=gan2flow.sigmas.diffusion_step_sizes(sigmas)).numpy()
+    # Mean: standard error s/√n ≈ 0.0035 plus the start's mismatch |μ|·s/√(s²+σ_max²) ≈ 0.006 → 0.03 bound.
+    np.testing.assert_allclose(out.mean(0), MU, atol=0.03)
+    # Std: relative standard error 1/√(2n) ≈ 0.005 → 3 % bound.
+    np.testing.assert_allclose(out.std(0), [S, S], rtol=0.03)
+
+
+def _kl_gaussians(m0, c0, m1, c1):
+    inv = np.linalg.inv(c1)
+    d = len(m0)
+    return 0.5 * (np.trace(inv @ c0) + (m1 - m0) @ inv @ (m1 - m0) - d + np.log(np.linalg.det(c1) / np.linalg.det(c0)))
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.5])
+def test_exact_sd_flow_lowers_kl_at_every_step(sigma):
+    # Between Gaussians v_σ(x) = A x + b is affine, so particles stay Gaussian: q_{t+1} = N(M m + c, M C Mᵀ)
+    # with M = I + ηA, c = ηb. We re-aim the exact estimator at the current q_t every step and check
+    # (i) the flowed samples follow the affine map, (ii) KL(q_t ‖ p) decreases at every step.
+    mean_p, cov_p = np.array([1.0, -1.0]), np.array([[1.0, 0.5], [0.5, 1.5]])
+    mean_q, cov_q = np.array([-2.0, 1.0]), np.array([[0.3, 0.0], [0.0, 3.0]])
+    p = tfd.MultivariateNormalTriL(np.float32(mean_p), np.linalg.cholesky(cov_p).astype(np.float32))
+    x = np.random.default_rng(6).multivariate_normal(mean_q, cov_q, size=256).astype(np.float32)
+    eta = 0.2
+    kls = [_kl_gaussians(mean_q, cov_q, mean_p, cov_p)]
+    eye = np.eye(2)
+    # q's parameters are variables, so one estimator (and one compiled flow) follows q_t.
+    loc, scale_tril = tf.Variable(np.float32(mean_q)), tf.Variable(np.linalg.cholesky(cov_q).astype(np.float32))
+    estimator = gan2flow.AnalyticScoreDifference(p, tfd.MultivariateNormalTriL(loc, scale_tril))
+    for _ in range(15):
+        loc.assign(np.float32(mean_q))
+        scale_tril.assign(np.linalg.cholesky(cov_q).astype(np.float32))
+        new_x = gan2flow.flow(x, estimator, [sigma], step_sizes=[eta]).numpy()
+        a = -np.linalg.inv(cov_p + sigma**2 * eye) + np.linalg.inv(cov_q + sigma**2 * eye)
+        b = np.linalg.inv(cov_p + sigma**2 * eye) @ mean_p - np.linalg.inv(cov_q + sigma**2 * eye) @ mean_q
+        m = eye + eta * a
+        np.testing.assert_allclose(new_x, x @ m.T + eta * b, rtol=1e-4, atol=1e-4)
+        mean_q, cov_q = m @ mean_q + eta * b, m @ cov_q @ m.T
+        kls.append(_kl_gaussians(mean_q, cov_q, mean_p, cov_p))
+        x = new_x
+    assert np.all(np.diff(kls) < 0), kls
+    assert kls[-1] < 0.05 * kls[0]
+
+
+def test_trajectory_ends_where_flow_ends_and_callback_sees_every_step():
+    estimator = ESTIMATORS["kernel"]
+    x = np.random.default_rng(7).normal(size=(40, 2)).astype(np.float32)
+    kwargs = dict(steps_per_sigma=3, noise_scale=0.2, seed=1)
+    path = gan2flow.trajectory(x, estimator, SIGMAS, **kwargs)
+    assert path.shape == (len(SIGMAS) + 1, 40, 2)
+    np.testing.assert_array_equal(path[0], x)
+    final = gan2flow.flow(x, estimator, SIGMAS, **kwargs)
+    np.testing.assert_allclose(path[-1], final, rtol=1e-6, atol=1e-6)
+    seen = []
+    stepped = gan2flow.flow(x, estimator, SIGMAS, callback=seen.append, **kwargs)
+    assert [d["step"] for d in seen] == list(range(3 * len(SIGMAS)))
+    np.testing.assert_allclose([d["sigma"] for d in seen], np.repeat(SIGMAS.numpy(), 3), rtol=1e-6)
+    np.testing.assert_allclose(stepped, final, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_flow_equals_whole_flow_for_per_sample_estimators():
+    # Counter-based noise: the draw depends on the global sample index, not on the chunking.
+    estimator = ESTIMATORS["analytic"]
+    x = np.random.default_rng(8).normal(size=(100, 2)).astype(np.float32)
+    whole = gan2flow.flow(x, estimator, SIGMAS, noise_scale=1.0, seed=3)
+    chunked = gan2flow.flow(x, estimator, SIGMAS, noise_scale=1.0, seed=3, batch_size=33)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_no_retracing_for_new_schedule_values():
+    # Schedules are padded to power-of-two buckets (≥ 8 levels): new values and lengths within a bucket
+    # reuse the compiled program; a longer schedule traces once for its bucket.
+    estimator = ESTIMATORS["analytic"]
+    x = np.zeros((8, 2), np.float32)
+    gan2flow.flow(x, estimator, [1.0, 0.5], step_scale=0.1)
+    before = flows.trace_count()
+    gan2flow.flow(x, estimator, [0.9, 0.3, 0.2], step_scale=0.2, steps_per_sigma=2)
+    gan2flow.flow(x + 1, estimator, gan2flow.sigmas.geometric(3.0, 0.1, 8), method="euler")
+    assert flows.trace_count() == before
+    gan2flow.flow(x, estimator, gan2flow.sigmas.geometric(3.0, 0.1, 10))
+    assert flows.trace_count() == before + 1
+    gan2flow.flow(x, estimator, gan2flow.sigmas.geometric(2.0, 0.2, 16), steps_per_sigma=3)
+    assert flows.trace_count() == before + 1
+
+
+def test_divergence_is_reported_with_step_and_sigma():
+    exploding = lambda x, sigma: tf.where(sigma < 0.5, x * np.inf, tf.zeros_like(x))  # noqa: E731
+    x = np.ones((4, 2), np.float32)
+    with pytest.raises(gan2flow.FlowDivergenceError, match=r"step 2 .*sigma=0\.4") as info:
+        gan2flow.flow(x, exploding, [1.0, 0.8, 0.4, 0.2])
+    assert info.value.step == 2 and info.value.level == 2
+
+
+def test_backoff_halves_the_step_and_continues():
+    # v = x / σ² with η = σ²·ε gives x ← (1 + ε) x. The default bound is 1e3·(1 + max|x₀| + 10σ_max) = 12 000
+    # here: ε = 1e5 leaves it; halvings give 50 000, 25 000, 12 500 (still out), then 6 250 (accepted).
+    growth = lambda x, sigma: x / sigma**2  # noqa: E731
+    x = np.ones((4, 2), np.float32)
+    with pytest.raises(gan2flow.FlowDivergenceError):
+        gan2flow.flow(x, growth, [1.0], step_scale=1e5)
+    out = gan2flow.flow(x, growth, [1.0], step_scale=1e5, on_divergence="backoff").numpy()
+    np.testing.assert_allclose(out, (1 + 1e5 / 2**4) * x, rtol=1e-5)
+    with pytest.raises(gan2flow.FlowDivergenceError, match="3 step halvings"):
+        gan2flow.flow(x, growth, [1.0], step_scale=1e5, on_divergence="backoff", max_backoffs=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(x=np.ones(3, np.float32)), "rank"),
+        (dict(x=np.full((2, 2), np.nan, np.float32)), "x"),
+        (dict(sigmas=[0.5, 1.0]), "sigmas"),
+        (dict(sigmas=[1.0, -0.5]), "sigmas"),
+        (dict(method="rk4"), "method"),
+        (dict(step_scale=0.0), "step_scale"),
+        (dict(step_sizes=[0.1]), "step_sizes"),
+        (dict(steps_per_sigma=0), "steps_per_sigma"),
+        (dict(noise_scale=-1.0), "noise_scale"),
+        (dict(seed=1.5), "seed"),
+        (dict(estimator="kernel"), "estimator"),
+        (dict(on_divergence="ignore"), "on_divergence"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
+    args = dict(x=np.ones((4, 2), np.float32), estimator=ESTIMATORS["analytic"], sigmas=[1.0, 0.5])
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        gan2flow.flow(args.pop("x"), args.pop("estimator"), args.pop("sigmas"), **args)
+
+
+def test_kernel_flow_carries_noise_to_the_grid():
+    # End to end: N(0, I) particles to grid25 by the training-free kernel flow (the `gan2flow demo --kernel`).
+    target_dist = gan2flow.toys.grid25()
+    target = gan2flow.toys.sample(target_dist, 2000, seed=0)
+    x = np.random.default_rng(9).normal(size=(1000, 2)).astype(np.float32)
+    out = gan2flow.flow(x, gan2flow.KernelScoreDifference(target, block_size=500),
+                        gan2flow.sigmas.geometric(4.0, 0.03, 60), step_scale=0.5, steps_per_sigma=2).numpy()
+    centers, stds, _ = gan2flow.toys.mixture_modes(target_dist)
+    before = metrics.mode_stats(x, centers, stds)
+    after = metrics.mode_stats(out, centers, stds)
+    assert after["modes"] == 25 and after["high_quality"] > 0.9 > before["high_quality"]
