@@ -138,6 +138,25 @@ class KernelScoreDifference:
             )
         self.block_size = None if block_size is None else _checks.positive_int(block_size, "block_size")
 
+    def assign_target(self, target):
+        """Replace the target samples by new ones of the same shape, reusing compiled flows.
+
+        Raises:
+            ValueError: a different shape (build a new estimator instead) or non-finite values.
+        """
+        target = _as_sample_variable(target, "target")
+        flat = tf.reshape(target, [target.shape[0], -1])
+        if tuple(flat.shape) != tuple(self._target.shape):
+            raise ValueError(
+                f"`target` must keep the shape {(self._target.shape[0],) + self.event_shape} to be "
+                f"reassigned, got {tuple(target.shape)}; build a new KernelScoreDifference instead."
+            )
+        if self._source is None:  # re-centre on the new samples (with a fixed source, keep its frame)
+            self._center.assign(tf.reduce_mean(flat, axis=0))
+        centered = flat - self._center
+        self._target.assign(centered)
+        self._target_half_sq.assign(0.5 * tf.reduce_sum(tf.square(centered), axis=1))
+
     def denoise_target(self, x, sigma):
         """D̂_p(x, σ), shaped like x."""
         flat = _flatten(tf.convert_to_tensor(x, tf.float32)) - self._center
