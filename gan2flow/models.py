@@ -1,0 +1,335 @@
+"""Ready-made generators and σ-conditioned discriminators, so a user can start without writing models.
+
+Every builder returns a functional ``keras.Model`` built from standard Keras 3 layers plus
+:class:`SigmaEmbedding` (registered as ``gan2flow>SigmaEmbedding``), so each model round-trips
+through a ``.keras`` file once ``gan2flow`` (or ``gan2flow.models``) is imported.
+
+- :func:`mlp_discriminator`, :func:`conv_discriminator`: take ``[x, sigma]`` (σ-conditioned, σ shaped
+  ``[batch, 1]``) or ``x``, and return the raw output ``T(x, σ)`` shaped ``[batch, 1]`` (no output
+  activation: a logit for the logistic loss, the f-GAN ``v`` for the f-GANs).
+- :func:`mlp_generator`, :func:`conv_generator`: take ``z`` shaped ``[batch, latent_dim]``.
+
+Why the defaults are smooth. The score-difference estimate is the *input gradient*
+``∇ₓ link(T(x, σ))`` (shared/SD_FLOW.md §3.2), so the discriminator's gradient field is what gets used,
+not just its values. A ReLU network is piecewise linear: its input gradient is piecewise *constant*
+and jumps across every kink, and second derivatives (which R1 / gradient penalties differentiate
+through) vanish almost everywhere. The builders therefore default to ``activation="swish"``
+(x·sigmoid(x), smooth with a ReLU-like shape); any Keras activation name or callable is accepted.
+Downsampling in :func:`conv_discriminator` is average pooling (smooth) rather than max pooling.
+
+σ-conditioning. σ enters through :class:`SigmaEmbedding`: ``log σ`` and Fourier features of
+``log σ``, so levels spread over orders of magnitude are equally easy to tell apart. The MLP
+discriminator concatenates the embedding to the input of every hidden layer; the convolutional one
+broadcasts it to extra input channels and concatenates it again before its dense head.
+
+Example::
+
+    from gan2flow import models
+    disc = models.mlp_discriminator((2,))                      # [x, sigma] -> [batch, 1]
+    gen = models.mlp_generator(8, (2,))                        # z [batch, 8] -> [batch, 2]
+    image_disc = models.conv_discriminator((8, 8, 1))
+    image_gen = models.conv_generator(16, (8, 8, 1))
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import keras
+import numpy as np
+
+from gan2flow import _checks
+
+__all__ = [
+    "SigmaEmbedding",
+    "mlp_discriminator",
+    "mlp_generator",
+    "conv_discriminator",
+    "conv_generator",
+]
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class SigmaEmbedding(keras.layers.Layer):
+    """Embed a noise level: ``σ -> [log σ, sin(ω_k log σ), cos(ω_k log σ)]_k``.
+
+    ``ω_k = (π/8)·2^k`` for ``k = 0 .. n_frequencies − 1``: periods from 16 down to
+    ``16/2^(n−1)`` units of ``log σ`` (with the default 4 frequencies, the fastest feature completes a
+    period when σ changes by a factor e² ≈ 7.4, the slowest spans ~7 orders of magnitude). σ is
+    clamped below at ``min_sigma`` before the log, so σ = 0 (noise-free training) stays finite.
+
+    Args:
+      n_frequencies: number of Fourier frequencies (≥ 0); the output has ``1 + 2·n_frequencies``
+        features.
+      min_sigma: lower clamp for σ (> 0).
+
+    Input: σ shaped ``[batch, 1]``. Output: float32 ``[batch, 1 + 2·n_frequencies]``.
+    """
+
+    def __init__(self, n_frequencies=4, min_sigma=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.n_frequencies = _checks.positive_int(n_frequencies, "n_frequencies", allow_zero=True)
+        self.min_sigma = _checks.positive_float(min_sigma, "min_sigma")
+        self._frequencies = np.array(
+            [math.pi / 8.0 * 2.0**k for k in range(self.n_frequencies)], dtype=np.float32
+        )
+
+    def call(self, sigma):
+        sigma = keras.ops.cast(sigma, "float32")
+        log_sigma = keras.ops.log(keras.ops.maximum(sigma, self.min_sigma))
+        if self.n_frequencies == 0:
+            return log_sigma
+        phases = log_sigma * keras.ops.convert_to_tensor(self._frequencies)[None, :]
+        return keras.ops.concatenate([log_sigma, keras.ops.sin(phases), keras.ops.cos(phases)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1 + 2 * self.n_frequencies)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"n_frequencies": self.n_frequencies, "min_sigma": self.min_sigma})
+        return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+# ------------------------------------------------------------------------------------------------
+def _shape(value, name, *, rank=None):
+    """A tuple of positive ints (an int is a 1-D shape)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (int(value),)
+    try:
+        shape = tuple(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a shape (a tuple of positive ints), got {value!r}.") from None
+    if not shape or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        raise ValueError(f"`{name}` must be a non-empty tuple of positive ints, got {value!r}.")
+    shape = tuple(int(d) for d in shape)
+    if rank is not None and len(shape) != rank:
+        raise ValueError(f"`{name}` must have {rank} entries, got {shape} ({len(shape)} entries).")
+    return shape
+
+
+def _widths(value, name, *, allow_empty=True):
+    """A tuple of positive layer widths."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        widths = tuple(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a tuple of positive ints, got {value!r}.") from None
+    for width in widths:
+        _checks.positive_int(width, name)
+    if not widths and not allow_empty:
+        raise ValueError(f"`{name}` must name at least one layer width, got {value!r}.")
+    return tuple(int(w) for w in widths)
+
+
+def _dense(units, activation, spectral_norm, name):
+    layer = keras.layers.Dense(units, activation=activation, name=name)
+    if spectral_norm:
+        return keras.layers.SpectralNormalization(layer, name=f"{name}_sn")
+    return layer
+
+
+def _conv(filters, activation, spectral_norm, name):
+    layer = keras.layers.Conv2D(filters, 3, padding="same", activation=activation, name=name)
+    if spectral_norm:
+        return keras.layers.SpectralNormalization(layer, name=f"{name}_sn")
+    return layer
+
+
+def _sigma_input(sigma_conditioned, n_frequencies):
+    if not sigma_conditioned:
+        return None, None
+    sigma = keras.Input(shape=(1,), name="sigma")
+    embedding = SigmaEmbedding(n_frequencies, name="sigma_embedding")(sigma)
+    return sigma, embedding
+
+
+# ------------------------------------------------------------------------------------------------
+# MLPs
+# ------------------------------------------------------------------------------------------------
+def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=True, activation="swish",
+                      spectral_norm=False, sigma_frequencies=4, name="mlp_discriminator"):
+    """An MLP discriminator ``T(x, σ)`` returning one raw output per sample.
+
+    ``x`` is flattened; with ``sigma_conditioned`` the :class:`SigmaEmbedding` of σ is concatenated to
+    the input of every hidden layer (so every layer can change with the noise level).
+
+    Args:
+      input_shape: the shape of one sample, e.g. ``(2,)`` or ``(8, 8, 1)`` (an int means ``(n,)``).
+      hidden: widths of the hidden ``Dense`` layers.
+      sigma_conditioned: take ``[x, sigma]`` (σ shaped ``[batch, 1]``) when True, ``x`` alone when
+        False. An unconditioned discriminator trained over a range of σ mixes the levels: its
+        gradient is an average SD over σ, not v_σ at any one σ.
+      activation: hidden activation, a Keras name or callable. Keep it smooth (the default
+        ``"swish"``, or ``"gelu"``, ``"softplus"``, ``"tanh"``): the SD estimate is the input
+        gradient, which ReLU makes piecewise constant.
+      spectral_norm: wrap every ``Dense`` in ``keras.layers.SpectralNormalization`` (its power
+        iteration updates the kernels on ``training=True`` calls). It bounds ‖∇ₓT‖, which steadies
+        training but also caps how steep a log-ratio (hence how large an SD) the model can express.
+      sigma_frequencies: ``n_frequencies`` of the σ embedding.
+      name: the model name.
+
+    Returns:
+      A ``keras.Model``: ``[x, sigma] -> [batch, 1]`` (or ``x -> [batch, 1]``), float32, raw output.
+
+    Raises:
+      ValueError: for a bad shape or widths.
+
+    Example::
+
+        disc = mlp_discriminator((2,), hidden=(64, 64))
+        logits = disc([x, tf.fill([len(x), 1], 0.5)])          # [batch, 1]
+    """
+    input_shape = _shape(input_shape, "input_shape")
+    hidden = _widths(hidden, "hidden")
+    x = keras.Input(shape=input_shape, name="x")
+    sigma, embedding = _sigma_input(sigma_conditioned, sigma_frequencies)
+    h = keras.layers.Flatten(name="flatten")(x) if len(input_shape) > 1 else x
+    for index, width in enumerate(hidden):
+        if embedding is not None:
+            h = keras.layers.Concatenate(name=f"concat_sigma_{index}")([h, embedding])
+        h = _dense(width, activation, spectral_norm, f"dense_{index}")(h)
+    if embedding is not None and not hidden:
+        h = keras.layers.Concatenate(name="concat_sigma_out")([h, embedding])
+    output = _dense(1, None, spectral_norm, "output")(h)
+    inputs = [x, sigma] if sigma_conditioned else x
+    return keras.Model(inputs, output, name=name)
+
+
+def mlp_generator(latent_dim, output_shape, *, hidden=(128, 128, 128), activation="swish",
+                  output_activation=None, name="mlp_generator"):
+    """An MLP generator ``z -> x``.
+
+    Args:
+      latent_dim: size of the latent vector z (the generator input is ``[batch, latent_dim]``).
+      output_shape: the shape of one generated sample, e.g. ``(2,)`` or ``(8, 8, 1)``.
+      hidden: widths of the hidden ``Dense`` layers.
+      activation: hidden activation (Keras name or callable).
+      output_activation: activation of the last layer; None (linear) for unbounded data, e.g.
+        ``"tanh"`` for data scaled to [−1, 1].
+      name: the model name.
+
+    Returns:
+      A ``keras.Model``: ``z [batch, latent_dim] -> [batch, *output_shape]``, float32.
+
+    Raises:
+      ValueError: for a bad latent size, shape or widths.
+    """
+    latent_dim = _checks.positive_int(latent_dim, "latent_dim")
+    output_shape = _shape(output_shape, "output_shape")
+    hidden = _widths(hidden, "hidden")
+    z = keras.Input(shape=(latent_dim,), name="z")
+    h = z
+    for index, width in enumerate(hidden):
+        h = keras.layers.Dense(width, activation=activation, name=f"dense_{index}")(h)
+    h = keras.layers.Dense(int(np.prod(output_shape)), activation=output_activation, name="output")(h)
+    if len(output_shape) > 1:
+        h = keras.layers.Reshape(output_shape, name="reshape")(h)
+    return keras.Model(z, h, name=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolutional (small images, e.g. 8x8x1 digits)
+# ------------------------------------------------------------------------------------------------
+def conv_discriminator(image_shape, *, filters=(32, 64), hidden=128, sigma_conditioned=True,
+                       activation="swish", spectral_norm=False, sigma_frequencies=4,
+                       name="conv_discriminator"):
+    """A small convolutional discriminator ``T(x, σ)`` for images shaped ``(H, W, C)``.
+
+    Layout: [σ embedding broadcast to extra input channels] → for each entry of ``filters``: a 3×3
+    ``Conv2D`` (same padding) then 2×2 average pooling while the image is larger than 1×1 → flatten →
+    [σ embedding concatenated again] → ``Dense(hidden)`` → ``Dense(1)``.
+
+    Args:
+      image_shape: ``(H, W, C)``.
+      filters: channels of the successive convolution blocks.
+      hidden: width of the dense layer after the convolutions (0 for none).
+      sigma_conditioned: take ``[x, sigma]`` (σ ``[batch, 1]``) when True, ``x`` alone when False.
+      activation: hidden activation; keep it smooth (see :func:`mlp_discriminator`).
+      spectral_norm: wrap every ``Conv2D`` and ``Dense`` in ``keras.layers.SpectralNormalization``.
+      sigma_frequencies: ``n_frequencies`` of the σ embedding.
+      name: the model name.
+
+    Returns:
+      A ``keras.Model``: ``[x, sigma] -> [batch, 1]`` (or ``x -> [batch, 1]``), raw output.
+
+    Raises:
+      ValueError: for a shape that is not ``(H, W, C)`` or bad widths.
+    """
+    image_shape = _shape(image_shape, "image_shape", rank=3)
+    filters = _widths(filters, "filters", allow_empty=False)
+    hidden = _checks.positive_int(hidden, "hidden", allow_zero=True)
+    height, width, _ = image_shape
+    x = keras.Input(shape=image_shape, name="x")
+    sigma, embedding = _sigma_input(sigma_conditioned, sigma_frequencies)
+    h = x
+    if embedding is not None:
+        planes = keras.layers.Reshape((1, 1, -1), name="sigma_planes")(embedding)
+        planes = keras.layers.UpSampling2D(size=(height, width), name="sigma_broadcast")(planes)
+        h = keras.layers.Concatenate(axis=-1, name="concat_sigma_channels")([h, planes])
+    size = [height, width]
+    for index, channels in enumerate(filters):
+        h = _conv(channels, activation, spectral_norm, f"conv_{index}")(h)
+        if max(size) > 1:
+            h = keras.layers.AveragePooling2D(2, padding="same", name=f"pool_{index}")(h)
+            size = [math.ceil(s / 2) for s in size]
+    h = keras.layers.Flatten(name="flatten")(h)
+    if embedding is not None:
+        h = keras.layers.Concatenate(name="concat_sigma_head")([h, embedding])
+    if hidden:
+        h = _dense(hidden, activation, spectral_norm, "dense")(h)
+    output = _dense(1, None, spectral_norm, "output")(h)
+    inputs = [x, sigma] if sigma_conditioned else x
+    return keras.Model(inputs, output, name=name)
+
+
+def conv_generator(latent_dim, image_shape, *, filters=(64, 32), activation="swish", output_activation=None,
+                   name="conv_generator"):
+    """A small convolutional generator ``z -> image`` for images shaped ``(H, W, C)``.
+
+    Layout: ``Dense`` to a ``ceil(H/2^n) × ceil(W/2^n) × filters[0]`` grid (n = len(filters)) → for each
+    entry of ``filters``: 2× nearest upsampling then a 3×3 ``Conv2D`` (upsample-then-convolve avoids
+    the checkerboard artefacts of transposed convolutions) → crop to ``H × W`` if needed → a 3×3
+    ``Conv2D`` to ``C`` channels.
+
+    Args:
+      latent_dim: size of z.
+      image_shape: ``(H, W, C)``.
+      filters: channels of the successive upsampling blocks.
+      activation: hidden activation.
+      output_activation: last-layer activation (None: linear; ``"tanh"`` for data in [−1, 1]).
+      name: the model name.
+
+    Returns:
+      A ``keras.Model``: ``z [batch, latent_dim] -> [batch, H, W, C]``.
+
+    Raises:
+      ValueError: for a bad latent size, shape or widths.
+    """
+    latent_dim = _checks.positive_int(latent_dim, "latent_dim")
+    image_shape = _shape(image_shape, "image_shape", rank=3)
+    filters = _widths(filters, "filters", allow_empty=False)
+    height, width, channels = image_shape
+    factor = 2 ** len(filters)
+    start = (math.ceil(height / factor), math.ceil(width / factor))
+    z = keras.Input(shape=(latent_dim,), name="z")
+    h = keras.layers.Dense(start[0] * start[1] * filters[0], activation=activation, name="project")(z)
+    h = keras.layers.Reshape((start[0], start[1], filters[0]), name="reshape")(h)
+    for index, channels_out in enumerate(filters):
+        h = keras.layers.UpSampling2D(2, name=f"upsample_{index}")(h)
+        h = keras.layers.Conv2D(
+            channels_out, 3, padding="same", activation=activation, name=f"conv_{index}"
+        )(h)
+    extra_h, extra_w = start[0] * factor - height, start[1] * factor - width
+    if extra_h or extra_w:
+        h = keras.layers.Cropping2D(
+            ((extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2)), name="crop"
+        )(h)
+    output = keras.layers.Conv2D(channels, 3, padding="same", activation=output_activation, name="output")(h)
+    return keras.Model(z, output, name=name)
+

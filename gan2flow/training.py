@@ -1,0 +1,617 @@
+"""Train GANs whose discriminators are score-difference estimators: :class:`SDGAN`.
+
+The discriminator ``T(x, σ)`` is trained on noised real samples ``y + σn`` against noised generated
+samples ``G(z) + σn'`` with the same σ for the paired real and fake sample (σ log-uniform over
+``sigma_range``, one per pair), so at the optimum of an SD-consistent loss ``link(T(x, σ))`` is
+``log p_σ(x)/q_σ(x)`` and its input gradient is the score difference v_σ (shared/SD_FLOW.md §2, §3.2,
+§4). The generator is then trained with one of the objectives of §5, or frozen
+(``generator_objective=None``: discriminator-only training, used to calibrate a discriminator
+against a fixed generator).
+
+Generator objectives (x = G(z), σ drawn per sample, ``T`` evaluated at the clean sample x):
+
+* ``"minimax"``: minimise ``−fake_term(T(x, σ))`` (logistic: ``log(1 − D)``).
+* ``"non_saturating"``: minimise the real-side term on fakes (logistic: ``−log D``).
+* ``"logit"``: minimise ``−link(T(x, σ))``; its gradient moves x along exactly ``v_σ`` at the optimal
+  discriminator: backprop through this loss *is* one SD-flow step followed by a regression.
+* ``"flow_regression"``: the explicit form: run ``flow_steps`` Euler steps
+  ``x ← x + η ∇ₓ link(T(x, σ))`` with ``η = flow_step_scale · σ²`` along the current discriminator,
+  then minimise ``½‖G(z) − stopgrad(x')‖²`` (summed over features, averaged over the batch).
+* ``None``: discriminator only; the generator is never differentiated or updated.
+
+Distribution: every loss is a per-sample loss averaged with ``tf.nn.compute_average_loss`` over the
+global batch, random numbers come from a ``keras.random.SeedGenerator`` folded with the replica id,
+and the optimizers are built in :meth:`SDGAN.compile`, so ``fit`` works under
+``tf.distribute.MirroredStrategy`` (create and compile the model inside ``strategy.scope()``).
+
+Example::
+
+    import keras, gan2flow
+    from gan2flow import models, training
+    gan = training.SDGAN(models.mlp_generator(8, (2,)), models.mlp_discriminator((2,)),
+                         loss="logistic", generator_objective="logit", seed=0)
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
+    gan.fit(real, batch_size=256, epochs=10)
+    samples = gan.generate(1000, seed=1)
+    v = gan.score_difference()(samples, 0.1)        # ∇ₓ link(T(x, 0.1)), shaped like samples
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gan2flow import _checks
+from gan2flow import estimators as _estimators
+from gan2flow import losses as _losses
+
+__all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES"]
+
+#: Accepted values of ``SDGAN(generator_objective=...)`` besides ``None``.
+GENERATOR_OBJECTIVES = ("minimax", "non_saturating", "logit", "flow_regression")
+#: Accepted values of ``SDGAN(penalty=...)`` besides ``None``.
+PENALTIES = ("r1", "gradient_penalty")
+# Default penalty weights: WGAN-GP's λ = 10 (Gulrajani et al. 2017); for R1 the weight multiplies
+# mean ‖∇ₓT‖² directly, i.e. γ/2 = 1 in Mescheder et al. (2018)'s notation (γ = 2; they use 0.1-10).
+_DEFAULT_PENALTY_WEIGHT = {"r1": 1.0, "gradient_penalty": 10.0}
+# Objectives whose generator loss needs a link (a log-ratio), and which sd-inconsistent losses may use.
+_NEEDS_LINK = ("logit", "flow_regression")
+_ALLOWED_WITHOUT_LINK = {"hinge": ("non_saturating",), "wasserstein": ("minimax", "non_saturating")}
+
+
+def _model_arity(model):
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return len(inputs) if isinstance(inputs, (list, tuple)) else 1
+    return None
+
+
+def _sigma_range(value):
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`sigma_range` must be a pair (sigma_min, sigma_max), got {value!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high < low or (low == 0 and high > 0):
+        raise ValueError(
+            "`sigma_range` must be (sigma_min, sigma_max) with 0 < sigma_min <= sigma_max (σ is drawn "
+            f"log-uniformly), or (0, 0) for noise-free training; got {value!r}."
+        )
+    return low, high
+
+
+def _replica_id():
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context: not inside strategy.run
+        return tf.constant(0, tf.int32)
+    return tf.cast(context.replica_id_in_sync_group, tf.int32)
+
+
+def _all_reduce_sum(value):
+    """Sum a per-replica value over replicas (the identity without a strategy)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+class SDGAN(keras.Model):
+    """A GAN trainer whose discriminator learns the score difference of noised real and fake data.
+
+    Each :meth:`train_step` on a batch of ``b`` real samples:
+
+    1. ``discriminator_steps`` times (the same real batch each time, fresh z, σ and noise): draw
+       ``σ_i`` log-uniform on ``sigma_range`` (one per pair ``i``), ``y_i + σ_i n_i`` and
+       ``G(z_i) + σ_i n'_i`` with independent ``n, n' ~ N(0, I)``, and take one ``d_optimizer`` step
+       on ``mean_i real_term(T(y_i + σ_i n_i, σ_i)) + mean_i fake_term(T(G(z_i) + σ_i n'_i, σ_i))``
+       plus ``penalty_weight × penalty``.
+    2. Unless ``generator_objective`` is None, one ``g_optimizer`` step on the generator objective
+       (module docstring; shared/SD_FLOW.md §5) with fresh ``z ~ N(0, I)`` and σ.
+
+    Args:
+      generator: a Keras model ``z -> x``; ``z ~ N(0, I)`` shaped ``[batch, *latent_shape]``.
+      discriminator: a Keras model ``[x, sigma] -> T`` (σ-conditioned; sigma ``[batch, 1]``) or
+        ``x -> T``; outputs ``[batch, 1]`` or ``[batch]``. It must treat samples independently (no
+        batch statistics): the SD flow and the penalties take per-sample input gradients of a
+        batch sum. An unconditioned discriminator sees all σ levels at once, so its gradient
+        estimates an average of v_σ over the levels, not v_σ at one σ.
+      loss: a name from ``gan2flow.losses.names()`` or a ``losses.Loss``.
+      generator_objective: ``"minimax"``, ``"non_saturating"``, ``"logit"``, ``"flow_regression"``,
+        or None (discriminator only). ``"logit"`` and ``"flow_regression"`` need a loss with a link;
+        hinge allows ``"non_saturating"`` (``−T``) only, Wasserstein ``"minimax"`` and
+        ``"non_saturating"`` (both ``−T``).
+      sigma_range: ``(sigma_min, sigma_max)``, ``0 < sigma_min <= sigma_max``; σ is log-uniform on it
+        (``sigma_min == sigma_max`` fixes σ). ``(0, 0)`` trains without noise (a plain GAN; then a
+        σ-conditioned discriminator receives σ = 0 and ``"flow_regression"`` is not allowed).
+      discriminator_steps: discriminator updates per train step (≥ 1).
+      penalty: None, ``"r1"`` (``mean ‖∇ₓT(y + σn, σ)‖²`` on the noised real inputs at their σ,
+        through ``losses.r1_penalty``) or ``"gradient_penalty"`` (WGAN-GP at random interpolates of
+        the noised real and fake samples, which share σ, through ``losses.gradient_penalty``).
+      penalty_weight: multiplies the penalty; None: 1.0 for R1, 10.0 for the gradient penalty.
+      flow_steps: Euler steps per generator update for ``"flow_regression"``.
+      flow_step_scale: ε in ``η = ε σ²`` for ``"flow_regression"`` (the same σ for all steps of a sample).
+      seed: int seed for z, σ and noise (None: random). Two models with the same seed, weights and
+        data train identically.
+      latent_dim: the latent size (int) or shape (tuple); None infers it from ``generator.inputs``.
+      sigma_conditioned: whether the discriminator takes ``[x, sigma]``; None infers it from
+        ``discriminator.inputs`` (1 or 2 inputs).
+      name: the model name; further keyword arguments go to ``keras.Model``.
+
+    Metrics (``fit`` logs, each an epoch-running mean of global-batch means, also under a strategy):
+      ``d_loss`` (the discriminator loss without the penalty, averaged over the discriminator
+      steps), ``d_accuracy`` (fraction of noised real samples with ``link(T) > 0`` and noised fakes
+      with ``link(T) < 0``; ``T`` in place of ``link(T)`` for hinge/Wasserstein, where the threshold 0
+      is arbitrary), ``penalty`` (unweighted, when a penalty is set) and ``g_loss`` (when the
+      generator is trained). There is deliberately no ``loss`` key: monitor ``d_loss`` or ``g_loss``
+      (``EarlyStopping`` then needs ``mode="min"``: Keras cannot infer a custom metric's direction).
+      ``evaluate`` / ``validation_data`` report ``d_loss`` and ``d_accuracy`` on held-out real
+      samples (:meth:`test_step`).
+
+    Saving: the generator and discriminator are ordinary Keras models (save them as ``.keras``
+    files). ``SDGAN`` itself is meant to be saved with ``save_weights`` / ``ModelCheckpoint(...,
+    save_weights_only=True)`` to a ``.weights.h5`` file and restored into an SDGAN built the same way;
+    saving the whole SDGAN as ``.keras`` is not supported.
+
+    Raises:
+      ValueError: for bad arguments (each message names the argument).
+
+    Example::
+
+        gan = SDGAN(gen, disc, loss="logistic", generator_objective="flow_regression",
+                    sigma_range=(0.05, 1.0), flow_steps=5, seed=0)
+        gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
+        history = gan.fit(real, batch_size=256, epochs=20)
+    """
+
+    def __init__(self, generator, discriminator, *, loss="logistic", generator_objective="logit",
+                 sigma_range=(0.05, 2.0), discriminator_steps=1, penalty=None, penalty_weight=None,
+                 flow_steps=5, flow_step_scale=0.5, seed=None, latent_dim=None, sigma_conditioned=None,
+                 name="sdgan", **kwargs):
+        super().__init__(name=name, **kwargs)
+        for arg, value in (("generator", generator), ("discriminator", discriminator)):
+            if not isinstance(value, keras.Model):
+                raise ValueError(f"`{arg}` must be a keras.Model, got {type(value).__name__}.")
+        self.gan_loss = _losses.get(loss)
+        if generator_objective is not None:
+            _checks.one_of(generator_objective, "generator_objective", GENERATOR_OBJECTIVES)
+            self._check_objective(generator_objective)
+        self.generator_objective = generator_objective
+        self.sigma_range = _sigma_range(sigma_range)
+        if generator_objective == "flow_regression" and self.sigma_range[1] == 0:
+            raise ValueError(
+                "`generator_objective`='flow_regression' needs sigma_range with sigma > 0 (its step "
+                f"size is flow_step_scale * sigma^2); got sigma_range={tuple(sigma_range)!r}."
+            )
+        self.discriminator_steps = _checks.positive_int(discriminator_steps, "discriminator_steps")
+        if penalty is not None:
+            _checks.one_of(penalty, "penalty", PENALTIES)
+        self.penalty = penalty
+        if penalty_weight is None:
+            penalty_weight = _DEFAULT_PENALTY_WEIGHT.get(penalty, 0.0)
+        self.penalty_weight = _checks.positive_float(penalty_weight, "penalty_weight", allow_zero=True)
+        self.flow_steps = _checks.positive_int(flow_steps, "flow_steps")
+        self.flow_step_scale = _checks.positive_float(flow_step_scale, "flow_step_scale")
+        if self.gan_loss.name == "wasserstein" and penalty is None:
+            warnings.warn(
+                "loss='wasserstein' without a penalty: the critic loss is unbounded below; pass "
+                "penalty='gradient_penalty' (WGAN-GP) or 'r1'.",
+                stacklevel=2,
+            )
+        if seed is not None:
+            seed = _checks.positive_int(seed, "seed", allow_zero=True)
+        self.seed = seed
+
+        self.generator = generator
+        self.discriminator = discriminator
+        self.latent_shape = self._latent_shape(generator, latent_dim)
+        if sigma_conditioned is None:
+            arity = _model_arity(discriminator)
+            if arity not in (1, 2):
+                raise ValueError(
+                    "`sigma_conditioned` must be given (True or False): it cannot be inferred from a "
+                    f"discriminator with {'no Keras inputs' if arity is None else f'{arity} inputs'}."
+                )
+            sigma_conditioned = arity == 2
+        self.sigma_conditioned = bool(sigma_conditioned)
+        self._seed_generator = keras.random.SeedGenerator(seed, name="sdgan_seed_generator")
+
+        self._d_loss_tracker = keras.metrics.Mean(name="d_loss")
+        self._d_accuracy_tracker = keras.metrics.Mean(name="d_accuracy")
+        self._penalty_tracker = keras.metrics.Mean(name="penalty") if penalty else None
+        self._g_loss_tracker = keras.metrics.Mean(name="g_loss") if generator_objective else None
+        self.d_optimizer = None
+        self.g_optimizer = None
+        self._ensure_built()
+
+    # --------------------------------------------------------------------------------------------
+    # Construction helpers
+    # --------------------------------------------------------------------------------------------
+    def _check_objective(self, objective):
+        loss = self.gan_loss
+        if loss.link_fn is not None:
+            return
+        allowed = _ALLOWED_WITHOUT_LINK.get(loss.name, ("minimax", "non_saturating"))
+        if objective in _NEEDS_LINK:
+            raise ValueError(
+                f"`generator_objective`={objective!r} needs a loss with a link (a log-ratio to follow), "
+                f"but loss={loss.name!r} has none. Use generator_objective in {list(allowed)} with "
+                "this loss, or an SD-consistent loss such as 'logistic'."
+            )
+        if objective not in allowed:
+            raise ValueError(
+                f"`generator_objective`={objective!r} does not fit loss={loss.name!r}: its generator "
+                "loss -relu(1 + T) has zero gradient wherever the discriminator rejects fakes "
+                f"(T < -1). Use generator_objective in {list(allowed)} (-T)."
+            )
+
+    @staticmethod
+    def _latent_shape(generator, latent_dim):
+        if latent_dim is not None:
+            if isinstance(latent_dim, numbers.Integral):
+                return (_checks.positive_int(latent_dim, "latent_dim"),)
+            try:
+                shape = tuple(int(_checks.positive_int(d, "latent_dim")) for d in latent_dim)
+            except TypeError:
+                raise ValueError(
+                    f"`latent_dim` must be an int or a shape tuple, got {latent_dim!r}."
+                ) from None
+            if not shape:
+                raise ValueError(
+                    f"`latent_dim` must be an int or a non-empty shape tuple, got {latent_dim!r}."
+                )
+            return shape
+        inputs = getattr(generator, "inputs", None)
+        if not inputs or len(inputs) != 1:
+            raise ValueError(
+                "`latent_dim` must be given: it cannot be inferred from a generator with "
+                f"{'no Keras inputs' if not inputs else f'{len(inputs)} inputs'}."
+            )
+        shape = tuple(inputs[0].shape[1:])
+        if not shape or any(d is None for d in shape):
+            raise ValueError(
+                f"`latent_dim` must be given: the generator input shape {tuple(inputs[0].shape)} is not "
+                "fully defined."
+            )
+        return shape
+
+    def _ensure_built(self):
+        """Build subclassed submodels by calling them once; mark this model built."""
+        if not self.generator.built:
+            self.generator(tf.zeros((1,) + self.latent_shape), training=False)
+        if not self.discriminator.built:
+            x = self.generator(tf.zeros((1,) + self.latent_shape), training=False)
+            self._discriminate(x, tf.ones([1, 1]), training=False)
+        self.built = True
+
+    # --------------------------------------------------------------------------------------------
+    # Keras plumbing
+    # --------------------------------------------------------------------------------------------
+    def compile(self, d_optimizer, g_optimizer=None, **kwargs):
+        """Set and build the optimizers, then ``keras.Model.compile(**kwargs)``.
+
+        Args:
+          d_optimizer: the discriminator's optimizer (a ``keras.optimizers.Optimizer`` or a name).
+          g_optimizer: the generator's; required unless ``generator_objective`` is None (then it is
+            ignored, with a warning if given). Must be a different object from ``d_optimizer``.
+          **kwargs: passed on (``run_eagerly``, ``jit_compile``, ``steps_per_execution``);
+            ``optimizer``, ``loss``, ``metrics``, ``loss_weights`` and ``weighted_metrics`` are
+            rejected: the losses and metrics are fixed by the constructor.
+
+        Raises:
+          ValueError: a missing or shared optimizer, or a rejected keyword.
+        """
+        for key in ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics"):
+            if key in kwargs:
+                raise ValueError(
+                    f"`{key}` cannot be passed to SDGAN.compile: use d_optimizer/g_optimizer; the loss is "
+                    "set by SDGAN(loss=...) and the metrics are fixed."
+                )
+        if d_optimizer is None:
+            raise ValueError("`d_optimizer` must be a Keras optimizer (or its name), got None.")
+        d_optimizer = keras.optimizers.get(d_optimizer)
+        if self.generator_objective is None:
+            if g_optimizer is not None:
+                warnings.warn("`g_optimizer` is ignored: generator_objective=None trains the "
+                              "discriminator only.", stacklevel=2)
+            g_optimizer = None
+        else:
+            if g_optimizer is None:
+                raise ValueError(
+                    f"`g_optimizer` must be given for generator_objective={self.generator_objective!r} "
+                    "(only generator_objective=None trains without one)."
+                )
+            g_optimizer = keras.optimizers.get(g_optimizer)
+            if g_optimizer is d_optimizer:
+                raise ValueError("`g_optimizer` must be a different optimizer object from `d_optimizer`.")
+        d_variables = self.discriminator.trainable_variables
+        if not d_variables:
+            raise ValueError("`discriminator` has no trainable variables to optimise.")
+        d_optimizer.build(d_variables)
+        if g_optimizer is not None:
+            g_variables = self.generator.trainable_variables
+            if not g_variables:
+                raise ValueError(
+                    "`generator` has no trainable variables; use generator_objective=None to train the "
+                    "discriminator only."
+                )
+            g_optimizer.build(g_variables)
+        self.d_optimizer = d_optimizer
+        self.g_optimizer = g_optimizer
+        # Keras's own `optimizer` slot holds the (already built) discriminator optimizer, so fit()
+        # builds nothing else and callbacks reading `model.optimizer.iterations` count D steps.
+        super().compile(optimizer=d_optimizer, **kwargs)
+
+    @property
+    def metrics(self):
+        trackers = [
+            self._d_loss_tracker, self._d_accuracy_tracker, self._penalty_tracker, self._g_loss_tracker
+        ]
+        return [tracker for tracker in trackers if tracker is not None]
+
+    def call(self, z, training=False):
+        """``generator(z)``."""
+        return self.generator(z, training=training)
+
+    def get_config(self):
+        """Not supported: save the weights (``.weights.h5``) or the two submodels instead."""
+        raise NotImplementedError(
+            "SDGAN cannot be saved as a .keras file: save its weights with save_weights(...) / "
+            "ModelCheckpoint(..., save_weights_only=True) to a .weights.h5 file, or save "
+            "gan.generator and gan.discriminator as .keras files."
+        )
+
+    # --------------------------------------------------------------------------------------------
+    # Random draws (stateless ops keyed by the SeedGenerator, folded with the replica id)
+    # --------------------------------------------------------------------------------------------
+    def _next_seed(self):
+        seed = tf.cast(self._seed_generator.next(), tf.int64)
+        return tf.random.experimental.stateless_fold_in(seed, _replica_id())
+
+    def _normal(self, shape):
+        return tf.random.stateless_normal(shape, seed=self._next_seed(), dtype=tf.float32)
+
+    def _latents(self, batch):
+        return self._normal(tf.concat([[batch], tf.constant(self.latent_shape, tf.int32)], axis=0))
+
+    def _sigmas(self, batch):
+        """σ per sample, shaped [batch, 1], log-uniform on sigma_range."""
+        low, high = self.sigma_range
+        if low == high:
+            return tf.fill([batch, 1], tf.constant(low, tf.float32))
+        u = tf.random.stateless_uniform([batch, 1], seed=self._next_seed(), dtype=tf.float32)
+        return tf.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+    @staticmethod
+    def _broadcastable(sigma, x):
+        """σ [batch, 1] reshaped to [batch, 1, ..., 1] with x's rank."""
+        return tf.reshape(sigma, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
+
+    def _add_noise(self, x, sigma):
+        if self.sigma_range[1] == 0:
+            return x
+        return x + self._broadcastable(sigma, x) * self._normal(tf.shape(x))
+
+    # --------------------------------------------------------------------------------------------
+    # Discriminator
+    # --------------------------------------------------------------------------------------------
+    def _discriminate(self, x, sigma, training):
+        """Raw outputs T(x, σ) as float32 [batch]."""
+        if self.sigma_conditioned:
+            output = self.discriminator([x, sigma], training=training)
+        else:
+            output = self.discriminator(x, training=training)
+        return tf.reshape(tf.cast(output, tf.float32), [-1])
+
+    def _decision(self, output):
+        """link(T), or T for losses without a link; positive means 'real'."""
+        if self.gan_loss.link_fn is None:
+            return output
+        return self.gan_loss.log_ratio(output)
+
+    def _penalty(self, noisy_real, noisy_fake, sigma):
+        def critic(x):
+            return self._discriminate(x, sigma, training=True)
+
+        if self.penalty == "r1":
+            return _losses.r1_penalty(critic, noisy_real)
+        # WGAN-GP at x̂ = real + α (fake − real), α drawn here from our seeded stream (stateless, the same
+        # under a strategy and under XLA). Passing x̂ as both `real` and `fake` makes
+        # losses.gradient_penalty evaluate exactly at x̂ (its own interpolation is then x̂ + α·0).
+        alpha = tf.random.stateless_uniform(
+            [tf.shape(noisy_real)[0], 1], seed=self._next_seed(), dtype=tf.float32
+        )
+        alpha = self._broadcastable(alpha, noisy_real)
+        interpolates = noisy_real + alpha * (noisy_fake - noisy_real)
+        return _losses.gradient_penalty(critic, interpolates, interpolates)
+
+    def _noised_pair(self, real):
+        """Noised real and fake batches at shared per-pair σ: (noisy_real, noisy_fake, sigma [batch, 1])."""
+        batch = tf.shape(real)[0]
+        # Fakes are made outside any tape: no generator gradient work for the discriminator.
+        fake = tf.stop_gradient(
+            self.generator(self._latents(batch), training=self.generator_objective is not None)
+        )
+        sigma = self._sigmas(batch)
+        return self._add_noise(real, sigma), self._add_noise(tf.cast(fake, tf.float32), sigma), sigma
+
+    def _discriminator_loss(self, real_output, fake_output, global_batch):
+        real_terms, fake_terms = self.gan_loss.per_sample_discriminator_loss(real_output, fake_output)
+        return tf.nn.compute_average_loss(real_terms, global_batch_size=global_batch) + \
+            tf.nn.compute_average_loss(fake_terms, global_batch_size=global_batch)
+
+    def _correct(self, real_output, fake_output):
+        """How many samples the discriminator classifies correctly (a float count)."""
+        return tf.reduce_sum(tf.cast(self._decision(real_output) > 0, tf.float32)) + \
+            tf.reduce_sum(tf.cast(self._decision(fake_output) < 0, tf.float32))
+
+    def _discriminator_step(self, real, global_batch):
+        noisy_real, noisy_fake, sigma = self._noised_pair(real)
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            real_output = self._discriminate(noisy_real, sigma, training=True)
+            fake_output = self._discriminate(noisy_fake, sigma, training=True)
+            d_loss = self._discriminator_loss(real_output, fake_output, global_batch)
+            total = d_loss
+            penalty = tf.constant(0.0)
+            if self.penalty is not None:
+                # The penalty helpers average over the local batch; rescale to a share of the global mean.
+                local_fraction = tf.cast(tf.shape(real)[0], tf.float32) / tf.cast(global_batch, tf.float32)
+                penalty = self._penalty(noisy_real, noisy_fake, sigma) * local_fraction
+                total = total + self.penalty_weight * penalty
+        gradients = tape.gradient(total, variables)
+        self.d_optimizer.apply_gradients(zip(gradients, variables))
+        return d_loss, penalty, self._correct(real_output, fake_output)
+
+    # --------------------------------------------------------------------------------------------
+    # Generator
+    # --------------------------------------------------------------------------------------------
+    def _link_gradient(self, x, sigma):
+        """∇ₓ link(T(x, σ)) per sample (the discriminator's SD estimate at x)."""
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = tf.reduce_sum(self.gan_loss.log_ratio(self._discriminate(x, sigma, training=False)))
+        return tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def flow_targets(self, x, sigma):
+        """The regression targets of ``"flow_regression"``: ``flow_steps`` Euler steps from x.
+
+        ``x ← x + η ∇ₓ link(T(x, σ))`` with ``η = flow_step_scale · σ²`` (per sample), along the current
+        discriminator.
+
+        Args:
+          x: samples ``[batch, ...]``.
+          sigma: noise levels ``[batch, 1]`` (or a scalar, used for every sample).
+
+        Returns:
+          float32 tensor shaped like x (no gradient flows through it).
+        """
+        x = tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
+        sigma = tf.convert_to_tensor(sigma, tf.float32)
+        if sigma.shape.rank == 0:
+            sigma = tf.fill([tf.shape(x)[0], 1], sigma)
+        eta = self.flow_step_scale * tf.square(self._broadcastable(sigma, x))
+        for _ in range(self.flow_steps):
+            x = x + eta * self._link_gradient(x, sigma)
+        return tf.stop_gradient(x)
+
+    def _generator_step(self, batch, global_batch):
+        z = self._latents(batch)
+        sigma = self._sigmas(batch)
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            fake = tf.cast(self.generator(z, training=True), tf.float32)
+            if self.generator_objective == "flow_regression":
+                with tape.stop_recording():
+                    target = self.flow_targets(fake, sigma)
+                flat = tf.reshape(fake - target, [batch, -1])
+                per_sample = 0.5 * tf.reduce_sum(tf.square(flat), axis=1)
+            else:
+                output = self._discriminate(fake, sigma, training=False)
+                per_sample = self.gan_loss.generator_loss(output, self.generator_objective)
+            g_loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
+        gradients = tape.gradient(g_loss, variables)
+        self.g_optimizer.apply_gradients(zip(gradients, variables))
+        return g_loss
+
+    # --------------------------------------------------------------------------------------------
+    # Training
+    # --------------------------------------------------------------------------------------------
+    def train_step(self, data):
+        """One training step on a batch of real samples (or a tuple whose first entry is that batch).
+
+        Returns:
+          ``{"d_loss", "d_accuracy"[, "penalty"][, "g_loss"]}``: the epoch-running means (Keras
+          convention), each update being a global-batch mean summed over replicas.
+        """
+        if self.d_optimizer is None:
+            raise ValueError("SDGAN must be compiled (compile(d_optimizer, g_optimizer)) before training.")
+        real = data[0] if isinstance(data, (tuple, list)) else data
+        real = tf.cast(real, tf.float32)
+        batch = tf.shape(real)[0]
+        global_batch = batch * _num_replicas()
+        d_loss_sum = tf.constant(0.0)
+        penalty_sum = tf.constant(0.0)
+        correct_sum = tf.constant(0.0)
+        for _ in range(self.discriminator_steps):
+            d_loss, penalty, correct = self._discriminator_step(real, global_batch)
+            d_loss_sum += d_loss
+            penalty_sum += penalty
+            correct_sum += correct
+        steps = float(self.discriminator_steps)
+        self._d_loss_tracker.update_state(_all_reduce_sum(d_loss_sum) / steps)
+        accuracy = _all_reduce_sum(correct_sum) / (2.0 * steps * tf.cast(global_batch, tf.float32))
+        self._d_accuracy_tracker.update_state(accuracy)
+        if self._penalty_tracker is not None:
+            self._penalty_tracker.update_state(_all_reduce_sum(penalty_sum) / steps)
+        if self.generator_objective is not None:
+            g_loss = self._generator_step(batch, global_batch)
+            self._g_loss_tracker.update_state(_all_reduce_sum(g_loss))
+        return {tracker.name: tracker.result() for tracker in self.metrics}
+
+    def test_step(self, data):
+        """Evaluate the discriminator on held-out real samples (``evaluate``, ``validation_data``).
+
+        Draws fakes, σ and noise as in training and reports ``{"d_loss", "d_accuracy"}`` (logged as
+        ``val_d_loss`` / ``val_d_accuracy`` by ``fit``) without updating anything. A held-out
+        ``d_loss`` well above the training one flags an overfitting discriminator, whose gradients
+        are then a poor SD estimate (shared/SD_FLOW.md §8).
+        """
+        real = data[0] if isinstance(data, (tuple, list)) else data
+        real = tf.cast(real, tf.float32)
+        global_batch = tf.shape(real)[0] * _num_replicas()
+        noisy_real, noisy_fake, sigma = self._noised_pair(real)
+        real_output = self._discriminate(noisy_real, sigma, training=False)
+        fake_output = self._discriminate(noisy_fake, sigma, training=False)
+        d_loss = self._discriminator_loss(real_output, fake_output, global_batch)
+        self._d_loss_tracker.update_state(_all_reduce_sum(d_loss))
+        correct = _all_reduce_sum(self._correct(real_output, fake_output))
+        self._d_accuracy_tracker.update_state(correct / (2.0 * tf.cast(global_batch, tf.float32)))
+        trackers = (self._d_loss_tracker, self._d_accuracy_tracker)
+        return {tracker.name: tracker.result() for tracker in trackers}
+
+    # --------------------------------------------------------------------------------------------
+    # After training
+    # --------------------------------------------------------------------------------------------
+    def generate(self, n, seed=None, *, batch_size=None):
+        """Draw ``n`` samples ``G(z)``, ``z ~ N(0, I)``.
+
+        Args:
+          n: number of samples (≥ 0).
+          seed: int for a reproducible draw (stateless Philox), None for a random one.
+          batch_size: run the generator on at most this many latents at a time (None: all at once).
+
+        Returns:
+          float32 tensor ``[n, *sample_shape]``.
+        """
+        n = _checks.positive_int(n, "n", allow_zero=True)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        seed = _checks.positive_int(seed, "seed", allow_zero=True)
+        z = tf.random.stateless_normal((n,) + self.latent_shape, seed=[seed, 0], dtype=tf.float32,
+                                       alg="philox")
+        chunk = n if batch_size is None else _checks.positive_int(batch_size, "batch_size")
+        if n == 0 or chunk >= n:
+            return tf.cast(self.generator(z, training=False), tf.float32)
+        parts = [tf.cast(self.generator(z[start:start + chunk], training=False), tf.float32)
+                 for start in range(0, n, chunk)]
+        return tf.concat(parts, axis=0)
+
+    def score_difference(self):
+        """The discriminator as a score-difference estimator ``(x, sigma) -> ∇ₓ link(T(x, σ))``.
+
+        Returns:
+          ``gan2flow.estimators.DiscriminatorScoreDifference(self.discriminator, loss)``.
+
+        Raises:
+          ValueError: for a loss without a link (hinge, Wasserstein).
+        """
+        return _estimators.DiscriminatorScoreDifference(
+            self.discriminator, loss=self.gan_loss, sigma_conditioned=self.sigma_conditioned
+        )
