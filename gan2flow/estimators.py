@@ -32,6 +32,7 @@ __all__ = [
     "ScoreDifferenceSum",
     "drift_corrected",
     "kernel_denoise",
+    "auto_block_size",
     "smooth",
 ]
 
@@ -52,42 +53,102 @@ def _as_sample_variable(samples, name):
     return tensor
 
 
-def kernel_denoise(x, samples, sigma, *, block_size=None, samples_half_sq_norm=None):
+# Elements of one [block, M] logit block: 2²² float32 = 16 MiB, so the matmul output, its exponentials
+# and the second matmul's input stay in a server CPU's last-level cache (measured best on the 2-core
+# benchmark machine, docs/performance.md); on a GPU it is a modest working set.
+_AUTO_BLOCK_ELEMENTS = 1 << 22
+_MIN_AUTO_BLOCK = 16
+
+
+def auto_block_size(n_queries, n_samples):
+    """The query block :func:`kernel_denoise` uses for ``block_size="auto"``.
+
+    The largest power of two with ``block · n_samples ≤ 2²²`` (16 MiB of float32 logits per block), at
+    least 16 and at most ``n_queries`` (then one block). Memory is O(block · n_samples), never
+    O(n_queries · n_samples).
+
+    Args:
+        n_queries: N, rows of x (a Python int, or None when unknown).
+        n_samples: M, rows of the sample set (a Python int, or None when unknown).
+
+    Returns:
+        A positive Python int.
+    """
+    m = max(int(n_samples), 1) if n_samples is not None else 1024
+    block = max(_MIN_AUTO_BLOCK, 1 << max(0, (_AUTO_BLOCK_ELEMENTS // m).bit_length() - 1))
+    if n_queries is not None:
+        block = min(block, max(int(n_queries), 1))
+    return block
+
+
+def kernel_denoise(x, samples, sigma, *, block_size="auto", samples_half_sq_norm=None):
     """Posterior-mean denoiser of the Gaussian KDE of ``samples``: D̂(x, σ) = Σ_j w_j y_j.
 
-    w = softmax_j(−‖x − y_j‖²/2σ²) = softmax_j((x·y_j − ½‖y_j‖²)/σ²) (the ‖x‖² term cancels).
-    Queries are processed ``block_size`` rows at a time, so memory is O(block_size · M), never O(N · M);
-    the softmax subtracts its row maximum (a stable log-sum-exp).
+    w = softmax_j(−‖x − y_j‖²/2σ²) = softmax_j(x/σ² · y_j − ½‖y_j‖²/σ²) (the ‖x‖² term cancels).
+    Per block of query rows: one matrix product for the logits, a stable log-sum-exp (subtract the
+    row maximum, exponentiate), one matrix product of the *unnormalised* weights with the samples,
+    and a division by the row sums at the end ([block, D] work instead of [block, M]). Memory is
+    O(block_size · M), never O(N · M); the block loop is a ``tf.while_loop`` (one XLA loop when
+    compiled).
 
     Args:
         x: float32 [N, D] queries.
         samples: float32 [M, D] sample set {y_j}.
         sigma: scalar noise level > 0.
-        block_size: rows of ``x`` per block (None: all N at once).
-        samples_half_sq_norm: optional precomputed ½‖y_j‖², shape [M].
+        block_size: rows of ``x`` per block; ``"auto"`` (default) picks :func:`auto_block_size` (about
+            16 MiB of logits per block); None: all N rows in one block (memory O(N · M)).
+        samples_half_sq_norm: optional precomputed ½‖y_j‖², shape [M] (saves a pass over the samples).
 
     Returns:
         float32 [N, D].
+
+    Example:
+        >>> denoised = kernel_denoise(x, data, 0.5)            # [N, D]
     """
     sigma = _sigma_tensor(sigma)
     inverse_variance = 1.0 / tf.square(sigma)
     if samples_half_sq_norm is None:
         samples_half_sq_norm = 0.5 * tf.reduce_sum(tf.square(samples), axis=1)
+    # Scale the [N, D] queries and the [M] norms, not the [block, M] logits.
+    scaled_queries = x * inverse_variance
+    scaled_half_sq = samples_half_sq_norm * inverse_variance
 
     def denoise_block(queries):
-        logits = (tf.matmul(queries, samples, transpose_b=True) - samples_half_sq_norm) * inverse_variance
-        weights = tf.nn.softmax(logits, axis=1)
-        return tf.matmul(weights, samples)
+        logits = tf.matmul(queries, samples, transpose_b=True) - scaled_half_sq
+        weights = tf.exp(logits - tf.reduce_max(logits, axis=1, keepdims=True))
+        total = tf.reduce_sum(weights, axis=1, keepdims=True)
+        return tf.matmul(weights, samples) / total
 
-    if block_size is None:
-        return denoise_block(x)
+    block_size = _block_size(block_size)
+    if block_size == "auto":
+        block_size = auto_block_size(x.shape[0], samples.shape[0])
+    n_static = x.shape[0]
+    if block_size is None or (n_static is not None and n_static <= block_size):
+        return denoise_block(scaled_queries)
     n = tf.shape(x)[0]
     dim = tf.shape(x)[1]
     n_blocks = (n + block_size - 1) // block_size
-    padded = tf.pad(x, [[0, n_blocks * block_size - n], [0, 0]])
+    padded = tf.pad(scaled_queries, [[0, n_blocks * block_size - n], [0, 0]])
     blocks = tf.reshape(padded, [n_blocks, block_size, dim])
-    denoised = tf.map_fn(denoise_block, blocks, fn_output_signature=tf.float32)
-    return tf.reshape(denoised, [n_blocks * block_size, dim])[:n]
+
+    def body(index, outputs):
+        return index + 1, outputs.write(index, denoise_block(blocks[index]))
+
+    _, outputs = tf.while_loop(
+        lambda index, _: index < n_blocks,
+        body,
+        (tf.constant(0, n_blocks.dtype), tf.TensorArray(x.dtype, size=n_blocks, element_shape=[block_size, x.shape[1]])),
+        parallel_iterations=1,
+    )
+    return tf.reshape(outputs.stack(), [n_blocks * block_size, dim])[:n]
+
+
+def _block_size(value):
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"`block_size` must be a positive int, 'auto' or None, got {value!r}.")
+    return _checks.positive_int(value, "block_size")
 
 
 class KernelScoreDifference:
@@ -101,7 +162,9 @@ class KernelScoreDifference:
     Args:
         target: samples of p, array [M, ...].
         source: samples of q, array [M', ...] with the same trailing shape, or None (use x itself).
-        block_size: query rows per block; memory is O(block_size · M). None: one block.
+        block_size: query rows per block; memory is O(block_size · M). ``"auto"`` (default): about
+            16 MiB of logits per block (:func:`auto_block_size`), the fastest measured on CPU
+            (docs/performance.md). None: one block (memory O(N · M)).
 
     Example:
         >>> est = gan2flow.KernelScoreDifference(target=real_samples, block_size=1024)
@@ -113,7 +176,7 @@ class KernelScoreDifference:
     Caution (§8): with small σ and few target samples the flow collapses onto the target samples.
     """
 
-    def __init__(self, target, source=None, block_size=None):
+    def __init__(self, target, source=None, block_size="auto"):
         target = _as_sample_variable(target, "target")
         self.event_shape = tuple(target.shape[1:])
         flat_target = tf.reshape(target, [target.shape[0], -1])
@@ -136,7 +199,7 @@ class KernelScoreDifference:
             self._source_half_sq = tf.Variable(
                 0.5 * tf.reduce_sum(tf.square(flat_source), axis=1), trainable=False, name="source_half_sq"
             )
-        self.block_size = None if block_size is None else _checks.positive_int(block_size, "block_size")
+        self.block_size = _block_size(block_size)
 
     def assign_target(self, target):
         """Replace the target samples by new ones of the same shape, reusing compiled flows.
@@ -479,7 +542,7 @@ class ScoreDifferenceSum:
         return total
 
 
-def drift_corrected(estimator, initial_samples, *, block_size=None):
+def drift_corrected(estimator, initial_samples, *, block_size="auto"):
     """Keep a fixed estimator's source term current as particles move (shared/SD_FLOW.md §7).
 
     ``estimator`` gives ∇log p_σ − ∇log q₀,σ for the *initial* source q₀. The exact identity
@@ -490,7 +553,7 @@ def drift_corrected(estimator, initial_samples, *, block_size=None):
     Args:
         estimator: an SD estimator against q₀ (e.g. a :class:`DiscriminatorScoreDifference`).
         initial_samples: samples of q₀ (typically the particles before the flow), [M, ...].
-        block_size: block size for the kernel term.
+        block_size: block size for the kernel term (``"auto"``, an int, or None for one block).
 
     Returns:
         A :class:`ScoreDifferenceSum`.
