@@ -4,7 +4,8 @@ The central contract is a score-difference estimator, a callable ``(x, sigma) ->
 v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x) shaped like x. Estimators produce it (kernel, analytic,
 discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and docs/.
 """
-from gan2flow import losses, metrics, sigmas, toys
+from gan2flow import losses, metrics, models, sigmas, toys, training
+from gan2flow.conversion import GANFlow, LatentScoreDifference, convert, load
 from gan2flow.estimators import (
     AnalyticScoreDifference,
     DenoiserScoreDifference,
@@ -14,14 +15,22 @@ from gan2flow.estimators import (
     drift_corrected,
 )
 from gan2flow.flows import FlowDivergenceError, flow, trajectory
+from gan2flow.training import SDGAN
 
 __version__ = "0.1.0"
 
 __all__ = [
     "losses",
     "metrics",
+    "models",
     "sigmas",
     "toys",
+    "training",
+    "SDGAN",
+    "GANFlow",
+    "LatentScoreDifference",
+    "convert",
+    "load",
     "AnalyticScoreDifference",
     "DenoiserScoreDifference",
     "DiscriminatorScoreDifference",

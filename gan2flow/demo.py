@@ -85,3 +85,60 @@ def kernel_demo(out_dir="gan2flow-out/kernel-demo", *, n=2000, n_target=4000, le
         print(table)
         print(f"wrote {figure} and {result['files']['numbers']} ({result['seconds']:.1f} s)")
     return result
+
+
+def train_plain_gan(real, *, loss="logistic", latent_dim=8, steps=1500, batch_size=256, hidden=(128, 128),
+                    learning_rate=2e-4, seed=0, verbose=False):
+    """Train an ordinary GAN (clean data, no noise proxies, unconditioned discriminator) the usual way.
+
+    This stands for "a GAN someone else trained": the generator uses the non-saturating objective of
+    ``loss`` and the discriminator is a plain ``x -> T`` MLP. A short budget leaves it visibly imperfect
+    (missed modes, samples smeared between modes), which is what conversion and refinement then fix.
+
+    Returns:
+        (generator, discriminator): Keras models z -> x and x -> [batch, 1].
+    """
+    import keras
+    import tensorflow as tf
+
+    from gan2flow import losses, models
+
+    real = np.asarray(real, np.float32)
+    keras.utils.set_random_seed(seed)
+    gan_loss = losses.get(loss)
+    generator = models.mlp_generator(latent_dim, real.shape[1:], hidden=hidden)
+    discriminator = models.mlp_discriminator(real.shape[1:], hidden=hidden, sigma_conditioned=False,
+                                             activation="leaky_relu")
+    d_optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.5)
+    g_optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.5)
+    d_optimizer.build(discriminator.trainable_variables)
+    g_optimizer.build(generator.trainable_variables)
+    dataset = tf.data.Dataset.from_tensor_slices(real).shuffle(len(real), seed=seed).repeat().batch(batch_size)
+    objective = "non_saturating"
+
+    @tf.function
+    def train_step(batch, step):
+        z = tf.random.stateless_normal([batch_size, latent_dim], seed=[seed, 2 * step])
+        with tf.GradientTape() as tape:
+            real_out = discriminator(batch, training=True)[:, 0]
+            fake_out = discriminator(generator(z, training=True), training=True)[:, 0]
+            d_loss = gan_loss.discriminator_loss(real_out, fake_out)
+            if gan_loss.name == "wasserstein":
+                d_loss += 10.0 * losses.gradient_penalty(lambda x: discriminator(x)[:, 0], batch,
+                                                         generator(z), seed=[seed, 2 * step])
+        d_optimizer.apply_gradients(zip(tape.gradient(d_loss, discriminator.trainable_variables),
+                                        discriminator.trainable_variables))
+        z = tf.random.stateless_normal([batch_size, latent_dim], seed=[seed, 2 * step + 1])
+        with tf.GradientTape() as tape:
+            g_loss = tf.reduce_mean(gan_loss.generator_loss(discriminator(generator(z, training=True))[:, 0],
+                                                            objective))
+        g_optimizer.apply_gradients(zip(tape.gradient(g_loss, generator.trainable_variables),
+                                        generator.trainable_variables))
+        return d_loss, g_loss
+
+    progress = keras.utils.Progbar(steps, stateful_metrics=["d_loss", "g_loss"]) if verbose else None
+    for step, batch in enumerate(dataset.take(steps)):
+        d_loss, g_loss = train_step(batch, tf.constant(step, tf.int32))
+        if progress is not None and (step % 50 == 0 or step == steps - 1):
+            progress.update(step + 1, values=[("d_loss", float(d_loss)), ("g_loss", float(g_loss))])
+    return generator, discriminator
