@@ -348,6 +348,12 @@ def flow(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sig
         ValueError: bad arguments (named in the message).
         FlowDivergenceError: a non-finite or exploding state, with the step and σ.
 
+    Compilation: the first call for an (estimator object, method, noise on/off, input or chunk shape,
+    schedule-length bucket of 8, 16, 32, ... levels) traces and compiles the whole loop once (about
+    1–3 s on 2 CPU cores for an MLP discriminator, docs/performance.md); later calls with new σ values,
+    step sizes, seeds or data of the same shape reuse that program (:func:`trace_count` stays put).
+    With ``batch_size``, a remainder chunk of another shape compiles once more.
+
     Example:
         >>> est = gan2flow.KernelScoreDifference(target=data)
         >>> x = gan2flow.flow(noise, est, gan2flow.sigmas.geometric(3.0, 0.05, 40), step_scale=0.5)
