@@ -6,6 +6,7 @@ Errors in user input print one line (``gan2flow: error: ...``) and exit with sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -25,6 +26,477 @@ def _demo(args):
     else:
         demo.gan_demo(out_dir=args.out or "gan2flow-out/demo", seed=args.seed, quick=args.quick)
     return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# train / convert / refine: the pipeline a user runs on their own data (docs/convert.md)
+
+_TOY_DEFAULT_SAMPLES = 10000
+
+
+class _CommandLineError(ValueError):
+    """A bad command-line value, already phrased with the flag's name."""
+
+
+@contextlib.contextmanager
+def _flag_names(names):
+    """Re-raise library ``ValueError``s with the command-line names of the arguments they name.
+
+    Library messages name Python arguments in backticks (```steps```); on the command line the user
+    typed ``--steps``, so the one-line error should say that.
+    """
+    try:
+        yield
+    except ValueError as error:
+        message = str(error)
+        for name, flag in names.items():
+            message = message.replace(f"`{name}`", f"`{flag}`")
+        if message == str(error):
+            raise
+        raise ValueError(message) from error
+
+
+def _positive(value, flag, *, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if value is None or value < 1:
+        raise _CommandLineError(f"`{flag}` must be an integer >= 1, got {value}.")
+    return value
+
+
+def _positive_float(value, flag):
+    if not value > 0 or value == float("inf"):
+        raise _CommandLineError(f"`{flag}` must be a positive finite number, got {value}.")
+    return value
+
+
+def _with_suffix(path, suffix, flag):
+    if not path.endswith(suffix):
+        raise _CommandLineError(f"`{flag}` must be a path ending in {suffix}, got {path!r}.")
+    return path
+
+
+def _load_array(path, flag):
+    """A finite float32 array [n, ...] from a ``.npy`` file; every error names ``flag``."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`{flag}`: no file at {path!r} (expected a .npy array).")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _CommandLineError(f"`{flag}`: {path!r} is not a readable .npy array ({first}).") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        raise _CommandLineError(f"`{flag}`: {path!r} holds several arrays (.npz); save one array with numpy.save.")
+    if array.dtype.kind not in "biuf":
+        raise _CommandLineError(f"`{flag}`: {path!r} must hold numbers, got dtype {array.dtype}.")
+    if array.ndim < 2 or len(array) == 0:
+        raise _CommandLineError(
+            f"`{flag}`: {path!r} must hold samples as rows, shape [n, ...] with n >= 1; got shape {array.shape}.")
+    if not np.all(np.isfinite(array)):
+        raise _CommandLineError(f"`{flag}`: {path!r} holds NaN or infinite values.")
+    return array.astype(np.float32)
+
+
+def _save_model(model, path):
+    """``model.save`` to a ``.keras`` file, atomically (a killed run never leaves half a file)."""
+    from gan2flow import _io
+
+    return _io._atomic(path, model.save, ".keras")
+
+
+def _sigma_range(args, real, *, none_for_default=False):
+    """(σ_min, σ_max) from the flags; a missing end defaults from the data's spread, as in convert.
+
+    With ``none_for_default`` and neither flag given: None (the library picks its own default).
+    """
+    from gan2flow import conversion
+
+    if none_for_default and args.sigma_min is None and args.sigma_max is None:
+        return None
+
+    default_min, default_max = conversion._default_sigma_range(real)
+    high = default_max if args.sigma_max is None else args.sigma_max
+    low = (high / 100.0 if args.sigma_max is not None else default_min) if args.sigma_min is None else args.sigma_min
+    if not 0 < low <= high:
+        raise _CommandLineError(
+            f"`--sigma-min`/`--sigma-max` must satisfy 0 < sigma_min <= sigma_max, got {low:g} and {high:g}.")
+    return (float(low), float(high))
+
+
+def _training_data(args):
+    """(samples, description) for ``train``: ``--data`` or ``--toy``."""
+    import numpy as np
+
+    from gan2flow import toys
+
+    if args.toy is not None:
+        n = _positive(_TOY_DEFAULT_SAMPLES if args.n_samples is None else args.n_samples, "--n-samples")
+        return toys.sample(toys.get(args.toy), n, seed=args.seed), f"toy {args.toy} ({n} samples)"
+    if args.n_samples is not None:
+        raise _CommandLineError("`--n-samples` only applies to --toy (with --data every row is used).")
+    real = _load_array(args.data, "--data")
+    if real.ndim not in (2, 4):
+        raise _CommandLineError(
+            f"`--data`: samples must be vectors [n, d] or images [n, H, W, C]; got shape {real.shape}.")
+    return np.ascontiguousarray(real), f"{args.data} {real.shape}"
+
+
+def _data_fingerprint(real):
+    import hashlib
+
+    return hashlib.sha1(real.tobytes()).hexdigest()[:16]
+
+
+def _epoch_log(path, noise_state=None):
+    """A Keras callback keeping every epoch's logs in ``path`` (JSON), so they survive a resumed run.
+
+    It runs before ``BackupAndRestore`` at each epoch end: if the run is killed between the two, the
+    epoch is repeated on resume and its entry overwritten, so the log never skips or repeats an epoch.
+    With ``noise_state`` (a variable) it also records its value after each epoch, and
+    ``restore(epoch)`` puts back the value recorded after ``epoch - 1``.
+    """
+    import json
+
+    import keras
+    import numpy as np
+
+    from gan2flow import _io
+
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs = {}
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    self.epochs = {int(k): v for k, v in json.load(handle).items()}
+
+        def restore(self, epoch):
+            entry = self.epochs.get(epoch - 1, {})
+            if noise_state is not None and "noise_state" in entry:
+                noise_state.assign(np.asarray(entry["noise_state"], noise_state.dtype))
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs = {k: v for k, v in self.epochs.items() if k < epoch}
+            entry = {"logs": {name: float(value) for name, value in (logs or {}).items()}}
+            if noise_state is not None:
+                entry["noise_state"] = np.asarray(noise_state).tolist()
+            self.epochs[epoch] = entry
+            _io.write_json(path, {str(k): v for k, v in sorted(self.epochs.items())})
+
+    return EpochLog()
+
+
+def _train(args):
+    import json
+    import time
+
+    import keras
+    import tensorflow as tf
+
+    from gan2flow import _io, losses, models, training
+
+    started = time.perf_counter()
+    _positive(args.epochs, "--epochs")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.latent_dim, "--latent-dim", allow_none=True)
+    if args.seed < 0:
+        raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
+    _positive_float(args.learning_rate, "--learning-rate")
+    real, description = _training_data(args)
+    sample_shape = tuple(real.shape[1:])
+    images = len(sample_shape) == 3
+    latent_dim = args.latent_dim or (16 if images else 8)
+    sigma_range = _sigma_range(args, real)
+    batch_size = min(args.batch_size, len(real))
+    out = args.out or "gan2flow-out/train"
+    settings = {
+        "data": description, "data_sha1": _data_fingerprint(real), "sample_shape": list(sample_shape),
+        "model": "conv" if images else "mlp", "loss": losses.get(args.loss).name, "objective": args.objective,
+        "penalty": args.penalty, "latent_dim": latent_dim, "batch_size": batch_size,
+        "sigma_range": list(sigma_range), "learning_rate": args.learning_rate, "seed": args.seed,
+    }
+
+    backup_dir = os.path.join(out, "backup")
+    settings_path = os.path.join(backup_dir, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+        changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+        if changed:
+            raise _CommandLineError(
+                f"`--out`: {backup_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
+                "rerun with the same settings to resume it, or delete that folder to start over.")
+
+    keras.utils.set_random_seed(args.seed)
+    with _flag_names({"latent_dim": "--latent-dim", "generator_objective": "--objective", "loss": "--loss",
+                      "penalty": "--penalty", "sigma_range": "--sigma-min/--sigma-max"}):
+        if images:
+            generator = models.conv_generator(latent_dim, sample_shape)
+            discriminator = models.conv_discriminator(sample_shape)
+        else:
+            generator = models.mlp_generator(latent_dim, sample_shape)
+            discriminator = models.mlp_discriminator(sample_shape)
+        gan = training.SDGAN(generator, discriminator, loss=args.loss, generator_objective=args.objective,
+                             sigma_range=sigma_range, penalty=args.penalty, seed=args.seed)
+    gan.compile(d_optimizer=keras.optimizers.Adam(args.learning_rate, beta_1=0.5),
+                g_optimizer=keras.optimizers.Adam(args.learning_rate, beta_1=0.5))
+
+    # Resume: restore the backup (weights, optimizer states, epoch) before building the data, so that
+    # epoch k gets the same shuffle (seeded by (seed, k)) as in an uninterrupted run.
+    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+    backup.set_model(gan)
+    backup.on_train_begin()
+    start = int(getattr(gan, "_initial_epoch", None) or 0)
+    os.makedirs(backup_dir, exist_ok=True)
+    _io.write_json(settings_path, settings)
+    # SDGAN's noise generator state is not part of its weights file (keras SeedGenerator): the epoch log
+    # keeps it, so a resumed run draws the same z, σ and noise as an uninterrupted one.
+    noise_state = getattr(getattr(gan, "_seed_generator", None), "state", None)
+    epoch_log = _epoch_log(os.path.join(backup_dir, "epochs.json"), noise_state)
+    if start:
+        epoch_log.restore(start)
+
+    steps_per_epoch = len(real) // batch_size
+    samples = tf.constant(real)
+
+    def epoch_batches(epoch):
+        order = tf.argsort(tf.random.stateless_uniform([len(real)], seed=tf.stack([tf.constant(args.seed, tf.int64),
+                                                                                    epoch])))
+        shuffled = tf.data.Dataset.from_tensor_slices(tf.gather(samples, order))
+        return shuffled.batch(batch_size, drop_remainder=True)
+
+    print(f"training an SDGAN on {description}: {settings['model']} models, latent {latent_dim}, "
+          f"loss {settings['loss']}, objective {args.objective}, σ in [{sigma_range[0]:.3g}, {sigma_range[1]:.3g}], "
+          f"{args.epochs} epochs × {steps_per_epoch} steps of {batch_size}")
+    if start:
+        print(f"resuming the interrupted run in {backup_dir} at epoch {start + 1}/{args.epochs}")
+    if start < args.epochs:
+        dataset = tf.data.Dataset.range(start, args.epochs).flat_map(epoch_batches).prefetch(2)
+        gan.fit(dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=[epoch_log, backup],
+                shuffle=False, verbose=1)
+    else:
+        backup.on_train_end()
+    epochs = [epoch_log.epochs[k]["logs"] for k in sorted(epoch_log.epochs)]
+    history = {name: [entry.get(name) for entry in epochs] for name in (epochs[0] if epochs else {})}
+
+    files = {
+        "generator": _save_model(generator, os.path.join(out, "generator.keras")),
+        "discriminator": _save_model(discriminator, os.path.join(out, "discriminator.keras")),
+    }
+    data_path = None
+    if args.toy is not None:  # so that `gan2flow convert --data` has the training samples
+        data_path = files["data"] = _io.save_npy(os.path.join(out, "data.npy"), real)
+    files["history"] = os.path.abspath(os.path.join(out, "history.json"))
+    _io.write_json(files["history"], {
+        "history": history, "epochs": len(epochs), "resumed_at_epoch": start or None, "settings": settings,
+        "seconds": time.perf_counter() - started, "files": files})
+    for name, path in files.items():
+        print(f"wrote {name}: {path}")
+    print("next: gan2flow convert --generator {} --discriminator {} --data {} --loss {}".format(
+        files["generator"], files["discriminator"], data_path or args.data, settings["loss"]))
+    return 0
+
+
+def _convert(args):
+    import time
+
+    from gan2flow import _io, conversion
+
+    started = time.perf_counter()
+    _positive(args.steps, "--steps")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.latent_dim, "--latent-dim", allow_none=True)
+    _positive_float(args.learning_rate, "--learning-rate")
+    if args.seed < 0:
+        raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
+    if args.output is not None:
+        flow_path = _with_suffix(args.output, ".keras", "--output")
+        diagnostics_path = flow_path[: -len(".keras")] + ".diagnostics.json"
+    else:
+        out = args.out or "gan2flow-out/convert"
+        flow_path, diagnostics_path = os.path.join(out, "flow.keras"), os.path.join(out, "diagnostics.json")
+    generator = conversion.load_keras_model(args.generator, "--generator")
+    discriminator = None if args.discriminator is None else \
+        conversion.load_keras_model(args.discriminator, "--discriminator")
+    real = _load_array(args.data, "--data")
+    try:
+        output_shape = tuple(generator.output_shape[1:])
+    except Exception:  # noqa: BLE001 - a subclassed model without a static output shape: convert checks it
+        output_shape = None
+    if output_shape is not None and None not in output_shape and output_shape != tuple(real.shape[1:]):
+        raise _CommandLineError(
+            f"`--data`: samples have shape {tuple(real.shape[1:])} but the generator outputs {output_shape}.")
+    sigma_range = _sigma_range(args, real, none_for_default=True)
+    with _flag_names({"generator": "--generator", "discriminator": "--discriminator", "real_data": "--data",
+                         "loss": "--loss", "latent_dim": "--latent-dim", "steps": "--steps",
+                         "batch_size": "--batch-size", "sigma_range": "--sigma-min/--sigma-max"}):
+        flow = conversion.convert(generator, discriminator, real, loss=args.loss, latent_dim=args.latent_dim,
+                                  sigma_range=sigma_range, steps=args.steps, batch_size=args.batch_size,
+                                  learning_rate=args.learning_rate, seed=args.seed, verbose=1)
+    flow.diagnostics["seconds"] = time.perf_counter() - started
+    flow.diagnostics["inputs"] = {"generator": args.generator, "discriminator": args.discriminator,
+                                  "data": args.data, "loss": args.loss, "seed": args.seed}
+    _save_model(flow, flow_path)
+    _io.write_json(diagnostics_path, flow.diagnostics)
+    print(f"wrote flow: {os.path.abspath(flow_path)}")
+    print(f"wrote diagnostics: {os.path.abspath(diagnostics_path)}")
+    if not flow.diagnostics.get("good_enough", True):
+        print("the calibration has warnings (above): consider more --steps or more data before refining")
+    print(f"next: gan2flow refine --flow {flow_path} --n 1000 --out samples.npy")
+    return 0
+
+
+def _refine(args):
+    import numpy as np
+
+    from gan2flow import _io, conversion, flows
+
+    _positive(args.n, "--n")
+    _positive(args.batch_size, "--batch-size", allow_none=True)
+    _positive(args.levels, "--levels")
+    if args.seed < 0:
+        raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
+    _with_suffix(args.out, ".npy", "--out")
+    flow = conversion.load_keras_model(args.flow, "--flow")
+    if not isinstance(flow, conversion.GANFlow):
+        raise _CommandLineError(f"`--flow`: {args.flow!r} holds a {type(flow).__name__}, not a gan2flow flow "
+                                "(make one with `gan2flow convert`).")
+    options = {} if args.no_refine else {"levels": args.levels, "batch_size": args.batch_size, "verbose": True}
+    what = "raw generator samples" if args.no_refine else f"samples refined in {args.space} space"
+    print(f"drawing {args.n} {what} (seed {args.seed})")
+    try:
+        with _flag_names({"n": "--n", "batch_size": "--batch-size", "levels": "--levels", "seed": "--seed"}):
+            x = flow.sample(args.n, refine=not args.no_refine, space=args.space, seed=args.seed, **options)
+    except flows.FlowDivergenceError as error:
+        raise ValueError(f"refinement diverged ({str(error).splitlines()[0]}); try more --levels") from None
+    x = np.asarray(x, np.float32)
+    path = _io.save_npy(args.out, x)
+    print(f"wrote samples {x.shape}: {path}")
+    return 0
+
+
+_EXAMPLES_TRAIN = """\
+examples:
+  gan2flow train --toy grid25 --epochs 20 --out runs/grid25
+  gan2flow train --data images.npy --objective flow_regression --epochs 50 --out runs/images
+  gan2flow train --data x.npy --loss hinge --objective non_saturating --out runs/hinge
+
+Vectors [n, d] get MLP models, images [n, H, W, C] small convolutional ones (gan2flow.models).
+Scale your data (e.g. to [-1, 1]) before training. A killed run resumes where it left off when
+rerun with the same command (state in OUT/backup, removed when training ends).
+"""
+
+_EXAMPLES_CONVERT = """\
+examples:
+  gan2flow convert --generator G.keras --discriminator D.keras --data x.npy --loss hinge
+  gan2flow convert --generator runs/grid25/generator.keras \\
+      --discriminator runs/grid25/discriminator.keras --data runs/grid25/data.npy --out runs/flow
+  gan2flow convert --generator G.keras --data x.npy --output my_flow.keras   # no discriminator
+
+The diagnostics table lists, per noise level sigma, the calibrated discriminator's held-out
+logistic loss (chance = 1.386; lower is better) next to its training loss (a gap means
+overfitting), its accuracy, two KL estimates and the checks log E_q[r] and log E_p[1/r], which are
+~0 for an exact density ratio. See docs/convert.md.
+"""
+
+_EXAMPLES_REFINE = """\
+examples:
+  gan2flow refine --flow runs/flow/flow.keras --n 1000 --out refined.npy
+  gan2flow refine --flow flow.keras --n 1000 --space latent --out latent_refined.npy
+  gan2flow refine --flow flow.keras --n 1000 --no-refine --out raw.npy     # the GAN's own samples
+
+The same --seed gives the same samples, bit for bit. Data-space refinement couples the samples of
+one batch (its drift correction is a kernel estimate over them): keep --batch-size in the
+thousands, and the same --batch-size to reproduce a result.
+"""
+
+
+def _add_pipeline_commands(commands):
+    """The ``train``, ``convert`` and ``refine`` subcommands."""
+    from argparse import RawDescriptionHelpFormatter
+
+    from gan2flow import losses  # already imported with the package; gives the --loss choices
+
+    loss_names = losses.names()
+
+    train = commands.add_parser(
+        "train", help="train an SD-consistent GAN (SDGAN) on a .npy array or a toy set",
+        formatter_class=RawDescriptionHelpFormatter, epilog=_EXAMPLES_TRAIN,
+        description="Train a GAN whose discriminator is a score-difference estimator (gan2flow.SDGAN): the\n"
+                    "discriminator sees real and generated samples noised with the same sigma and is told\n"
+                    "sigma, so its gradient drives a score-difference flow. Writes OUT/generator.keras,\n"
+                    "OUT/discriminator.keras and OUT/history.json (and OUT/data.npy for --toy).")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="X.npy", help="training samples, [n, d] vectors or [n, H, W, C] images")
+    source.add_argument("--toy", choices=["grid25", "ring8"], help="a built-in 2-D Gaussian mixture (no download)")
+    train.add_argument("--n-samples", type=int, default=None, metavar="N",
+                       help=f"samples drawn from --toy (default {_TOY_DEFAULT_SAMPLES})")
+    train.add_argument("--loss", default="logistic", choices=loss_names, help="discriminator loss (default logistic)")
+    train.add_argument("--objective", default="logit",
+                       choices=["logit", "flow_regression", "minimax", "non_saturating"],
+                       help="generator objective (default logit: the exact SD flow at the optimum)")
+    train.add_argument("--penalty", default=None, choices=["r1", "gradient_penalty"],
+                       help="gradient regularisation of the discriminator (default none)")
+    train.add_argument("--epochs", type=int, default=20, metavar="N", help="passes over the data (default 20)")
+    train.add_argument("--batch-size", type=int, default=256, metavar="B", help="batch size (default 256)")
+    train.add_argument("--latent-dim", type=int, default=None, metavar="D", help="latent size (default 8 for vectors, 16 for images)")
+    train.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam learning rate (default 1e-3)")
+    train.add_argument("--sigma-min", type=float, default=None, metavar="S", help="smallest noise level (default sigma_max / 100)")
+    train.add_argument("--sigma-max", type=float, default=None, metavar="S",
+                       help="largest noise level (default: the data's RMS spread per coordinate)")
+    train.add_argument("--out", default=None, metavar="DIR", help="output folder (default gan2flow-out/train)")
+    train.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    train.set_defaults(handler=_train)
+
+    convert = commands.add_parser(
+        "convert", help="convert a trained GAN (G.keras, D.keras) into a calibrated flow",
+        formatter_class=RawDescriptionHelpFormatter, epilog=_EXAMPLES_CONVERT,
+        description="Turn any trained Keras GAN into a score-difference flow (gan2flow.convert): calibrate a\n"
+                    "sigma-conditioned logistic discriminator against the frozen generator on noised real\n"
+                    "data, reusing the given discriminator's output as a feature, print the calibration\n"
+                    "diagnostics, and save the flow (.keras) with its diagnostics (JSON).")
+    convert.add_argument("--generator", required=True, metavar="G.keras", help="the generator, z -> x")
+    convert.add_argument("--discriminator", default=None, metavar="D.keras",
+                         help="the discriminator, x (or [x, sigma]) -> raw output; omit to calibrate from scratch")
+    convert.add_argument("--data", required=True, metavar="X.npy", help="real samples, shaped like the generator's output")
+    convert.add_argument("--loss", default=None, choices=loss_names,
+                         help="the loss the discriminator was trained with (maps its output through the "
+                              "loss's link; default: use the raw output)")
+    convert.add_argument("--steps", type=int, default=3000, metavar="N", help="calibration steps (default 3000)")
+    convert.add_argument("--batch-size", type=int, default=256, metavar="B", help="calibration batch size (default 256)")
+    convert.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="calibration learning rate (default 1e-3)")
+    convert.add_argument("--latent-dim", type=int, default=None, metavar="D",
+                         help="latent size, only for a generator without Keras inputs")
+    convert.add_argument("--sigma-min", type=float, default=None, metavar="S", help="smallest noise level (default sigma_max / 100)")
+    convert.add_argument("--sigma-max", type=float, default=None, metavar="S",
+                         help="largest noise level (default: the data's RMS spread per coordinate)")
+    where = convert.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, metavar="DIR",
+                       help="output folder for flow.keras and diagnostics.json (default gan2flow-out/convert)")
+    where.add_argument("--output", default=None, metavar="F.keras",
+                       help="write the flow to this file (diagnostics to F.diagnostics.json) instead")
+    convert.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    convert.set_defaults(handler=_convert)
+
+    refine = commands.add_parser(
+        "refine", help="draw samples from a flow, refined in data or latent space, into a .npy file",
+        formatter_class=RawDescriptionHelpFormatter, epilog=_EXAMPLES_REFINE,
+        description="Load a flow made by `gan2flow convert`, draw N generator samples and refine them along\n"
+                    "the calibrated score difference: in data space (sigma-annealed, drift-corrected SD flow)\n"
+                    "or in latent space (Langevin dynamics on log p0(z) + log r(G(z)), outputs stay on the\n"
+                    "generator's range). Writes the samples as a .npy array [N, ...].")
+    refine.add_argument("--flow", required=True, metavar="F.keras", help="a flow saved by `gan2flow convert`")
+    refine.add_argument("--n", type=int, required=True, metavar="N", help="number of samples")
+    refine.add_argument("--out", required=True, metavar="SAMPLES.npy", help="output .npy file (folders are created)")
+    refine.add_argument("--space", default="data", choices=["data", "latent"], help="where to refine (default data)")
+    refine.add_argument("--no-refine", action="store_true", help="write the raw generator samples instead")
+    refine.add_argument("--levels", type=int, default=40, metavar="L", help="noise levels of the refinement schedule (default 40)")
+    refine.add_argument("--batch-size", type=int, default=None, metavar="B",
+                        help="refine this many samples at a time (default: all at once)")
+    refine.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    refine.set_defaults(handler=_refine)
 
 
 def build_parser():
@@ -49,6 +521,7 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quick", action="store_true", help="smaller budget (for smoke tests)")
     demo.set_defaults(handler=_demo)
+    _add_pipeline_commands(commands)
     return parser
 
 
