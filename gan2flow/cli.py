@@ -356,6 +356,8 @@ def _refine(args):
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size", allow_none=True)
     _positive(args.levels, "--levels")
+    if args.step_scale is not None:
+        _positive_float(args.step_scale, "--step-scale")
     if args.seed < 0:
         raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
     _with_suffix(args.out, ".npy", "--out")
@@ -364,13 +366,17 @@ def _refine(args):
         raise _CommandLineError(f"`--flow`: {args.flow!r} holds a {type(flow).__name__}, not a gan2flow flow "
                                 "(make one with `gan2flow convert`).")
     options = {} if args.no_refine else {"levels": args.levels, "batch_size": args.batch_size, "verbose": True}
+    if args.step_scale is not None and not args.no_refine:
+        options["step_scale"] = args.step_scale
     what = "raw generator samples" if args.no_refine else f"samples refined in {args.space} space"
     print(f"drawing {args.n} {what} (seed {args.seed})")
     try:
         with _flag_names({"n": "--n", "batch_size": "--batch-size", "levels": "--levels", "seed": "--seed"}):
             x = flow.sample(args.n, refine=not args.no_refine, space=args.space, seed=args.seed, **options)
     except flows.FlowDivergenceError as error:
-        raise ValueError(f"refinement diverged ({str(error).splitlines()[0]}); try more --levels") from None
+        raise ValueError(
+            f"`--step-scale`: refinement diverged at sigma={error.sigma:.3g} (step size {error.step_size:.3g}); "
+            "rerun with a smaller --step-scale (default 0.5 in data space, 0.2 in latent space)") from None
     x = np.asarray(x, np.float32)
     path = _io.save_npy(args.out, x)
     print(f"wrote samples {x.shape}: {path}")
@@ -493,6 +499,9 @@ def _add_pipeline_commands(commands):
     refine.add_argument("--space", default="data", choices=["data", "latent"], help="where to refine (default data)")
     refine.add_argument("--no-refine", action="store_true", help="write the raw generator samples instead")
     refine.add_argument("--levels", type=int, default=40, metavar="L", help="noise levels of the refinement schedule (default 40)")
+    refine.add_argument("--step-scale", type=float, default=None, metavar="E",
+                        help="step size factor, eta = E * sigma^2 (default 0.5 in data space, 0.2 in latent "
+                             "space); lower it if refinement diverges")
     refine.add_argument("--batch-size", type=int, default=None, metavar="B",
                         help="refine this many samples at a time (default: all at once)")
     refine.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
