@@ -18,6 +18,9 @@ def _atomic(path, write, suffix):
     os.close(handle)
     try:
         write(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual permissions
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
