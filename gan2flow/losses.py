@@ -437,9 +437,10 @@ def get(name):
     """
     if isinstance(name, Loss):
         return name
+    # Messages say `loss`: every public caller takes the loss as an argument named `loss`.
     if not isinstance(name, str):
-        raise TypeError(f"`name` must be a loss name or a Loss, got {type(name).__name__}.")
-    _checks.one_of(name, "name", _LOSSES)
+        raise TypeError(f"`loss` must be a loss name or a Loss, got {type(name).__name__}.")
+    _checks.one_of(name, "loss", _LOSSES)
     return _LOSSES[name]
 
 

@@ -344,7 +344,7 @@ def _gan_kwargs(**kwargs):
          "generator_objective"),
         (dict(loss="hinge", generator_objective="minimax"), "generator_objective"),
         (dict(generator_objective="bogus"), "generator_objective"),
-        (dict(loss="bogus"), "name"),
+        (dict(loss="bogus"), "`loss` must be one of"),
         (dict(sigma_range=(0.5, 0.1)), "sigma_range"),
         (dict(sigma_range=(0.0, 1.0)), "sigma_range"),
         (dict(sigma_range=(-1.0, 1.0)), "sigma_range"),
