@@ -26,6 +26,11 @@ def _check_range(sigma_max, sigma_min, n):
         raise ValueError(
             f"`sigma_min` must be <= `sigma_max`, got sigma_min={sigma_min} > sigma_max={sigma_max}."
         )
+    if not np.float32(sigma_min) > 0 or not np.isfinite(np.float32(sigma_max)):
+        raise ValueError(
+            "`sigma_min` and `sigma_max` must be positive and finite in float32 (about 1e-45 to 3.4e38), "
+            f"got sigma_min={sigma_min}, sigma_max={sigma_max}."
+        )
     if n == 1 and sigma_min != sigma_max:
         raise ValueError(
             f"`n` must be >= 2 for a schedule from sigma_max={sigma_max} to sigma_min={sigma_min}, got 1."
