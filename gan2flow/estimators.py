@@ -48,7 +48,7 @@ def _flatten(x):
 
 def _as_sample_variable(samples, name):
     tensor = _checks.as_float_tensor(samples, name, min_rank=2)
-    if tensor.shape[0] == 0:
+    if tensor.shape[0] == 0 or tensor.shape.num_elements() == 0:
         raise ValueError(f"`{name}` must hold at least one sample, got shape {tuple(tensor.shape)}.")
     return tensor
 
@@ -228,8 +228,17 @@ class KernelScoreDifference:
         )
         return tf.reshape(denoised + self._center, tf.shape(x))
 
+    def _check_x(self, x):
+        if x.shape.rank is not None and (x.shape.rank != len(self.event_shape) + 1 or any(
+                d is not None and d != e for d, e in zip(x.shape[1:], self.event_shape))):
+            raise ValueError(
+                f"`x` must be a batch of samples of shape {self.event_shape} (the target samples'), got shape "
+                f"{tuple(x.shape)}."
+            )
+
     def __call__(self, x, sigma):
         x = tf.convert_to_tensor(x, tf.float32)
+        self._check_x(x)
         sigma = _sigma_tensor(sigma)
         flat = _flatten(x) - self._center
         target_mean = kernel_denoise(
@@ -401,6 +410,21 @@ def _model_arity(model):
     return None
 
 
+def _input_sample_shape(model):
+    """The sample shape of a Keras model's x input (its only input, or the first of [x, sigma]); None if unknown."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):  # e.g. a Sequential model not called yet
+        inputs = getattr(model, "inputs", None)
+        if not inputs or len(inputs) != 1:
+            return None
+        structure = inputs[0]
+    if isinstance(structure, (list, tuple)):
+        structure = structure[0]
+    shape = getattr(structure, "shape", None)
+    return None if shape is None or isinstance(structure, dict) else tuple(shape[1:])
+
+
 class DiscriminatorScoreDifference:
     """The GAN route: v_σ(x) ≈ ∇ₓ link(T(x, σ)) for a discriminator trained with an SD-consistent loss.
 
@@ -414,17 +438,23 @@ class DiscriminatorScoreDifference:
             whose link maps outputs to log-ratios; ``None`` means flow along ∇T itself (for losses with
             no link, such as hinge or Wasserstein: a direction, not an SD estimate).
         sigma_conditioned: whether the model takes σ as a second input; None infers it from the
-            model's ``inputs`` (functional and sequential Keras models).
+            model's ``inputs`` (functional and sequential Keras models). A value that contradicts the
+            model's ``inputs`` is an error.
+        check_gradient: on the first eager call, raise if ∇ₓ link(T) is zero everywhere on the batch (a
+            discriminator that ignores its input would flow nowhere, silently). :func:`gan2flow.flow`
+            makes that first call on a few rows of its input before compiling; traced calls never check.
 
     Example:
         >>> est = gan2flow.DiscriminatorScoreDifference(disc, loss="logistic")
         >>> v = est(x, 0.1)
 
     Raises:
-        ValueError: a loss with no link, an undeterminable σ-conditioning, or outputs of the wrong shape.
+        ValueError: a loss with no link, an undeterminable or contradicted σ-conditioning, several
+            outputs or outputs of the wrong shape, x of a sample shape the model does not take, or an
+            all-zero input gradient (``check_gradient``).
     """
 
-    def __init__(self, discriminator, loss="logistic", sigma_conditioned=None):
+    def __init__(self, discriminator, loss="logistic", sigma_conditioned=None, *, check_gradient=True):
         if not callable(discriminator):
             raise ValueError(
                 f"`discriminator` must be a Keras model or callable, got {type(discriminator).__name__}."
@@ -440,28 +470,51 @@ class DiscriminatorScoreDifference:
                     "gradient is not a score-difference estimate. Calibrate it with gan2flow.convert(...), "
                     "or pass loss=None to flow along the raw output gradient."
                 )
+        arity = _model_arity(discriminator)
+        if arity is not None and arity not in (1, 2):
+            raise ValueError(f"`discriminator` must take x or [x, sigma], got a model with {arity} inputs.")
         if sigma_conditioned is None:
-            arity = _model_arity(discriminator)
             if arity is None:
                 raise ValueError(
                     "`sigma_conditioned` must be given (True or False) for a discriminator without Keras "
                     f"`inputs` (got a {type(discriminator).__name__})."
                 )
-            if arity not in (1, 2):
-                raise ValueError(
-                    f"`discriminator` must take x or [x, sigma], got a model with {arity} inputs."
-                )
             sigma_conditioned = arity == 2
+        elif arity is not None and bool(sigma_conditioned) != (arity == 2):
+            raise ValueError(
+                f"`sigma_conditioned`={bool(sigma_conditioned)} contradicts the discriminator, which takes "
+                f"{'[x, sigma] (2 inputs)' if arity == 2 else 'x only (1 input)'}; pass "
+                f"sigma_conditioned={arity == 2} or None (inferred)."
+            )
         self.sigma_conditioned = bool(sigma_conditioned)
+        self._unchecked_gradient = bool(check_gradient)
+        self._sample_shape = _input_sample_shape(discriminator) if arity else None
 
     def raw_output(self, x, sigma):
         """The discriminator's raw output T(x, σ), shape [batch]."""
         x = tf.convert_to_tensor(x, tf.float32)
+        expected = self._sample_shape
+        if expected is not None and x.shape.rank is not None and (
+                x.shape.rank != len(expected) + 1
+                or any(e is not None and d is not None and e != d for e, d in zip(expected, x.shape[1:]))):
+            raise ValueError(
+                f"`x` must be a batch of samples of shape {expected} for this discriminator, got shape "
+                f"{tuple(x.shape)}."
+            )
         if self.sigma_conditioned:
             sigma_column = tf.fill([tf.shape(x)[0], 1], _sigma_tensor(sigma))
             output = self.discriminator([x, sigma_column], training=False)
         else:
             output = self.discriminator(x, training=False)
+        if isinstance(output, dict):
+            output = list(output.values())
+        if isinstance(output, (list, tuple)):
+            if len(output) != 1:
+                raise ValueError(
+                    "`discriminator` must return a single output (one raw output per sample), got "
+                    f"{len(output)} outputs."
+                )
+            output = output[0]
         output = tf.convert_to_tensor(output)
         if output.shape.rank == 2 and output.shape[1] == 1:
             output = output[:, 0]
@@ -485,6 +538,14 @@ class DiscriminatorScoreDifference:
         gradient = tape.gradient(value, x)
         if gradient is None:
             raise ValueError("`discriminator` output does not depend on its input x (no gradient path).")
+        if self._unchecked_gradient and tf.executing_eagerly():  # once; never while tracing (XLA-safe)
+            if not bool(tf.reduce_any(tf.not_equal(gradient, 0.0))):
+                raise ValueError(
+                    "`discriminator` output does not depend on its input x: its gradient is exactly zero at "
+                    f"all {int(tf.shape(x)[0])} samples of shape {tuple(x.shape[1:])} (a constant, untrained "
+                    "or disconnected model?); pass check_gradient=False if that is intended."
+                )
+            self._unchecked_gradient = False
         return gradient
 
 
