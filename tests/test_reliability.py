@@ -89,9 +89,11 @@ def kit(tmp_path_factory):
     os.makedirs(files["folder.keras"])
     with open(files["corrupt.npy"], "w") as handle:
         handle.write("1, 2, 3\n")
-    os.makedirs(files["backup"])
+    os.makedirs(files["backup"])  # an interrupted calibration's backup, made with other settings
     with open(os.path.join(files["backup"], "settings.json"), "w") as handle:
         json.dump({"steps": 123456}, handle)
+    with open(os.path.join(files["backup"], "latest.weights.h5"), "wb") as handle:
+        handle.write(b"\x89HDF")
     return {
         "x": rng.normal(size=(8, 2)).astype(np.float32),
         "real": rng.normal(size=(64, 2)).astype(np.float32),
@@ -375,7 +377,7 @@ def test_a_rejected_backup_folder_is_left_untouched(kit):
     folder = kit["files"]["backup"]
     with pytest.raises(ValueError, match="backup_dir"):
         _convert(kit, backup_dir=folder)
-    assert sorted(os.listdir(folder)) == ["settings.json"]
+    assert sorted(os.listdir(folder)) == ["latest.weights.h5", "settings.json"]
     with open(os.path.join(folder, "settings.json")) as handle:
         assert json.load(handle) == {"steps": 123456}
 
@@ -404,6 +406,8 @@ def cli_files(tmp_path_factory):
     os.makedirs(os.path.join(paths["stale"], "backup"))
     with open(os.path.join(paths["stale"], "backup", "settings.json"), "w") as handle:
         json.dump({"steps": 1}, handle)
+    with open(os.path.join(paths["stale"], "backup", "latest.weights.h5"), "wb") as handle:
+        handle.write(b"\x89HDF")
     return paths
 
 
@@ -832,6 +836,7 @@ def test_conversion_with_a_backup_folder_cleans_up_only_its_files(kit, tmp_path)
     backup_dir = tmp_path / "backup"
     backup_dir.mkdir()
     (backup_dir / "notes.txt").write_text("mine")
+    (backup_dir / "settings.json").write_text('{"steps": 5}')  # settings but no backup: nothing to resume
     flow = _convert(kit, steps=2, backup_dir=str(backup_dir), jit_compile=False)
     assert isinstance(flow, gan2flow.GANFlow)
     assert os.listdir(backup_dir) == ["notes.txt"]
