@@ -34,6 +34,7 @@ __all__ = ["convert", "GANFlow", "LatentScoreDifference", "load", "calibration_d
            "load_keras_model"]
 
 _LOGISTIC = losses.get("logistic")
+_MAX_LATENT_STEP = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,6 +68,11 @@ def _model_inputs(model):
 
 
 def _output_column(output, name):
+    if isinstance(output, (list, tuple, dict)):
+        if len(output) != 1:
+            raise ValueError(f"`{name}` must return a single output (one raw output per sample), got {len(output)} "
+                             "outputs.")
+        output = list(output.values())[0] if isinstance(output, dict) else output[0]
     output = tf.convert_to_tensor(output)
     if output.shape.rank == 2 and output.shape[1] == 1:
         return output
@@ -297,6 +303,16 @@ class GANFlow(keras.Model):
         config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
         return cls(**config)
 
+    def save(self, filepath, overwrite=True, **kwargs):
+        """``keras.Model.save``; to a local ``.keras`` path atomically (a temporary file in the same folder,
+        then ``os.replace``), so that an interrupted save never leaves a half-written file behind."""
+        path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else None
+        if path is None or not path.endswith(".keras") or "://" in path or (not overwrite and os.path.exists(path)):
+            return super().save(filepath, overwrite=overwrite, **kwargs)
+        from gan2flow import _io
+
+        _io._atomic(path, lambda temporary: super(GANFlow, self).save(temporary, overwrite=True, **kwargs), ".keras")
+
     @property
     def sample_shape(self):
         return tuple(self.generator.output_shape[1:])
@@ -437,12 +453,12 @@ class GANFlow(keras.Model):
 
     def refine_latent(self, z, *, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.2, noise_scale=1.0,
                       prior_weight=1.0, seed=None, batch_size=None, verbose=False, callback=None,
-                      on_divergence="raise"):
+                      on_divergence="raise", strategy=None):
         """Refine latents: z ← z + η_k ∇_z[link(T(G(z), σ_k)) + log p₀(z)] + sqrt(2η_k)·noise_scale·n.
 
         Annealed over the same σ schedule as :meth:`refine`, with η_k = step_scale·σ_k² / s² where s is
         :meth:`jacobian_scale`, so that a latent step moves G(z) about as far as a data-space step would.
-        With noise_scale = 1 this is annealed Langevin dynamics whose stationary law at level σ is
+        η_k is capped at 0.5 (stability of the prior term). With noise_scale = 1 this is annealed Langevin dynamics whose stationary law at level σ is
         p₀(z)·p_σ(G(z))/q_σ(G(z)): the prior reweighted by the density ratio, which needs no drift
         correction; with noise_scale = 0 it is mode-seeking ascent. Outputs stay on G's range.
 
@@ -452,6 +468,8 @@ class GANFlow(keras.Model):
             on_divergence: as :meth:`refine` / :func:`gan2flow.flow`.
             prior_weight: weight of log p₀(z) = −‖z‖²/2.
             verbose: show a progress bar.
+            strategy: a ``tf.distribute`` strategy to shard the latents over (:func:`gan2flow.distribute.flow`;
+                the same latents as on one device with ``verbose=False``; no ``callback`` or progress bar then).
 
         Returns:
             The refined latents (pass them to :meth:`generate`).
@@ -465,7 +483,14 @@ class GANFlow(keras.Model):
         if prior_weight not in self._latent_estimators:
             self._latent_estimators[prior_weight] = LatentScoreDifference(self.generator, self.estimator, prior_weight)
         estimator = self._latent_estimators[prior_weight]
-        step_sizes = step_scale * tf.square(sigmas) / self.jacobian_scale() ** 2
+        # Capped at 0.5: beyond η = 2 the prior term alone (z ← (1 − η) z) is unstable, and unadjusted Langevin
+        # is biased well before that; a generator that barely stretches its latent would otherwise get huge steps.
+        step_sizes = tf.minimum(step_scale * tf.square(sigmas) / self.jacobian_scale() ** 2, _MAX_LATENT_STEP)
+        if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
+            from gan2flow import distribute
+            return distribute.flow(
+                z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma, noise_scale=noise_scale,
+                seed=seed, batch_size=batch_size, callback=callback, on_divergence=on_divergence, strategy=strategy)
         return _progress.flow_with_progress(
             z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma, noise_scale=noise_scale,
             seed=seed, batch_size=batch_size, callback=callback, verbose=verbose, on_divergence=on_divergence,
@@ -604,7 +629,7 @@ def _default_sigma_range(real):
 def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, sigma_range=None, steps=3000,
             batch_size=256, learning_rate=1e-3, hidden=(256, 256, 256), reuse_discriminator=True,
             validation_fraction=0.2, seed=0, verbose=1, callbacks=None, strategy=None, jit_compile=True,
-            fourier_features=128):
+            fourier_features=128, backup_dir=None):
     """Turn a trained GAN into a calibrated :class:`GANFlow`.
 
     Args:
@@ -624,6 +649,12 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         seed: seed for the split, latents, σ and noise.
         verbose: 0 silent, 1 progress bar and report.
         callbacks: Keras callbacks for the calibration ``fit`` (e.g. ModelCheckpoint, BackupAndRestore).
+        backup_dir: a folder to back the calibration up in after every epoch (≤ 200 steps) with
+            ``keras.callbacks.BackupAndRestore`` (weights, optimizer state, epoch; the previous backup is kept
+            too, in case a kill lands mid-write). Calling convert again with the same arguments after a crash,
+            even ``kill -9``, resumes from the last backup, losing at most one epoch. The folder also records
+            the settings (other settings while it holds a backup raise ``ValueError``); its files are removed
+            when convert returns.
         strategy: optional ``tf.distribute`` strategy to calibrate under.
         jit_compile: compile the calibration step with XLA.
         fourier_features: number of σ-damped random Fourier features of x fed to the calibrated
@@ -652,6 +683,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     if loss is not None:
         loss = losses.get(loss).name
     steps = _checks.positive_int(steps, "steps")
+    learning_rate = _checks.positive_float(learning_rate, "learning_rate")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction!r}.")
@@ -661,6 +693,11 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         sample = generator(tf.zeros((2,) + tuple(latent_shape)), training=False)
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"`generator` could not be called on latents of shape {(2,) + tuple(latent_shape)}: {error}") from None
+    if isinstance(sample, (list, tuple, dict)):
+        raise ValueError(f"`generator` must return one tensor of samples, got {len(sample)} outputs.")
+    if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(sample, tf.float32)))):
+        raise ValueError("`generator` returned NaN/Inf samples for the latent z = 0, expected finite ones "
+                         "(are its weights finite?).")
     if tuple(sample.shape[1:]) != tuple(real.shape[1:]):
         raise ValueError(
             f"`generator` output shape {tuple(sample.shape[1:])} does not match the samples of `real_data` "
@@ -678,9 +715,13 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     order = rng.permutation(len(real))
     n_heldout = max(10, int(round(validation_fraction * len(real))))
     heldout, train = real[order[:n_heldout]], real[order[n_heldout:]]
-    sigma_range = _default_sigma_range(train) if sigma_range is None else tuple(map(float, sigma_range))
-    if len(sigma_range) != 2 or not 0 < sigma_range[0] <= sigma_range[1]:
-        raise ValueError(f"`sigma_range` must be (sigma_min, sigma_max) with 0 < sigma_min <= sigma_max, got {sigma_range}.")
+    try:
+        sigma_range = _default_sigma_range(train) if sigma_range is None else tuple(map(float, sigma_range))
+    except (TypeError, ValueError):
+        raise ValueError(f"`sigma_range` must be a pair (sigma_min, sigma_max), got {sigma_range!r}.") from None
+    if len(sigma_range) != 2 or not 0 < sigma_range[0] <= sigma_range[1] < math.inf:
+        raise ValueError(f"`sigma_range` must be (sigma_min, sigma_max) with 0 < sigma_min <= sigma_max < inf, got "
+                         f"{sigma_range}.")
 
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
@@ -700,7 +741,17 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         print(f"calibrating a σ-conditioned logistic discriminator: {steps} steps, σ in "
               f"[{sigma_range[0]:.3g}, {sigma_range[1]:.3g}]" + (", reusing the given discriminator" if
                                                                   given is not None and reuse_discriminator else ""))
-    trainer.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=1 if verbose else 0,
+    callbacks = list(callbacks or [])
+    if backup_dir is not None:
+        backup = _calibration_backup(backup_dir, {
+            "real_data": _fingerprint(real), "generator": generator.name, "loss": loss, "latent_shape": list(latent_shape),
+            "sigma_range": list(sigma_range), "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+            "hidden": list(hidden), "reuse_discriminator": bool(given is not None and reuse_discriminator),
+            "validation_fraction": validation_fraction, "seed": seed, "fourier_features": fourier_features})
+        callbacks.insert(0, backup)  # first: it saves an epoch before other callbacks can stop the run
+        if verbose and os.path.exists(os.path.join(os.fspath(backup_dir), "training_metadata.json")):
+            print(f"resuming the interrupted calibration backed up in {os.fspath(backup_dir)}")
+    trainer.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=1 if verbose else 0, shuffle=False,
                 callbacks=callbacks)
     flow = GANFlow(generator, calibrator, sigma_range=sigma_range, latent_shape=latent_shape)
     flow.diagnostics = diagnose(flow, train, heldout, seed=seed)
@@ -709,7 +760,62 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
                              "given_loss": loss, "n_train": len(train), "n_heldout": len(heldout)})
     if verbose:
         print(format_diagnostics(flow.diagnostics))
+    if backup_dir is not None:
+        _remove_backup(backup_dir)
     return flow
+
+
+_BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
+                 "training_metadata.json.bkp", "settings.json")
+
+
+def _fingerprint(array):
+    """Shape, dtype and a SHA-1 of (at most 10⁶ evenly strided elements of) an array."""
+    import hashlib
+
+    flat = np.ascontiguousarray(array).reshape(-1)
+    strided = np.ascontiguousarray(flat[::max(1, flat.size // 1_000_000)])
+    return f"{array.shape}:{array.dtype}:{hashlib.sha1(strided.tobytes()).hexdigest()[:16]}"
+
+
+def _calibration_backup(backup_dir, settings):
+    """A ``BackupAndRestore`` for the calibration in ``backup_dir``, refusing a backup made with other settings."""
+    import json
+
+    from gan2flow import _io
+
+    backup_dir = os.fspath(backup_dir)
+    path = os.path.join(backup_dir, "settings.json")
+    settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
+    saved = any(os.path.exists(os.path.join(backup_dir, name)) for name in _BACKUP_FILES[:2])
+    if saved and os.path.exists(path):  # (settings without a backup: nothing to resume, start over)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                previous = json.load(handle)
+        except (OSError, ValueError):
+            previous = None
+        if previous != settings:
+            changed = sorted(key for key in set(previous or {}) | set(settings)
+                             if (previous or {}).get(key) != settings.get(key))
+            raise ValueError(
+                f"`backup_dir`: {backup_dir!r} holds an interrupted calibration with other settings "
+                f"({', '.join(changed) or 'unreadable settings.json'}); call convert with the same arguments to "
+                "resume it, or delete that folder to start over.")
+    _io.write_json(path, settings)
+    return keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+
+
+def _remove_backup(backup_dir):
+    """Delete the backup files convert wrote (only those), then the folder if it is empty."""
+    for name in _BACKUP_FILES:
+        try:
+            os.remove(os.path.join(backup_dir, name))
+        except OSError:  # already gone
+            pass
+    try:
+        os.rmdir(backup_dir)
+    except OSError:  # it holds other files: leave it
+        pass
 
 
 class _null_scope:

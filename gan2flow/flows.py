@@ -72,12 +72,8 @@ def _mix32(value):
     return tf.bitwise.bitwise_xor(value, tf.bitwise.right_shift(value, 16))
 
 
-def counter_normal(shape, seed, step, offset):
-    """Standard normal noise for rows ``offset .. offset + shape[0]`` of a flow at ``step``.
-
-    Deterministic in (seed, step, global row index, coordinate): chunked and sharded flows draw the
-    same noise as a single pass. Box–Muller on two 32-bit hashes.
-    """
+def _counter_hash(shape, seed, step, offset):
+    """One 32-bit hash (in an int64 tensor [rows, width]) per element of rows ``offset ..``."""
     rows = shape[0]
     width = tf.reduce_prod(shape[1:])
     row_index = tf.cast(offset, tf.int64) + tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)
@@ -87,13 +83,33 @@ def counter_normal(shape, seed, step, offset):
     ))
     low = tf.bitwise.bitwise_and(element, _MASK32)
     high = tf.bitwise.right_shift(element, 32)
-    first = _mix32(tf.bitwise.bitwise_xor(_mix32(tf.bitwise.bitwise_xor(low, key)), high))
+    return _mix32(tf.bitwise.bitwise_xor(_mix32(tf.bitwise.bitwise_xor(low, key)), high))
+
+
+def counter_normal(shape, seed, step, offset):
+    """Standard normal noise for rows ``offset .. offset + shape[0]`` of a flow at ``step``.
+
+    Deterministic in (seed, step, global row index, coordinate): chunked and sharded flows draw the
+    same noise as a single pass. Box–Muller on two 32-bit hashes.
+    """
+    first = _counter_hash(shape, seed, step, offset)
     second = _mix32(tf.bitwise.bitwise_xor(first, 0x68E31DA4))
     scale = 1.0 / 4294967296.0
     uniform_1 = (tf.cast(first, tf.float32) + 0.5) * scale
     uniform_2 = (tf.cast(second, tf.float32) + 0.5) * scale
     normal = tf.sqrt(-2.0 * tf.math.log(uniform_1)) * tf.cos(2.0 * math.pi * uniform_2)
     return tf.reshape(normal, shape)
+
+
+def counter_uniform(shape, seed, step, offset):
+    """Uniform noise on (0, 1) with the keying of :func:`counter_normal` (seed, step, global row, coordinate).
+
+    24-bit resolution, so every value is exact in float32 and strictly inside (0, 1). Used where draws
+    must not depend on how a batch is split (``SDGAN(replica_invariant_noise=True)``).
+    """
+    first = _counter_hash(shape, seed, step, offset)
+    uniform = (tf.cast(tf.bitwise.right_shift(first, 8), tf.float32) + 0.5) * (1.0 / 16777216.0)
+    return tf.reshape(uniform, shape)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,6 +195,47 @@ def _runner(estimator, method, record, noisy, jit_compile):
     return cache[key]
 
 
+_PROBE_ROWS = 16
+_PROBED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _probe(estimator, x, sigma):
+    """Call the estimator once, eagerly, on the first rows of x: it must return one float32 tensor shaped
+    like its input. Done once per estimator and sample shape, before anything is traced, so that a wrong
+    estimator fails here with a plain message (and estimators' own eager checks run) instead of deep
+    inside a compiled loop; steady-state calls skip it."""
+    if not tf.executing_eagerly():
+        return
+    key = tuple(x.shape[1:])
+    try:
+        seen = _PROBED.setdefault(estimator, set())
+    except TypeError:  # not weak-referenceable: probe every call
+        seen = set()
+    if key in seen:
+        return
+    rows = x[:_PROBE_ROWS]
+    try:
+        velocity = estimator(rows, sigma)
+    except tf.errors.OpError as error:
+        first = (error.message or type(error).__name__).strip().splitlines()[0]
+        first = first.split("}} ", 1)[-1]  # drop TensorFlow's "{{function_node ...}}" prefix
+        raise ValueError(
+            f"`estimator` failed on the first rows of `x` (shape {tuple(rows.shape)}) at sigma={sigma:.6g}: "
+            f"{first}") from error
+    if velocity is None or isinstance(velocity, (list, tuple, dict)):
+        found = "None" if velocity is None else f"a {type(velocity).__name__} of {len(velocity)}"
+        raise ValueError(f"`estimator` must return one tensor v shaped like x, got {found}.")
+    dtype = getattr(velocity, "dtype", None)
+    if dtype is None or tf.as_dtype(dtype) != tf.float32:
+        raise ValueError(
+            f"`estimator` must return float32 v shaped like x, got dtype {dtype} (cast it to float32).")
+    if tuple(velocity.shape) != tuple(rows.shape):
+        raise ValueError(
+            f"`estimator` must return v shaped like x: got shape {tuple(velocity.shape)} for x of shape "
+            f"{tuple(rows.shape)}.")
+    seen.add(key)
+
+
 def _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, method, noise_scale, seed,
              on_divergence, max_backoffs, divergence_bound, batch_size):
     if not callable(estimator):
@@ -211,9 +268,12 @@ def _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, meth
         scale = float(tf.reduce_max(tf.abs(x))) if int(tf.size(x)) else 0.0
         sigma_max = float(sigmas[0]) if sigmas.shape[0] else 0.0
         divergence_bound = 1e3 * (1.0 + scale + 10.0 * sigma_max)
+    elif isinstance(divergence_bound, (int, float, np.floating)) and divergence_bound == float("inf"):
+        divergence_bound = float("inf")  # no bound: only non-finite values count as divergence
     else:
-        divergence_bound = _checks.positive_float(divergence_bound, "divergence_bound") if np.isfinite(
-            divergence_bound) else float("inf")
+        divergence_bound = _checks.positive_float(divergence_bound, "divergence_bound")
+    if sigmas.shape[0] and x.shape[0]:
+        _probe(estimator, x, float(sigmas[0]))
     return (x, sigmas, etas, steps_per_sigma, method, noise_scale, int(seed), on_divergence, max_backoffs,
             divergence_bound, batch_size)
 
@@ -237,6 +297,8 @@ def _raise_divergence(bad_step, steps_per_sigma, sigmas, etas, scale, on_diverge
 def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale, seed, on_divergence,
                max_backoffs, divergence_bound, batch_size, jit_compile, record, callback, offset=0):
     """Run the compiled loop over chunks of x; returns (x, history or None)."""
+    if callback is not None and not callable(callback):
+        raise ValueError(f"`callback` must be callable (a dict of step values) -> None, got {type(callback).__name__}.")
     n = int(x.shape[0])
     if sigmas.shape[0] == 0 or n == 0:
         history = x[None] if record else None
@@ -345,7 +407,9 @@ def flow(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sig
         A float32 tensor shaped like x.
 
     Raises:
-        ValueError: bad arguments (named in the message).
+        ValueError: bad arguments (named in the message), or an estimator that does not return one
+            float32 v shaped like x (checked by calling it once, eagerly, on the first 16 rows of x at
+            σ_0, before compiling; once per estimator and sample shape).
         FlowDivergenceError: a non-finite or exploding state, with the step and σ.
 
     Compilation: the first call for an (estimator object, method, noise on/off, input or chunk shape,

@@ -20,9 +20,12 @@ Generator objectives (x = G(z), σ drawn per sample, ``T`` evaluated at the clea
 * ``None``: discriminator only; the generator is never differentiated or updated.
 
 Distribution: every loss is a per-sample loss averaged with ``tf.nn.compute_average_loss`` over the
-global batch, random numbers come from a ``keras.random.SeedGenerator`` folded with the replica id,
-and the optimizers are built in :meth:`SDGAN.compile`, so ``fit`` works under
-``tf.distribute.MirroredStrategy`` (create and compile the model inside ``strategy.scope()``).
+global batch (the sum of the replicas' local batch sizes, so uneven last batches are exact), random
+numbers come from a ``keras.random.SeedGenerator`` folded with the replica id (or, with
+``replica_invariant_noise=True``, keyed by the global sample index), and the optimizers are built in
+:meth:`SDGAN.compile`, so ``fit`` works under ``tf.distribute.MirroredStrategy`` and
+``MultiWorkerMirroredStrategy`` (create and compile the model inside ``strategy.scope()``; see
+docs/distributed.md).
 
 Example::
 
@@ -47,6 +50,7 @@ import tensorflow as tf
 
 from gan2flow import _checks
 from gan2flow import estimators as _estimators
+from gan2flow import flows as _flows
 from gan2flow import losses as _losses
 
 __all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES"]
@@ -98,8 +102,38 @@ def _all_reduce_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
+def _global_rows(batch):
+    """(first global row of this replica's batch, global batch size) from every replica's local size.
+
+    Keras splits each global batch into contiguous per-replica slices in replica order (also unevenly,
+    for a last partial batch, where some replicas may get no rows), so the true global batch is the sum
+    of the local sizes, not ``batch × replicas``.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.constant(0, tf.int32), batch
+    # An all-reduce of one-hot sizes (float32: exact below 2^24, and every cross-device op supports it).
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    one_hot = tf.one_hot(replica, context.num_replicas_in_sync, dtype=tf.float32)
+    sizes = tf.cast(context.all_reduce(tf.distribute.ReduceOp.SUM, one_hot * tf.cast(batch, tf.float32)), tf.int32)
+    before = tf.range(context.num_replicas_in_sync) < replica
+    return tf.reduce_sum(tf.where(before, sizes, 0)), tf.reduce_sum(sizes)
+
+
+def _multi_worker():
+    strategy = tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
+
+
+def _logs(trackers):
+    """``{name: result}``; shaped [1] with several workers, where Keras's fit reduces logs with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388)
+    and returns the scalar mean of [1]-shaped values."""
+    logs = {tracker.name: tracker.result() for tracker in trackers}
+    if _multi_worker():
+        logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
 
 class SDGAN(keras.Model):
@@ -142,6 +176,11 @@ class SDGAN(keras.Model):
       latent_dim: the latent size (int) or shape (tuple); None infers it from ``generator.inputs``.
       sigma_conditioned: whether the discriminator takes ``[x, sigma]``; None infers it from
         ``discriminator.inputs`` (1 or 2 inputs).
+      replica_invariant_noise: draw z, σ, the noise and the WGAN-GP α as a pure function of
+        (seed, draw counter, global sample index) with the counter-based generator of the flows,
+        instead of Philox streams folded with the replica id. Training on R replicas then repeats a
+        single-device run on the same global batches up to float32 summation order (docs/distributed.md);
+        it costs a few dozen elementwise integer ops per draw instead of one Philox kernel.
       name: the model name; further keyword arguments go to ``keras.Model``.
 
     Metrics (``fit`` logs, each an epoch-running mean of global-batch means, also under a strategy):
@@ -173,7 +212,7 @@ class SDGAN(keras.Model):
     def __init__(self, generator, discriminator, *, loss="logistic", generator_objective="logit",
                  sigma_range=(0.05, 2.0), discriminator_steps=1, penalty=None, penalty_weight=None,
                  flow_steps=5, flow_step_scale=0.5, seed=None, latent_dim=None, sigma_conditioned=None,
-                 name="sdgan", **kwargs):
+                 replica_invariant_noise=False, name="sdgan", **kwargs):
         super().__init__(name=name, **kwargs)
         for arg, value in (("generator", generator), ("discriminator", discriminator)):
             if not isinstance(value, keras.Model):
@@ -219,7 +258,12 @@ class SDGAN(keras.Model):
                     f"discriminator with {'no Keras inputs' if arity is None else f'{arity} inputs'}."
                 )
             sigma_conditioned = arity == 2
+        elif _model_arity(discriminator) in (1, 2) and bool(sigma_conditioned) != (_model_arity(discriminator) == 2):
+            raise ValueError(
+                f"`sigma_conditioned`={bool(sigma_conditioned)} contradicts the discriminator, which takes "
+                f"{'[x, sigma] (2 inputs)' if _model_arity(discriminator) == 2 else 'x only (1 input)'}.")
         self.sigma_conditioned = bool(sigma_conditioned)
+        self.replica_invariant_noise = bool(replica_invariant_noise)
         self._seed_generator = keras.random.SeedGenerator(seed, name="sdgan_seed_generator")
 
         self._d_loss_tracker = keras.metrics.Mean(name="d_loss")
@@ -228,6 +272,7 @@ class SDGAN(keras.Model):
         self._g_loss_tracker = keras.metrics.Mean(name="g_loss") if generator_objective else None
         self.d_optimizer = None
         self.g_optimizer = None
+        self._data_shape = self._sample_shape()
         self._ensure_built()
 
     # --------------------------------------------------------------------------------------------
@@ -281,6 +326,55 @@ class SDGAN(keras.Model):
             )
         return shape
 
+    def _sample_shape(self):
+        """The generator's sample shape, checked against the discriminator's x input when that is known."""
+        try:
+            shape = tuple(self.generator.output_shape[1:])
+        except (AttributeError, ValueError, TypeError):
+            shape = tuple(self.generator(tf.zeros((1,) + self.latent_shape), training=False).shape[1:])
+        expected = _estimators._input_sample_shape(self.discriminator)
+        if expected is not None and (len(expected) != len(shape) or any(
+                a is not None and b is not None and a != b for a, b in zip(expected, shape))):
+            raise ValueError(f"`discriminator` takes samples of shape {expected}, but `generator` makes samples "
+                             f"of shape {shape}.")
+        return shape
+
+    def _check_real(self, x):
+        """Arrays: finite numbers shaped [n >= 1, *sample_shape]; datasets: batches of that sample shape."""
+        expected = self._data_shape
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec[0] if isinstance(x.element_spec, (tuple, list)) else x.element_spec
+            shape = getattr(spec, "shape", None)
+            if shape is not None and shape.rank is not None and (shape.rank != len(expected) + 1 or any(
+                    a is not None and b is not None and a != b for a, b in zip(shape[1:], expected))):
+                raise ValueError(f"`x` must yield batches [batch, {', '.join(map(str, expected))}] (the generator's "
+                                 f"sample shape), got elements of shape {tuple(shape)}.")
+            return
+        if not isinstance(x, (np.ndarray, tf.Tensor)):
+            return
+        array = np.asarray(x)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"`x` must be an array of numbers, got dtype {array.dtype}.")
+        if array.ndim != len(expected) + 1 or tuple(array.shape[1:]) != expected or len(array) == 0:
+            raise ValueError(f"`x` must be real samples [n, {', '.join(map(str, expected))}] with n >= 1 (the "
+                             f"generator's sample shape), got shape {array.shape}.")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise ValueError(f"`x` must be finite, found {bad} NaN/Inf value(s) in shape {array.shape}.")
+
+    def fit(self, x=None, *args, **kwargs):
+        """``keras.Model.fit`` after checking the real samples ``x``: an array must be finite and shaped
+        ``[n >= 1, *sample_shape]``; a ``tf.data.Dataset`` must yield batches of that sample shape (its values
+        are not scanned: add ``keras.callbacks.TerminateOnNaN()`` to stop on a non-finite loss). Resuming: pass
+        ``keras.callbacks.BackupAndRestore(folder, double_checkpoint=True)``; rerunning the same script after
+        a crash (even ``kill -9``) restores the weights, both optimizers and the epoch (docs/reliability.md).
+
+        Raises:
+          ValueError: naming ``x``, with the expected and the found shape or values.
+        """
+        self._check_real(x)
+        return super().fit(x, *args, **kwargs)
+
     def _ensure_built(self):
         """Build subclassed submodels by calling them once; mark this model built."""
         if not self.generator.built:
@@ -300,7 +394,8 @@ class SDGAN(keras.Model):
           d_optimizer: the discriminator's optimizer (a ``keras.optimizers.Optimizer`` or a name).
           g_optimizer: the generator's; required unless ``generator_objective`` is None (then it is
             ignored, with a warning if given). Must be a different object from ``d_optimizer``.
-          **kwargs: passed on (``run_eagerly``, ``jit_compile``, ``steps_per_execution``);
+          **kwargs: passed on (``run_eagerly``, ``jit_compile``, ``steps_per_execution``;
+            ``jit_compile=True`` is dropped, with a warning, under a multi-replica strategy);
             ``optimizer``, ``loss``, ``metrics``, ``loss_weights`` and ``weighted_metrics`` are
             rejected: the losses and metrics are fixed by the constructor.
 
@@ -344,6 +439,15 @@ class SDGAN(keras.Model):
             g_optimizer.build(g_variables)
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
+        strategy = self.distribute_strategy
+        if kwargs.get("jit_compile") is True and (
+                strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.TPUStrategy)):
+            # Keras would compile the whole multi-replica step (strategy.run and its all-reduces) as one
+            # XLA cluster on one device, which cannot read the other replicas' variables; "auto" already
+            # resolves to False under a strategy. TPUs compile the step with XLA anyway.
+            warnings.warn("jit_compile=True is ignored under a multi-replica tf.distribute strategy (Keras "
+                          "cannot XLA-compile a step across replicas); training without XLA.", stacklevel=2)
+            kwargs["jit_compile"] = False
         # Keras's own `optimizer` slot holds the (already built) discriminator optimizer, so fit()
         # builds nothing else and callbacks reading `model.optimizer.iterations` count D steps.
         super().compile(optimizer=d_optimizer, **kwargs)
@@ -374,18 +478,29 @@ class SDGAN(keras.Model):
         seed = tf.cast(self._seed_generator.next(), tf.int64)
         return tf.random.experimental.stateless_fold_in(seed, _replica_id())
 
-    def _normal(self, shape):
+    def _normal(self, shape, offset=0):
+        """N(0, I) draws for the local rows, which start at global row ``offset`` of the batch."""
+        if self.replica_invariant_noise:
+            state = self._seed_generator.next()
+            return _flows.counter_normal(shape, state[0], state[1], offset)
         return tf.random.stateless_normal(shape, seed=self._next_seed(), dtype=tf.float32)
 
-    def _latents(self, batch):
-        return self._normal(tf.concat([[batch], tf.constant(self.latent_shape, tf.int32)], axis=0))
+    def _uniform(self, shape, offset=0):
+        """U(0, 1) draws for the local rows (as :meth:`_normal`)."""
+        if self.replica_invariant_noise:
+            state = self._seed_generator.next()
+            return _flows.counter_uniform(shape, state[0], state[1], offset)
+        return tf.random.stateless_uniform(shape, seed=self._next_seed(), dtype=tf.float32)
 
-    def _sigmas(self, batch):
+    def _latents(self, batch, offset=0):
+        return self._normal(tf.concat([[batch], tf.constant(self.latent_shape, tf.int32)], axis=0), offset)
+
+    def _sigmas(self, batch, offset=0):
         """σ per sample, shaped [batch, 1], log-uniform on sigma_range."""
         low, high = self.sigma_range
         if low == high:
             return tf.fill([batch, 1], tf.constant(low, tf.float32))
-        u = tf.random.stateless_uniform([batch, 1], seed=self._next_seed(), dtype=tf.float32)
+        u = self._uniform(tf.stack([batch, 1]), offset)
         return tf.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
     @staticmethod
@@ -393,10 +508,10 @@ class SDGAN(keras.Model):
         """σ [batch, 1] reshaped to [batch, 1, ..., 1] with x's rank."""
         return tf.reshape(sigma, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
 
-    def _add_noise(self, x, sigma):
+    def _add_noise(self, x, sigma, offset=0):
         if self.sigma_range[1] == 0:
             return x
-        return x + self._broadcastable(sigma, x) * self._normal(tf.shape(x))
+        return x + self._broadcastable(sigma, x) * self._normal(tf.shape(x), offset)
 
     # --------------------------------------------------------------------------------------------
     # Discriminator
@@ -415,7 +530,7 @@ class SDGAN(keras.Model):
             return output
         return self.gan_loss.log_ratio(output)
 
-    def _penalty(self, noisy_real, noisy_fake, sigma):
+    def _penalty(self, noisy_real, noisy_fake, sigma, offset=0):
         def critic(x):
             return self._discriminate(x, sigma, training=True)
 
@@ -424,22 +539,21 @@ class SDGAN(keras.Model):
         # WGAN-GP at x̂ = real + α (fake − real), α drawn here from our seeded stream (stateless, the same
         # under a strategy and under XLA). Passing x̂ as both `real` and `fake` makes
         # losses.gradient_penalty evaluate exactly at x̂ (its own interpolation is then x̂ + α·0).
-        alpha = tf.random.stateless_uniform(
-            [tf.shape(noisy_real)[0], 1], seed=self._next_seed(), dtype=tf.float32
-        )
+        alpha = self._uniform(tf.stack([tf.shape(noisy_real)[0], 1]), offset)
         alpha = self._broadcastable(alpha, noisy_real)
         interpolates = noisy_real + alpha * (noisy_fake - noisy_real)
         return _losses.gradient_penalty(critic, interpolates, interpolates)
 
-    def _noised_pair(self, real):
+    def _noised_pair(self, real, offset=0):
         """Noised real and fake batches at shared per-pair σ: (noisy_real, noisy_fake, sigma [batch, 1])."""
         batch = tf.shape(real)[0]
         # Fakes are made outside any tape: no generator gradient work for the discriminator.
         fake = tf.stop_gradient(
-            self.generator(self._latents(batch), training=self.generator_objective is not None)
+            self.generator(self._latents(batch, offset), training=self.generator_objective is not None)
         )
-        sigma = self._sigmas(batch)
-        return self._add_noise(real, sigma), self._add_noise(tf.cast(fake, tf.float32), sigma), sigma
+        sigma = self._sigmas(batch, offset)
+        return (self._add_noise(real, sigma, offset), self._add_noise(tf.cast(fake, tf.float32), sigma, offset),
+                sigma)
 
     def _discriminator_loss(self, real_output, fake_output, global_batch):
         real_terms, fake_terms = self.gan_loss.per_sample_discriminator_loss(real_output, fake_output)
@@ -451,8 +565,8 @@ class SDGAN(keras.Model):
         return tf.reduce_sum(tf.cast(self._decision(real_output) > 0, tf.float32)) + \
             tf.reduce_sum(tf.cast(self._decision(fake_output) < 0, tf.float32))
 
-    def _discriminator_step(self, real, global_batch):
-        noisy_real, noisy_fake, sigma = self._noised_pair(real)
+    def _discriminator_step(self, real, global_batch, offset):
+        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset)
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             real_output = self._discriminate(noisy_real, sigma, training=True)
@@ -461,9 +575,12 @@ class SDGAN(keras.Model):
             total = d_loss
             penalty = tf.constant(0.0)
             if self.penalty is not None:
-                # The penalty helpers average over the local batch; rescale to a share of the global mean.
-                local_fraction = tf.cast(tf.shape(real)[0], tf.float32) / tf.cast(global_batch, tf.float32)
-                penalty = self._penalty(noisy_real, noisy_fake, sigma) * local_fraction
+                # The penalty helpers average over the local batch; rescale to a share of the global mean
+                # (a replica with no rows, in a last partial batch, contributes 0, not 0 × NaN).
+                local = tf.shape(real)[0]
+                local_fraction = tf.cast(local, tf.float32) / tf.cast(global_batch, tf.float32)
+                penalty = self._penalty(noisy_real, noisy_fake, sigma, offset)
+                penalty = tf.where(local > 0, penalty, 0.0) * local_fraction
                 total = total + self.penalty_weight * penalty
         gradients = tape.gradient(total, variables)
         self.d_optimizer.apply_gradients(zip(gradients, variables))
@@ -501,9 +618,9 @@ class SDGAN(keras.Model):
             x = x + eta * self._link_gradient(x, sigma)
         return tf.stop_gradient(x)
 
-    def _generator_step(self, batch, global_batch):
-        z = self._latents(batch)
-        sigma = self._sigmas(batch)
+    def _generator_step(self, batch, global_batch, offset):
+        z = self._latents(batch, offset)
+        sigma = self._sigmas(batch, offset)
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             fake = tf.cast(self.generator(z, training=True), tf.float32)
@@ -535,12 +652,12 @@ class SDGAN(keras.Model):
         real = data[0] if isinstance(data, (tuple, list)) else data
         real = tf.cast(real, tf.float32)
         batch = tf.shape(real)[0]
-        global_batch = batch * _num_replicas()
+        offset, global_batch = _global_rows(batch)
         d_loss_sum = tf.constant(0.0)
         penalty_sum = tf.constant(0.0)
         correct_sum = tf.constant(0.0)
         for _ in range(self.discriminator_steps):
-            d_loss, penalty, correct = self._discriminator_step(real, global_batch)
+            d_loss, penalty, correct = self._discriminator_step(real, global_batch, offset)
             d_loss_sum += d_loss
             penalty_sum += penalty
             correct_sum += correct
@@ -551,9 +668,9 @@ class SDGAN(keras.Model):
         if self._penalty_tracker is not None:
             self._penalty_tracker.update_state(_all_reduce_sum(penalty_sum) / steps)
         if self.generator_objective is not None:
-            g_loss = self._generator_step(batch, global_batch)
+            g_loss = self._generator_step(batch, global_batch, offset)
             self._g_loss_tracker.update_state(_all_reduce_sum(g_loss))
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        return _logs(self.metrics)
 
     def test_step(self, data):
         """Evaluate the discriminator on held-out real samples (``evaluate``, ``validation_data``).
@@ -565,16 +682,15 @@ class SDGAN(keras.Model):
         """
         real = data[0] if isinstance(data, (tuple, list)) else data
         real = tf.cast(real, tf.float32)
-        global_batch = tf.shape(real)[0] * _num_replicas()
-        noisy_real, noisy_fake, sigma = self._noised_pair(real)
+        offset, global_batch = _global_rows(tf.shape(real)[0])
+        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset)
         real_output = self._discriminate(noisy_real, sigma, training=False)
         fake_output = self._discriminate(noisy_fake, sigma, training=False)
         d_loss = self._discriminator_loss(real_output, fake_output, global_batch)
         self._d_loss_tracker.update_state(_all_reduce_sum(d_loss))
         correct = _all_reduce_sum(self._correct(real_output, fake_output))
         self._d_accuracy_tracker.update_state(correct / (2.0 * tf.cast(global_batch, tf.float32)))
-        trackers = (self._d_loss_tracker, self._d_accuracy_tracker)
-        return {tracker.name: tracker.result() for tracker in trackers}
+        return _logs((self._d_loss_tracker, self._d_accuracy_tracker))
 
     # --------------------------------------------------------------------------------------------
     # After training

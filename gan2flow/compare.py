@@ -1,0 +1,984 @@
+"""Measure which GAN losses give score-difference estimators, and how well flows along them work.
+
+Behind ``gan2flow compare`` (docs/losses.md, "Measured results"). Two comparisons:
+
+1. :func:`compare_losses`. For every loss in :func:`gan2flow.losses.names`, train a σ-conditioned
+   discriminator with :class:`gan2flow.SDGAN` (``generator_objective=None``) against a **frozen**
+   generator ``G(z) = A z + b``, ``z ~ N(0, I)``, whose law ``q = N(b, A Aᵀ)`` is known exactly, on a
+   Gaussian-mixture target ``p`` (tensorflow-probability), so the smoothed score difference
+   ``v_σ = ∇log p_σ − ∇log q_σ`` is exact (:class:`gan2flow.AnalyticScoreDifference`). Then, per σ on
+   a grid over the trained range, compare the discriminator's field
+
+       v̂_σ(x) = ∇ₓ link(T(x, σ))      (SD-consistent losses)
+       v̂_σ(x) = ∇ₓ T(x, σ)            (hinge, Wasserstein: no link, the raw gradient)
+
+   with ``v_σ`` at points ``x ~ q_σ`` (source samples plus σ-noise: the fake side of the
+   discriminator's own training distribution at that σ, i.e. the error "weighted under q"); the
+   same numbers at ``x ~ p_σ`` are kept in the CSV (``points = "p_sigma"``). Finally flow the clean
+   source samples along each field over a geometric σ schedule spanning the trained range and score
+   the result (sliced W2, MMD², modes, high-quality %).
+2. :func:`compare_objectives`. Full SDGAN training (generator and discriminator) of a small MLP
+   generator on the 2-D mixture with each generator objective (``minimax``, ``non_saturating``,
+   ``logit``, ``flow_regression``) at an equal budget (same steps, batch, optimizers, seeds), scored on
+   the generator's samples.
+
+Field errors, per σ (sums over the evaluation points, ‖·‖ the Euclidean norm):
+
+* ``cosine``: mean over points of ``⟨v̂, v⟩ / (‖v̂‖ ‖v‖)`` (0 where ``v̂ = 0``): direction agreement,
+  scale-free.
+* ``rel_error``: ``sqrt(Σ‖v̂ − v‖² / Σ‖v‖²)``, the field as it is.
+* ``rel_error_fit``: the same after the best single scalar ``c* = Σ⟨v̂, v⟩ / Σ‖v̂‖²`` (``scale_fit``),
+  fitted on an independent sample of the same points. It equals ``sqrt(1 − ρ²)`` with ρ the pooled
+  cosine, so it is the fair comparison for the raw hinge/Wasserstein gradients, whose scale is
+  arbitrary (the fit uses the exact field: an oracle, for measurement only).
+* ``rel_error_calibrated`` (no-link losses only): after the **oracle-free** scale ``a(σ)`` of a
+  one-feature logistic regression ``log r ≈ a(σ) T + b(σ)`` of held-out noised target samples against
+  noised source samples at σ (what a user without the exact field can do).
+
+Flows along fields without a link need a step size: the raw gradient has no natural scale. Rows
+``"<loss> (raw ∇T)"`` use it as it is with the same ``step_scale`` as every other row; rows
+``"<loss> (calibrated)"`` multiply it by the oracle-free ``a(σ_k)`` above at each level. No flow
+uses the oracle's scale. The exact field itself is flowed too (``"exact SD (oracle)"``) with the same
+schedule: every field here is the score difference against the *initial* source, so long flows
+over-concentrate (shared/SD_FLOW.md §7); the schedule is short enough that the exact field gives a
+good flow, and the oracle row is the ceiling each estimator is measured against.
+
+Example::
+
+    from gan2flow import compare
+    result = compare.run("gan2flow-out/compare", quick=True)    # tables, CSV, JSON and PNGs
+    print(result["report"])
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from gan2flow import _checks, _io, metrics, models, toys
+from gan2flow import estimators as _estimators
+from gan2flow import flows as _flows
+from gan2flow import losses as _losses
+from gan2flow import sigmas as _sigmas
+from gan2flow import training as _training
+
+tfd = tfp.distributions
+
+__all__ = [
+    "Problem",
+    "problem",
+    "PROBLEMS",
+    "GENERATOR_OBJECTIVES",
+    "affine_generator",
+    "field_errors",
+    "compare_losses",
+    "compare_objectives",
+    "run",
+    "format_report",
+]
+
+#: Names accepted by :func:`problem`.
+PROBLEMS = ("2d", "16d")
+#: The generator objectives :func:`compare_objectives` compares by default (all of SDGAN's).
+GENERATOR_OBJECTIVES = _training.GENERATOR_OBJECTIVES
+
+# Budgets. "full" is what docs/losses.md reports (about 10-15 minutes on 2 shared CPU cores);
+# "quick" is a smoke run of about a minute or two.
+_LOSS_BUDGETS = {
+    "full": dict(steps=2000, batch_size=256, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
+                 n_flow=2000, eval_sigmas=8, flow_levels=20),
+    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
+                  eval_sigmas=5, flow_levels=12),
+}
+_OBJECTIVE_BUDGETS = {
+    "full": dict(steps=1500, batch_size=256, hidden=(128, 128, 128), generator_hidden=(64, 64),
+                 n_train=50_000, n_eval=2000, seeds=2),
+    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), generator_hidden=(32, 32), n_train=8192,
+                  n_eval=1000, seeds=1),
+}
+_MAX_STEPS_PER_EXECUTION = 100
+# The high-quality radius is the 1 − e^{−4.5} ≈ 98.9% radius of a mode's own isotropic Gaussian:
+# 3 stds in 2-D (the VEEGAN/PacGAN rule), sqrt(χ²_d quantile) stds in d dimensions, so exact samples
+# score ≈ 98.9% in every dimension (the 3-std rule would give 8.7% for exact samples in 16-D).
+_HQ_PROBABILITY = 1.0 - math.exp(-4.5)
+# Ridge on the two-parameter logistic calibration: keeps (a, b) finite when the noised target and
+# source samples are (nearly) separable by T at small σ; 1e-3 per sample is far below the curvature
+# of the log-likelihood when they are not.
+_CALIBRATION_RIDGE = 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Problems: a Gaussian-mixture target and a frozen affine generator with an exactly known law
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """A target ``p`` (a Gaussian mixture) and a frozen affine generator ``G(z) = A z + b``.
+
+    Attributes:
+      name: a short label, e.g. ``"2d"``.
+      target: ``p``, a ``tfd.MixtureSameFamily`` of diagonal Gaussians (from :mod:`gan2flow.toys`).
+      source_loc: ``b``, float32 ``[d]``.
+      source_scale: ``A``, float32 lower-triangular ``[d, d]``; ``q = N(b, A Aᵀ)``.
+      sigma_range: ``(σ_min, σ_max)`` the discriminators are trained on (log-uniform) and flows span.
+    """
+
+    name: str
+    target: object
+    source_loc: np.ndarray
+    source_scale: np.ndarray
+    sigma_range: tuple
+
+    @property
+    def dim(self):
+        """The event dimension d."""
+        return int(self.source_loc.shape[0])
+
+    @property
+    def source(self):
+        """``q = N(b, A Aᵀ)`` as a ``tfd.MultivariateNormalTriL``."""
+        return tfd.MultivariateNormalTriL(loc=self.source_loc, scale_tril=self.source_scale)
+
+    def exact(self):
+        """The exact field: ``AnalyticScoreDifference(target, source)``."""
+        return _estimators.AnalyticScoreDifference(self.target, self.source)
+
+
+def problem(name):
+    """Build a named comparison problem.
+
+    * ``"2d"``: ``toys.ring8()`` (8 modes on the circle of radius 2, std 0.05) against
+      ``q = N((0.3, −0.2), A Aᵀ)`` with ``A = [[1.5, 0], [0.5, 1.2]]``; σ ∈ [0.05, 2].
+    * ``"16d"``: ``toys.random_mixture(16, 8, spread=2, std=0.5, seed=1)`` against ``q = N(0, 1.5² I)``;
+      σ ∈ [0.1, 3].
+
+    Args:
+      name: one of :data:`PROBLEMS`.
+
+    Returns:
+      A :class:`Problem`.
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    _checks.one_of(name, "name", PROBLEMS)
+    if name == "2d":
+        return Problem("2d", toys.ring8(), np.array([0.3, -0.2], np.float32),
+                       np.array([[1.5, 0.0], [0.5, 1.2]], np.float32), (0.05, 2.0))
+    dim = 16
+    return Problem("16d", toys.random_mixture(dim, 8, spread=2.0, std=0.5, seed=1), np.zeros(dim, np.float32),
+                   1.5 * np.eye(dim, dtype=np.float32), (0.1, 3.0))
+
+
+def _as_problem(value):
+    if isinstance(value, Problem):
+        return value
+    if isinstance(value, str):
+        return problem(value)
+    raise ValueError(f"`targets` entries must be names in {list(PROBLEMS)} or Problem objects, got {value!r}.")
+
+
+def affine_generator(loc, scale_tril, name="affine_generator"):
+    """A frozen Keras generator ``z -> A z + b`` (``z ~ N(0, I_d)``), whose samples follow ``N(b, A Aᵀ)``.
+
+    Args:
+      loc: ``b``, shape ``[d]``.
+      scale_tril: ``A``, shape ``[d, d]``.
+      name: the model name.
+
+    Returns:
+      A non-trainable ``keras.Model`` ``[batch, d] -> [batch, d]``.
+    """
+    loc = np.asarray(loc, np.float32)
+    scale = np.asarray(scale_tril, np.float32)
+    dim = loc.shape[0]
+    if scale.shape != (dim, dim):
+        raise ValueError(f"`scale_tril` must have shape [{dim}, {dim}] to match `loc`, got {scale.shape}.")
+    z = keras.Input((dim,), name="z")
+    dense = keras.layers.Dense(dim, name="affine")
+    model = keras.Model(z, dense(z), name=name)
+    dense.set_weights([scale.T, loc])  # row vectors: x = z Aᵀ + b
+    model.trainable = False
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Field errors
+# ------------------------------------------------------------------------------------------------
+def field_errors(estimate, exact, estimate_fit=None, exact_fit=None):
+    """Errors of an estimated vector field against the exact one at the same points.
+
+    Args:
+      estimate: ``v̂``, array ``[n, d]``.
+      exact: ``v``, array ``[n, d]``.
+      estimate_fit, exact_fit: an independent pair ``[m, d]`` to fit the scale ``c*`` on (default: the
+        evaluation pair itself).
+
+    Returns:
+      dict of floats: ``cosine`` (mean per-point cosine, 0 where ``v̂ = 0``), ``rel_error``
+      (``sqrt(Σ‖v̂ − v‖²/Σ‖v‖²)``), ``scale_fit`` (``c* = Σ⟨v̂, v⟩/Σ‖v̂‖²`` on the fit pair, 0 if
+      ``v̂ ≡ 0``) and ``rel_error_fit`` (``rel_error`` of ``c* v̂``).
+
+    Raises:
+      ValueError: shapes that differ or are not ``[n, d]``.
+    """
+    estimate = np.asarray(estimate, np.float64)
+    exact = np.asarray(exact, np.float64)
+    if estimate.ndim != 2 or estimate.shape != exact.shape:
+        raise ValueError(
+            f"`estimate` and `exact` must both have shape [n, d], got {estimate.shape} and {exact.shape}."
+        )
+    if estimate_fit is None:
+        estimate_fit, exact_fit = estimate, exact
+    estimate_fit = np.asarray(estimate_fit, np.float64)
+    exact_fit = np.asarray(exact_fit, np.float64)
+    norms = np.linalg.norm(estimate, axis=1) * np.linalg.norm(exact, axis=1)
+    dots = np.sum(estimate * exact, axis=1)
+    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    exact_energy = np.sum(np.square(exact))
+    fit_energy = np.sum(np.square(estimate_fit))
+    scale = float(np.sum(estimate_fit * exact_fit) / fit_energy) if fit_energy > 0 else 0.0
+    return {
+        "cosine": float(np.mean(cosine)),
+        "rel_error": float(np.sqrt(np.sum(np.square(estimate - exact)) / exact_energy)),
+        "scale_fit": scale,
+        "rel_error_fit": float(np.sqrt(np.sum(np.square(scale * estimate - exact)) / exact_energy)),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _hq_threshold(dim):
+    """The HQ radius in mode stds: sqrt of the χ²_d quantile at 1 − e^{−4.5} (3.0 for d = 2)."""
+    return float(np.sqrt(2.0 * tfp.math.igammainv(0.5 * dim, np.float64(_HQ_PROBABILITY))))
+
+
+def _scores(samples, reference, centers, stds, seed):
+    """Sample metrics: summarize() distances plus mode stats at the dimension-aware HQ radius."""
+    row = metrics.summarize(samples, reference, seed=seed)
+    stats = metrics.mode_stats(samples, centers, stds, threshold=_hq_threshold(centers.shape[1]))
+    row.update({key: stats[key] for key in ("modes", "n_modes", "high_quality", "mode_kl")})
+    return row
+
+
+def _nan_scores(n_modes):
+    return {"sliced_w2": math.nan, "mmd": math.nan, "energy": math.nan, "modes": 0, "n_modes": n_modes,
+            "high_quality": math.nan, "mode_kl": math.nan}
+
+
+# ------------------------------------------------------------------------------------------------
+# Oracle-free scale for raw gradients: one-feature logistic calibration per σ
+# ------------------------------------------------------------------------------------------------
+def _logistic_fit(feature_real, feature_fake):
+    """(a, b) maximising the likelihood of real-vs-fake under logit a·T + b (ridge-regularised Newton)."""
+    t = np.concatenate([feature_real, feature_fake]).astype(np.float64)
+    labels = np.concatenate([np.ones(len(feature_real)), np.zeros(len(feature_fake))])
+    design = np.stack([t, np.ones_like(t)], axis=1)
+    ridge = _CALIBRATION_RIDGE * len(t) * np.eye(2)
+    params = np.zeros(2)
+    for _ in range(50):
+        logits = design @ params
+        probs = 0.5 * (1.0 + np.tanh(0.5 * logits))  # a stable sigmoid
+        gradient = design.T @ (probs - labels) + ridge @ params
+        hessian = design.T @ (design * (probs * (1.0 - probs))[:, None]) + ridge
+        step = np.linalg.solve(hessian, gradient)
+        params -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(params[0]), float(params[1])
+
+
+def _calibration_scales(estimator, real, fake, sigmas, seed):
+    """Oracle-free scales a(σ) for a raw-output estimator (loss=None), one per σ in ``sigmas``."""
+    rng = np.random.default_rng(seed)
+    scales = []
+    for sigma in np.asarray(sigmas, np.float64):
+        noisy_real = real + sigma * rng.standard_normal(real.shape).astype(np.float32)
+        noisy_fake = fake + sigma * rng.standard_normal(fake.shape).astype(np.float32)
+        feature_real = np.asarray(estimator.raw_output(noisy_real, float(sigma)))
+        feature_fake = np.asarray(estimator.raw_output(noisy_fake, float(sigma)))
+        scales.append(_logistic_fit(feature_real, feature_fake)[0])
+    return np.asarray(scales, np.float32)
+
+
+class _ScaledPerSigma:
+    """``(x, σ) -> a(σ_k) · base(x, σ)`` with σ_k the nearest (in log σ) of the calibrated levels."""
+
+    def __init__(self, base, sigmas, scales):
+        self.base = base
+        self._log_sigmas = tf.constant(np.log(np.asarray(sigmas, np.float32)))
+        self._scales = tf.constant(np.asarray(scales, np.float32))
+
+    def __call__(self, x, sigma):
+        log_sigma = tf.math.log(tf.convert_to_tensor(sigma, tf.float32))
+        index = tf.argmin(tf.abs(self._log_sigmas - log_sigma))
+        return tf.gather(self._scales, index) * self.base(x, sigma)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training helpers
+# ------------------------------------------------------------------------------------------------
+def _budget(table, quick, overrides):
+    budget = dict(table["quick" if quick else "full"])
+    for key, value in overrides.items():
+        if value is not None:
+            budget[key] = value
+    return budget
+
+
+def _steps_per_execution(steps):
+    # Training steps per compiled call: removes Keras's per-step Python dispatch, which dominates the
+    # cost of these small MLPs on CPU (measured 2.5x faster than one step per call). A divisor of
+    # `steps` so every call runs the same compiled loop.
+    return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
+
+
+def _dataset(real, batch_size, seed):
+    return (tf.data.Dataset.from_tensor_slices(real).shuffle(len(real), seed=seed).repeat()
+            .batch(batch_size, drop_remainder=True).prefetch(2))
+
+
+def _adam(learning_rate, steps):
+    # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
+    return keras.optimizers.Adam(schedule)
+
+
+def _all_finite(model):
+    return all(bool(np.all(np.isfinite(w))) for w in model.get_weights())
+
+
+def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learning_rate, seed, jit_compile):
+    """Discriminator-only SDGAN training against the frozen affine generator; returns (disc, info)."""
+    loss = _losses.get(loss)
+    keras.utils.set_random_seed(seed)  # the same initial weights for every loss
+    discriminator = models.mlp_discriminator((prob.dim,), hidden=hidden)
+    penalty = "gradient_penalty" if loss.name == "wasserstein" else None
+    gan = _training.SDGAN(affine_generator(prob.source_loc, prob.source_scale), discriminator, loss=loss,
+                          generator_objective=None, sigma_range=prob.sigma_range, penalty=penalty, seed=seed)
+    gan.compile(d_optimizer=_adam(learning_rate, steps), jit_compile=jit_compile,
+                steps_per_execution=_steps_per_execution(steps))
+    started = time.perf_counter()
+    history = gan.fit(_dataset(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
+    seconds = time.perf_counter() - started
+    d_loss = float(history.history["d_loss"][-1])
+    info = {"problem": prob.name, "loss": loss.name, "penalty": penalty, "steps": int(steps),
+            "seconds": seconds, "d_loss": d_loss, "finite": bool(np.isfinite(d_loss) and _all_finite(discriminator))}
+    return discriminator, info
+
+
+# ------------------------------------------------------------------------------------------------
+# compare_losses
+# ------------------------------------------------------------------------------------------------
+def _field_label(loss, calibrated=False):
+    if loss.link_fn is not None:
+        return loss.name
+    return f"{loss.name} (calibrated)" if calibrated else f"{loss.name} (raw ∇T)"
+
+
+def _flow_scores(x0, estimator, schedule, step_scale, reference, centers, stds, seed, jit_compile):
+    started = time.perf_counter()
+    try:
+        x = _flows.flow(x0, estimator, schedule, step_scale=step_scale, jit_compile=jit_compile)
+    except _flows.FlowDivergenceError as error:
+        row = _nan_scores(len(centers))
+        row.update(diverged=True, note=str(error).splitlines()[0], seconds=time.perf_counter() - started)
+        return row, None
+    x = np.asarray(x)
+    row = _scores(x, reference, centers, stds, seed)
+    row.update(diverged=False, note="", seconds=time.perf_counter() - started)
+    return row, x
+
+
+def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=None, batch_size=None,
+                   hidden=None, n_train=None, n_eval=None, n_flow=None, eval_sigmas=None, flow_levels=None,
+                   learning_rate=1e-3, flow_step_scale=0.5, jit_compile=False, verbose=True):
+    """Train a discriminator per loss and problem; measure its field against the exact SD and flow along it.
+
+    See the module docstring for the protocol and the definitions of the errors.
+
+    Args:
+      losses: loss names (default: every name in :func:`gan2flow.losses.names`).
+      targets: problem names from :data:`PROBLEMS` or :class:`Problem` objects.
+      seed: seeds the target samples, the initial weights (the same for every loss), the SDGAN noise
+        streams, the evaluation points and the metrics.
+      quick: use the small budget (each argument below left as None takes the budget's value).
+      steps: discriminator training steps per loss (full 2000, quick 300).
+      batch_size: real (and fake) samples per step (256).
+      hidden: discriminator hidden widths (full (128, 128, 128), quick (64, 64)).
+      n_train: target samples to train on (full 50 000, quick 8192).
+      n_eval: evaluation points per σ and per weighting (full 4000, quick 1000); as many again fit the
+        scale.
+      n_flow: source samples flowed (full 2000, quick 1000).
+      eval_sigmas: σ levels of the geometric evaluation grid over the trained range (full 8, quick 5).
+      flow_levels: levels of the geometric flow schedule σ_max → σ_min (full 20, quick 12), one Euler
+        step each.
+      learning_rate: Adam's initial learning rate (cosine decay to a tenth over ``steps``).
+      flow_step_scale: ε in η_k = ε σ_k², the same for every row.
+      jit_compile: compile training steps and flows with XLA.
+      verbose: print one line per trained discriminator.
+
+    Returns:
+      dict with ``settings`` (budget, seeds, schedules), ``training`` (one row per discriminator:
+      seconds, final d_loss, finiteness), ``fields`` (rows: problem, field, points, sigma, cosine,
+      rel_error, scale_fit, rel_error_fit, rel_error_calibrated), ``flows`` (rows: problem, field and
+      the sample metrics) and ``samples`` (``{problem: {row name: [n, d] array}}`` plus the held-out
+      target under ``"target p (held-out)"``; not JSON).
+
+    Raises:
+      ValueError: unknown loss or problem names, bad budget values.
+    """
+    names = _losses.names() if losses is None else [_losses.get(name).name for name in losses]
+    if not names:
+        raise ValueError("`losses` must name at least one loss, got an empty list.")
+    problems = [_as_problem(target) for target in targets]
+    if not problems:
+        raise ValueError("`targets` must name at least one problem, got an empty list.")
+    seed = _checks.positive_int(seed, "seed", allow_zero=True)
+    budget = _budget(_LOSS_BUDGETS, quick, dict(
+        steps=steps, batch_size=batch_size, hidden=hidden, n_train=n_train, n_eval=n_eval, n_flow=n_flow,
+        eval_sigmas=eval_sigmas, flow_levels=flow_levels))
+    for key in ("steps", "batch_size", "n_train", "n_eval", "n_flow", "eval_sigmas", "flow_levels"):
+        budget[key] = _checks.positive_int(budget[key], key)
+    if budget["eval_sigmas"] < 2 or budget["flow_levels"] < 2:
+        raise ValueError("`eval_sigmas` and `flow_levels` must be >= 2 (geometric grids over the trained range).")
+    budget["hidden"] = tuple(int(w) for w in budget["hidden"])
+    flow_step_scale = _checks.positive_float(flow_step_scale, "flow_step_scale")
+    learning_rate = _checks.positive_float(learning_rate, "learning_rate")
+
+    started = time.perf_counter()
+    settings = dict(losses=names, problems={}, seed=seed, quick=bool(quick), learning_rate=learning_rate,
+                    optimizer="Adam, cosine decay to 0.1x", flow_step_scale=flow_step_scale,
+                    flow_steps_per_sigma=1, flow_method="euler", jit_compile=bool(jit_compile),
+                    penalties={"wasserstein": "gradient_penalty (WGAN-GP, weight 10)", "others": "none"},
+                    evaluation_points="q_sigma: source samples + sigma noise (primary); p_sigma: target "
+                                      "samples + sigma noise (secondary)",
+                    **budget)
+    training_rows, field_rows, flow_rows, samples = [], [], [], {}
+    for prob_index, prob in enumerate(problems):
+        low, high = prob.sigma_range
+        eval_grid = np.asarray(_sigmas.geometric(high, low, budget["eval_sigmas"]))[::-1].copy()
+        schedule = _sigmas.geometric(high, low, budget["flow_levels"])
+        settings["problems"][prob.name] = dict(
+            dim=prob.dim, sigma_range=list(prob.sigma_range), eval_sigmas=eval_grid.tolist(),
+            flow_sigmas=np.asarray(schedule).tolist(), source_loc=prob.source_loc.tolist(),
+            source_scale=prob.source_scale.tolist(), hq_threshold_stds=_hq_threshold(prob.dim))
+        base_seed = seed + 1000 * prob_index
+        real = toys.sample(prob.target, budget["n_train"], seed=base_seed)
+        held_out = toys.sample(prob.target, budget["n_flow"], seed=base_seed + 1)
+        calibration_real = toys.sample(prob.target, budget["n_eval"], seed=base_seed + 2)
+        source = prob.source
+        calibration_fake = np.asarray(source.sample(budget["n_eval"], seed=tf.constant([base_seed, 3])), np.float32)
+        x0 = np.asarray(source.sample(budget["n_flow"], seed=tf.constant([base_seed, 4])), np.float32)
+        centers, stds, _ = toys.mixture_modes(prob.target)
+        exact = prob.exact()
+        # One traced program for every σ (σ is passed as a tensor); eager TFP costs ~0.5 s per call.
+        exact_field = tf.function(exact.__call__, reduce_retracing=True)
+
+        # Evaluation points per σ: (fit, eval) pairs under q_σ and p_σ, with the exact field there.
+        rng = np.random.default_rng(base_seed + 5)
+        points = []
+        for sigma in eval_grid:
+            for kind, base in (("q_sigma", source), ("p_sigma", None)):
+                draw = []
+                for part in range(2):
+                    if base is None:
+                        clean = toys.sample(prob.target, budget["n_eval"], seed=base_seed + 10 + part)
+                    else:
+                        clean = np.asarray(base.sample(budget["n_eval"], seed=tf.constant([base_seed, 10 + part])),
+                                           np.float32)
+                    noisy = (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32)
+                    draw.append((noisy, np.asarray(exact_field(noisy, tf.constant(sigma, tf.float32)))))
+                points.append((float(sigma), kind, draw))
+
+        samples[prob.name] = {"source q (before flow)": x0}
+        flow_rows.append(dict(problem=prob.name, field="source q (before flow)",
+                              **_scores(x0, held_out, centers, stds, seed), diverged=False, note="", seconds=0.0))
+        oracle_row, oracle_x = _flow_scores(x0, exact, schedule, flow_step_scale, held_out, centers, stds, seed,
+                                            jit_compile)
+        flow_rows.append(dict(problem=prob.name, field="exact SD (oracle)", **oracle_row))
+        samples[prob.name]["exact SD (oracle)"] = oracle_x
+
+        for name in names:
+            loss = _losses.get(name)
+            discriminator, info = _train_discriminator(
+                prob, loss, real, steps=budget["steps"], batch_size=budget["batch_size"], hidden=budget["hidden"],
+                learning_rate=learning_rate, seed=seed, jit_compile=jit_compile)
+            training_rows.append(info)
+            stage_started = time.perf_counter()
+            estimator = _estimators.DiscriminatorScoreDifference(
+                discriminator, loss=loss if loss.link_fn is not None else None, sigma_conditioned=True)
+            # One traced program per discriminator for every σ and both point sets (all [n_eval, d]).
+            field_fn = tf.function(estimator.__call__, reduce_retracing=True)
+            calibrated = None
+            if loss.link_fn is None and info["finite"]:
+                eval_scales = _calibration_scales(estimator, calibration_real, calibration_fake, eval_grid,
+                                                  base_seed + 6)
+                calibrated = dict(zip(eval_grid.tolist(), eval_scales.tolist()))
+            for sigma, kind, ((fit_x, fit_v), (eval_x, eval_v)) in points:
+                row = dict(problem=prob.name, field=_field_label(loss), loss=name, sd_consistent=loss.sd_consistent,
+                           points=kind, sigma=sigma)
+                if not info["finite"]:
+                    row.update(cosine=math.nan, rel_error=math.nan, scale_fit=math.nan, rel_error_fit=math.nan,
+                               rel_error_calibrated=math.nan, calibration_scale=math.nan)
+                    field_rows.append(row)
+                    continue
+                sigma_tensor = tf.constant(sigma, tf.float32)
+                estimate = np.asarray(field_fn(eval_x, sigma_tensor))
+                row.update(field_errors(estimate, eval_v, np.asarray(field_fn(fit_x, sigma_tensor)), fit_v))
+                if calibrated is not None:
+                    scale = calibrated[sigma]
+                    norm = np.sqrt(np.sum(np.square(eval_v)))
+                    row["rel_error_calibrated"] = float(np.sqrt(np.sum(np.square(scale * estimate - eval_v))) / norm)
+                    row["calibration_scale"] = scale
+                else:
+                    row["rel_error_calibrated"] = math.nan
+                    row["calibration_scale"] = math.nan
+                field_rows.append(row)
+
+            info["seconds_fields"] = time.perf_counter() - stage_started
+            stage_started = time.perf_counter()
+            variants = [(_field_label(loss), estimator)]
+            if calibrated is not None:
+                flow_scales = _calibration_scales(estimator, calibration_real, calibration_fake, schedule,
+                                                  base_seed + 7)
+                variants.append((_field_label(loss, calibrated=True),
+                                 _ScaledPerSigma(estimator, np.asarray(schedule), flow_scales)))
+            for label, field in variants:
+                if info["finite"]:
+                    row, x = _flow_scores(x0, field, schedule, flow_step_scale, held_out, centers, stds, seed,
+                                          jit_compile)
+                else:
+                    row, x = _nan_scores(len(centers)), None
+                    row.update(diverged=True, note="discriminator training produced non-finite values", seconds=0.0)
+                flow_rows.append(dict(problem=prob.name, field=label, **row))
+                samples[prob.name][label] = x
+            info["seconds_flows"] = time.perf_counter() - stage_started
+            if verbose:
+                print(f"[{prob.name}] {name:>14}: {info['steps']} training steps {info['seconds']:.1f} s "
+                      f"(final d_loss {info['d_loss']:.4g}), field errors {info['seconds_fields']:.1f} s, "
+                      f"flows {info['seconds_flows']:.1f} s" + ("" if info["finite"] else "  (NOT FINITE)"),
+                      flush=True)
+        flow_rows.append(dict(problem=prob.name, field="target p (held-out)",
+                              **_scores(toys.sample(prob.target, budget["n_flow"], seed=base_seed + 8), held_out,
+                                        centers, stds, seed), diverged=False, note="", seconds=0.0))
+        samples[prob.name]["target p (held-out)"] = held_out
+    settings["seconds"] = time.perf_counter() - started
+    return {"settings": settings, "training": training_rows, "fields": field_rows, "flows": flow_rows,
+            "samples": samples}
+
+
+# ------------------------------------------------------------------------------------------------
+# compare_objectives
+# ------------------------------------------------------------------------------------------------
+def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="logistic", seed=0,
+                       quick=False, steps=None, batch_size=None, hidden=None, generator_hidden=None,
+                       n_train=None, n_eval=None, seeds=None, latent_dim=8, learning_rate=1e-3,
+                       jit_compile=False, verbose=True):
+    """Train full SDGANs with each generator objective at an equal budget; score the generators.
+
+    Every run uses the same loss, architecture, optimizers (Adam, β₁ = 0.5, the same learning rate for
+    both networks, cosine decay to a tenth), batch, number of train steps (one discriminator and one
+    generator update each), σ range and seed; only ``generator_objective`` differs. ``flow_regression``
+    (5 flow steps, ε = 0.5, the SDGAN defaults) spends more compute per step; the wall time is
+    recorded.
+
+    Args:
+      objectives: generator objectives (default: all of ``gan2flow.training.GENERATOR_OBJECTIVES``).
+      target: a problem name or :class:`Problem` (its target is the data; its σ range is used).
+      loss: the discriminator loss (must have a link for ``logit`` and ``flow_regression``).
+      seed: the first seed; runs use ``seed, seed + 1, ...``.
+      quick: the small budget (None arguments take the budget's value).
+      steps: train steps per run (full 3000, quick 300).
+      batch_size: 256.
+      hidden: discriminator widths (full (128, 128, 128), quick (64, 64)).
+      generator_hidden: generator widths (full (64, 64), quick (32, 32)).
+      n_train: training samples of the target (full 50 000, quick 8192).
+      n_eval: generated samples scored (full 2000, quick 1000).
+      seeds: how many seeds per objective (full 2, quick 1).
+      latent_dim: the generator's latent size.
+      learning_rate: Adam's initial learning rate.
+      jit_compile: compile the training step with XLA.
+      verbose: print one line per run.
+
+    Returns:
+      dict with ``settings``, ``rows`` (objective, seed, seconds, d_loss, g_loss and sample metrics) and
+      ``samples`` (``{objective: [n, d] array}`` for the first seed, plus the held-out target; not JSON).
+
+    Raises:
+      ValueError: unknown objectives, or a loss without a link for an objective that needs one.
+    """
+    prob = _as_problem(target)
+    objectives = [_checks.one_of(o, "objectives", _training.GENERATOR_OBJECTIVES) for o in objectives]
+    if not objectives:
+        raise ValueError("`objectives` must name at least one generator objective, got an empty list.")
+    seed = _checks.positive_int(seed, "seed", allow_zero=True)
+    budget = _budget(_OBJECTIVE_BUDGETS, quick, dict(
+        steps=steps, batch_size=batch_size, hidden=hidden, generator_hidden=generator_hidden, n_train=n_train,
+        n_eval=n_eval, seeds=seeds))
+    for key in ("steps", "batch_size", "n_train", "n_eval", "seeds"):
+        budget[key] = _checks.positive_int(budget[key], key)
+    budget["hidden"] = tuple(int(w) for w in budget["hidden"])
+    budget["generator_hidden"] = tuple(int(w) for w in budget["generator_hidden"])
+    loss = _losses.get(loss)
+    started = time.perf_counter()
+    real = toys.sample(prob.target, budget["n_train"], seed=seed + 500)
+    held_out = toys.sample(prob.target, budget["n_eval"], seed=seed + 501)
+    centers, stds, _ = toys.mixture_modes(prob.target)
+    rows, samples = [], {}
+    for objective in objectives:
+        for run_seed in range(seed, seed + budget["seeds"]):
+            keras.utils.set_random_seed(run_seed)  # the same initial weights for every objective
+            generator = models.mlp_generator(latent_dim, (prob.dim,), hidden=budget["generator_hidden"])
+            discriminator = models.mlp_discriminator((prob.dim,), hidden=budget["hidden"])
+            gan = _training.SDGAN(generator, discriminator, loss=loss, generator_objective=objective,
+                                  sigma_range=prob.sigma_range, seed=run_seed)
+            gan.compile(d_optimizer=_adam_beta(learning_rate, budget["steps"]),
+                        g_optimizer=_adam_beta(learning_rate, budget["steps"]), jit_compile=jit_compile,
+                        steps_per_execution=_steps_per_execution(budget["steps"]))
+            run_started = time.perf_counter()
+            history = gan.fit(_dataset(real, budget["batch_size"], run_seed), steps_per_epoch=budget["steps"],
+                              epochs=1, verbose=0)
+            seconds = time.perf_counter() - run_started
+            x = np.asarray(gan.generate(budget["n_eval"], seed=run_seed + 10_000))
+            if np.all(np.isfinite(x)):
+                scores = _scores(x, held_out, centers, stds, seed)
+            else:
+                scores = _nan_scores(len(centers))
+            row = dict(problem=prob.name, objective=objective, loss=loss.name, seed=run_seed, seconds=seconds,
+                       d_loss=float(history.history["d_loss"][-1]), g_loss=float(history.history["g_loss"][-1]),
+                       **scores)
+            rows.append(row)
+            if run_seed == seed:
+                samples[objective] = x
+            if verbose:
+                print(f"[objectives] {objective:>15} seed {run_seed}: {seconds:.1f} s, sliced W2 "
+                      f"{row['sliced_w2']:.3f}, modes {row['modes']}/{row['n_modes']}, "
+                      f"HQ {row['high_quality']:.1%}", flush=True)
+    samples["target p (held-out)"] = held_out
+    settings = dict(problem=prob.name, objectives=objectives, loss=loss.name, seed=seed, quick=bool(quick),
+                    latent_dim=int(latent_dim), learning_rate=float(learning_rate),
+                    optimizer="Adam(beta_1=0.5), cosine decay to 0.1x, both networks",
+                    sigma_range=list(prob.sigma_range), flow_steps=5, flow_step_scale=0.5,
+                    jit_compile=bool(jit_compile), seconds=time.perf_counter() - started, **budget)
+    return {"settings": settings, "rows": rows, "samples": samples}
+
+
+def _adam_beta(learning_rate, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
+    return keras.optimizers.Adam(schedule, beta_1=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------------
+def _fmt(value, spec):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return format(value, spec)
+
+
+def _mean(rows, key):
+    values = [row[key] for row in rows if isinstance(row.get(key), float) and math.isfinite(row[key])]
+    if len(values) < len(rows) or not values:
+        return math.nan
+    return float(np.mean(values))
+
+
+def _metric_cells(row):
+    if row.get("diverged"):
+        return ["diverged", "—", "—", "—"]
+    return [_fmt(row["sliced_w2"], ".3f"), _fmt(row["mmd"], ".4f"), f"{row['modes']}/{row['n_modes']}",
+            _fmt(100.0 * row["high_quality"], ".1f")]
+
+
+def format_report(losses_result=None, objectives_result=None):
+    """Markdown tables of a :func:`compare_losses` and/or :func:`compare_objectives` result.
+
+    Per problem: a field table (σ-averaged cosine and errors under q_σ, the best scale at the smallest
+    and the largest σ, and the p_σ cosine and scale-fitted error), a per-σ table of cosine and
+    scale-fitted error under q_σ, and a flow table; then the generator-objective table (mean over seeds).
+
+    Returns:
+      A Markdown string.
+    """
+    lines = []
+    if losses_result is not None:
+        settings = losses_result["settings"]
+        lines += [
+            "Field errors (module docstring of gan2flow.compare): `cosine` is the mean per-point cosine "
+            "between the discriminator's field v̂ (∇ link(T); ∇T for losses without a link) and the exact "
+            "SD v; `rel. error` is ‖v̂ − v‖/‖v‖ pooled over the points; `best scale` refits one scalar c* "
+            "per σ on an independent sample (an oracle: for measurement only); `calibrated` uses the "
+            "oracle-free logistic scale a(σ) fitted on held-out samples. Columns marked q_σ evaluate at "
+            "source samples plus σ-noise, p_σ at target samples plus σ-noise. c* > 1: the field is too weak.",
+            ""]
+        for name, info in settings["problems"].items():
+            fields = [row for row in losses_result["fields"] if row["problem"] == name]
+            lines += [f"### {name}: discriminator fields against the exact SD", "",
+                      f"d = {info['dim']}, σ ∈ [{info['sigma_range'][0]:g}, {info['sigma_range'][1]:g}], "
+                      f"{settings['steps']} training steps of batch {settings['batch_size']}, discriminator "
+                      f"MLP {settings['hidden']}; means over {len(info['eval_sigmas'])} σ levels "
+                      f"(geometric), {settings['n_eval']} points per level and weighting.", "",
+                      "| loss | SD-consistent | cosine (q_σ) | rel. error (q_σ) | rel. error, best scale (q_σ) "
+                      "| c* at σ_min → σ_max (q_σ) | rel. error, calibrated (q_σ) | cosine (p_σ) "
+                      "| rel. error, best scale (p_σ) |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for loss in settings["losses"]:
+                rows = sorted((row for row in fields if row["loss"] == loss and row["points"] == "q_sigma"),
+                              key=lambda row: row["sigma"])
+                target_rows = [row for row in fields if row["loss"] == loss and row["points"] == "p_sigma"]
+                label = rows[0]["field"] if rows else loss
+                consistent = "yes" if _losses.get(loss).sd_consistent else "no"
+                scales = (f"{_fmt(rows[0]['scale_fit'], '.2g')} → {_fmt(rows[-1]['scale_fit'], '.2g')}"
+                          if rows else "—")
+                lines.append(
+                    f"| {label} | {consistent} | {_fmt(_mean(rows, 'cosine'), '.3f')} | "
+                    f"{_fmt(_mean(rows, 'rel_error'), '.3f')} | {_fmt(_mean(rows, 'rel_error_fit'), '.3f')} | "
+                    f"{scales} | {_fmt(_mean(rows, 'rel_error_calibrated'), '.3f')} | "
+                    f"{_fmt(_mean(target_rows, 'cosine'), '.3f')} | {_fmt(_mean(target_rows, 'rel_error_fit'), '.3f')} |")
+            sigmas = info["eval_sigmas"]
+            lines += ["", f"Per σ (x ~ q_σ): cosine / relative error after the best scale.", "",
+                      "| loss | " + " | ".join(f"σ={s:.3g}" for s in sigmas) + " |",
+                      "|---|" + "---|" * len(sigmas)]
+            for loss in settings["losses"]:
+                cells = []
+                for sigma in sigmas:
+                    match = [row for row in fields if row["loss"] == loss and row["points"] == "q_sigma"
+                             and abs(row["sigma"] - sigma) <= 1e-9 * sigma]
+                    row = match[0] if match else {}
+                    cells.append(f"{_fmt(row.get('cosine'), '.2f')} / {_fmt(row.get('rel_error_fit'), '.2f')}")
+                lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+            flows = [row for row in losses_result["flows"] if row["problem"] == name]
+            lines += ["", f"### {name}: flows of {settings['n_flow']} source samples, {len(info['flow_sigmas'])} "
+                          f"levels σ {info['sigma_range'][1]:g} → {info['sigma_range'][0]:g}, one Euler step each, "
+                          f"ε = {settings['flow_step_scale']:g}", "",
+                      "| field | sliced W2 | MMD² | modes | high-quality % |", "|---|---|---|---|---|"]
+            for row in flows:
+                lines.append(f"| {row['field']} | " + " | ".join(_metric_cells(row)) + " |")
+            lines.append("")
+    if objectives_result is not None:
+        settings = objectives_result["settings"]
+        rows = objectives_result["rows"]
+        lines += [f"### Generator objectives: SDGAN on {settings['problem']}, loss {settings['loss']}, "
+                  f"{settings['steps']} steps of batch {settings['batch_size']}, mean over {settings['seeds']} "
+                  "seed(s)", "",
+                  "| objective | sliced W2 | MMD² | modes | high-quality % | seconds |", "|---|---|---|---|---|---|"]
+        for objective in settings["objectives"]:
+            group = [row for row in rows if row["objective"] == objective]
+            modes = np.mean([row["modes"] for row in group])
+            lines.append(f"| {objective} | {_fmt(_mean(group, 'sliced_w2'), '.3f')} | "
+                         f"{_fmt(_mean(group, 'mmd'), '.4f')} | {modes:g}/{group[0]['n_modes']} | "
+                         f"{_fmt(100.0 * _mean(group, 'high_quality'), '.1f')} | "
+                         f"{_fmt(_mean(group, 'seconds'), '.0f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _csv(rows, columns):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in columns})
+    return buffer.getvalue()
+
+
+_FIELD_COLUMNS = ("problem", "field", "loss", "sd_consistent", "points", "sigma", "cosine", "rel_error",
+                  "scale_fit", "rel_error_fit", "calibration_scale", "rel_error_calibrated")
+_FLOW_COLUMNS = ("problem", "field", "sliced_w2", "mmd", "energy", "modes", "n_modes", "high_quality", "mode_kl",
+                 "diverged", "seconds", "note")
+_OBJECTIVE_COLUMNS = ("problem", "objective", "loss", "seed", "seconds", "d_loss", "g_loss", "sliced_w2", "mmd",
+                      "energy", "modes", "n_modes", "high_quality", "mode_kl")
+_TRAINING_COLUMNS = ("problem", "loss", "penalty", "steps", "seconds", "d_loss", "finite", "seconds_fields",
+                     "seconds_flows")
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path):
+    plt = _pyplot()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp.png"
+    figure.savefig(temporary, dpi=100)
+    os.replace(temporary, path)
+    plt.close(figure)
+    return path
+
+
+def _plot_errors(losses_result, path):
+    plt = _pyplot()
+    problems = list(losses_result["settings"]["problems"])
+    names = losses_result["settings"]["losses"]
+    figure, axes = plt.subplots(2, len(problems), figsize=(6.0 * len(problems), 8.0), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for column, name in enumerate(problems):
+        for index, loss in enumerate(names):
+            rows = sorted((row for row in losses_result["fields"] if row["problem"] == name and row["loss"] == loss
+                           and row["points"] == "q_sigma"), key=lambda row: row["sigma"])
+            style = "-" if _losses.get(loss).sd_consistent else "--"
+            sigmas = [row["sigma"] for row in rows]
+            for axis, key in ((axes[0][column], "cosine"), (axes[1][column], "rel_error_fit")):
+                axis.plot(sigmas, [row[key] for row in rows], style, marker="o", ms=3, color=colors(index % 10),
+                          label=loss)
+        axes[0][column].set_title(f"{name}: cosine(v̂, v) under q_σ")
+        axes[1][column].set_title(f"{name}: relative error after best scale")
+        for axis in axes[:, column]:
+            axis.set_xscale("log")
+            axis.set_xlabel("σ")
+            axis.grid(alpha=0.3)
+        axes[0][column].set_ylim(-0.1, 1.02)
+        axes[1][column].set_ylim(0.0, 1.05)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    figure.suptitle("discriminator fields against the exact score difference (dashed: no link, raw ∇T)")
+    # Fixed margins: tight_layout costs seconds of CPU per figure.
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.07, top=0.91, wspace=0.2, hspace=0.3)
+    return _save(figure, path)
+
+
+def _projection(prob):
+    """2-D coordinates for plots: the data itself in 2-D, else the top-2 principal axes of the mode centres."""
+    centers, _, _ = toys.mixture_modes(prob.target)
+    if prob.dim == 2:
+        return lambda x: np.asarray(x)
+    mean = centers.mean(axis=0)
+    _, _, vt = np.linalg.svd(centers - mean, full_matrices=False)
+    basis = vt[:2].T
+    return lambda x: (np.asarray(x, np.float64) - mean) @ basis
+
+
+def _plot_panels(panels, reference, path, title, columns=4, limits=None):
+    plt = _pyplot()
+    rows = int(math.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, (name, x) in zip(axes.ravel(), panels):
+        axis.axis("on")
+        axis.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", linewidths=0)
+        if x is not None:
+            axis.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", alpha=0.6, linewidths=0)
+        else:
+            axis.text(0.5, 0.5, "diverged", ha="center", va="center", transform=axis.transAxes)
+        axis.set_title(name, fontsize=9)
+        axis.set_aspect("equal")
+        if limits is not None:
+            axis.set_xlim(*limits)
+            axis.set_ylim(*limits)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f"{title}; axes ±{limits[1]:.2g}" if limits is not None else title)
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1.0 - 0.45 / (3.2 * rows), wspace=0.08,
+                           hspace=0.2)
+    return _save(figure, path)
+
+
+def _limits(arrays):
+    values = np.concatenate([np.abs(a).ravel() for a in arrays if a is not None])
+    bound = float(np.quantile(values, 0.995)) * 1.15 + 0.1
+    return (-bound, bound)
+
+
+# ------------------------------------------------------------------------------------------------
+# Everything, to a folder
+# ------------------------------------------------------------------------------------------------
+def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, targets=PROBLEMS,
+        objectives=GENERATOR_OBJECTIVES, verbose=True, **budget):
+    """Run :func:`compare_losses` and :func:`compare_objectives`; write tables, CSV, JSON and figures.
+
+    Files in ``out_dir``: ``report.md`` (the Markdown tables), ``fields.csv``, ``flows.csv``,
+    ``training.csv``, ``objectives.csv``, ``results.json`` (every row plus settings: seeds, budgets,
+    schedules, wall times), ``error_vs_sigma.png``, ``flows_<problem>.png`` (a panel of flowed samples
+    per field) and ``objectives.png`` (a panel of generator samples per objective).
+
+    Args:
+      out_dir: output folder (created).
+      quick: the small budget.
+      seed: the base seed of both comparisons.
+      losses: loss names (default all).
+      targets: problems for the loss comparison.
+      objectives: generator objectives to compare (default all four); an empty sequence skips that
+        comparison.
+      verbose: print progress lines and the report.
+      **budget: passed to :func:`compare_losses` (e.g. ``steps=50``, ``hidden=(16,)``,
+        ``jit_compile=False``); ``objective_steps`` / ``objective_seeds`` set those of
+        :func:`compare_objectives`.
+
+    Returns:
+      dict with ``losses`` and ``objectives`` (the two results, without samples), ``report`` (Markdown),
+      ``files`` and ``seconds``.
+    """
+    started = time.perf_counter()
+    objective_steps = budget.pop("objective_steps", None)
+    objective_seeds = budget.pop("objective_seeds", None)
+    jit_compile = budget.get("jit_compile", False)
+    losses_result = compare_losses(losses=losses, targets=targets, seed=seed, quick=quick, verbose=verbose, **budget)
+    objectives_result = None
+    if objectives:
+        objectives_result = compare_objectives(objectives=objectives, seed=seed, quick=quick, steps=objective_steps,
+                                               seeds=objective_seeds, hidden=budget.get("hidden"),
+                                               jit_compile=jit_compile, verbose=verbose)
+    report = format_report(losses_result, objectives_result)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {
+        "report": _io.write_text(os.path.join(out_dir, "report.md"), report),
+        "fields": _io.write_text(os.path.join(out_dir, "fields.csv"), _csv(losses_result["fields"], _FIELD_COLUMNS)),
+        "flows": _io.write_text(os.path.join(out_dir, "flows.csv"), _csv(losses_result["flows"], _FLOW_COLUMNS)),
+        "training": _io.write_text(os.path.join(out_dir, "training.csv"),
+                                   _csv(losses_result["training"], _TRAINING_COLUMNS)),
+        "error_plot": _plot_errors(losses_result, os.path.join(out_dir, "error_vs_sigma.png")),
+    }
+    for prob_name, panels in losses_result["samples"].items():
+        prob = _as_problem(next(t for t in targets if (t if isinstance(t, str) else t.name) == prob_name))
+        project = _projection(prob)
+        reference = project(panels["target p (held-out)"])
+        projected = [(name, None if x is None else project(x)) for name, x in panels.items()]
+        title = f"{prob_name}: source samples flowed along each field" + (
+            "" if prob.dim == 2 else " (top-2 principal axes of the mode centres)")
+        files[f"flows_{prob_name}"] = _plot_panels(
+            projected, reference, os.path.join(out_dir, f"flows_{prob_name}.png"), title,
+            limits=_limits([x for _, x in projected] + [reference]))
+    if objectives_result is not None:
+        files["objectives"] = _io.write_text(os.path.join(out_dir, "objectives.csv"),
+                                             _csv(objectives_result["rows"], _OBJECTIVE_COLUMNS))
+        panels = [(name, x) for name, x in objectives_result["samples"].items() if name != "target p (held-out)"]
+        reference = objectives_result["samples"]["target p (held-out)"]
+        files["objectives_plot"] = _plot_panels(
+            panels, reference, os.path.join(out_dir, "objectives.png"),
+            f"generator samples after SDGAN training ({objectives_result['settings']['steps']} steps)",
+            limits=_limits([x for _, x in panels] + [reference]))
+    seconds = time.perf_counter() - started
+    result = {
+        "losses": {key: value for key, value in losses_result.items() if key != "samples"},
+        "objectives": None if objectives_result is None else {
+            key: value for key, value in objectives_result.items() if key != "samples"},
+        "report": report,
+        "seconds": seconds,
+        "environment": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                        "tensorflow_probability": tfp.__version__, "numpy": np.__version__,
+                        "cpu_count": os.cpu_count()},
+    }
+    files["results"] = os.path.join(out_dir, "results.json")
+    result["files"] = files
+    _io.write_json(files["results"], result)
+    if verbose:
+        print(report)
+        print(f"wrote {out_dir}/ ({seconds:.0f} s)")
+    return result

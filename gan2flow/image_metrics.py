@@ -1,0 +1,344 @@
+"""Image metrics in the feature space of a small digit classifier the toolkit trains and caches itself.
+
+FID-style evaluation without downloaded weights, for 8×8 grey-scale digits (scikit-learn's
+``load_digits``, scaled to [−1, 1] as :func:`gan2flow.digits.load` does):
+
+- :func:`digit_classifier`: a small conv classifier, trained in seconds on the digits training split
+  with a fixed seed and cached as a ``.keras`` file (``~/.cache/gan2flow`` or a path you pass).
+- :func:`image_features`: its penultimate-layer activations (64 per image), the feature space below.
+- :func:`frechet_distance`: the Fréchet distance between Gaussians fitted to two feature sets (FID's
+  formula; Heusel et al. 2017).
+- :func:`precision_recall`: k-NN precision and recall (Kynkäänniemi et al. 2019).
+- :func:`nearest_distances`: each sample's distance to its nearest training image (memorisation check).
+- :func:`image_summary`: all of the above for one sample set, as a flat dict.
+
+Like :mod:`gan2flow.metrics`, everything converts inputs to float64 NumPy and returns Python floats
+(or float64 arrays); bad input raises ``ValueError`` naming the argument.
+
+The numbers are only comparable within one feature network: a Fréchet distance here is not an FID and
+not comparable across classifier seeds or versions (the cache key holds both).
+
+Example::
+
+    from gan2flow import digits, image_metrics
+    data = digits.load()
+    classifier = image_metrics.digit_classifier()                 # trained once, then from the cache
+    real = image_metrics.image_features(data["test"], classifier)
+    fake = image_metrics.image_features(samples, classifier)
+    image_metrics.frechet_distance(fake, real)
+    image_metrics.precision_recall(real, fake, k=3)               # {"precision": ..., "recall": ...}
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from gan2flow import _checks
+from gan2flow import metrics as _metrics
+
+__all__ = [
+    "CLASSIFIER_VERSION",
+    "default_cache_dir",
+    "digit_classifier",
+    "train_digit_classifier",
+    "image_features",
+    "frechet_distance",
+    "precision_recall",
+    "nearest_distances",
+    "image_summary",
+]
+
+#: Bumped whenever the classifier's architecture or training changes (it is part of the cache key).
+CLASSIFIER_VERSION = 1
+_FEATURE_LAYER = "features"
+_BLOCK = 1024  # rows per distance block: a [1024, 1024] float64 block is 8 MiB
+
+
+# ----------------------------------------------------------------------------------------------------
+# The feature network
+
+
+def default_cache_dir():
+    """``$GAN2FLOW_CACHE``, else ``$XDG_CACHE_HOME/gan2flow``, else ``~/.cache/gan2flow``."""
+    if os.environ.get("GAN2FLOW_CACHE"):
+        return os.environ["GAN2FLOW_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gan2flow")
+
+
+def _classifier_model(image_shape=(8, 8, 1), n_classes=10, width=64):
+    import keras
+
+    x = keras.Input(shape=image_shape, name="image")
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_0")(x)
+    h = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv_1")(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    h = keras.layers.Dense(width, activation="relu", name=_FEATURE_LAYER)(h)
+    logits = keras.layers.Dense(n_classes, name="logits")(h)
+    return keras.Model(x, logits, name="digit_classifier")
+
+
+def train_digit_classifier(images, labels, *, epochs=30, batch_size=64, learning_rate=1e-3, seed=0,
+                           verbose=0):
+    """Train the feature classifier: two 3×3 convolutions → Dense(64, "features") → 10 logits.
+
+    Deterministic for a seed on CPU: ``keras.utils.set_random_seed(seed)`` fixes the initial weights
+    and the shuffling (it also reseeds Python's, NumPy's and TensorFlow's global generators).
+
+    Args:
+        images: [n, 8, 8, 1] in [−1, 1].
+        labels: [n] integer classes 0–9.
+        epochs, batch_size, learning_rate: Adam training settings (sparse cross-entropy on logits).
+        seed: int ≥ 0.
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        The trained ``keras.Model`` image -> logits [n, 10] (features: layer ``"features"``).
+    """
+    import keras
+
+    images = _checks.as_float_tensor(images, "images", rank=4).numpy()
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"`labels` must have shape [{len(images)}], got {labels.shape}.")
+    seed = _checks.positive_int(seed, "seed", allow_zero=True)
+    keras.utils.set_random_seed(seed)
+    model = _classifier_model(images.shape[1:], n_classes=int(labels.max()) + 1)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(images, labels.astype(np.int32), epochs=_checks.positive_int(epochs, "epochs"),
+              batch_size=batch_size, shuffle=True, verbose=verbose)
+    return model
+
+
+def digit_classifier(path=None, *, seed=0, epochs=30, verbose=0):
+    """The digit feature classifier, loaded from ``path`` (or the cache) or trained and saved there.
+
+    Trained by :func:`train_digit_classifier` on the training split of ``gan2flow.digits.load()`` (the
+    default split, whatever split a pipeline evaluates on: like Inception for FID it is one fixed
+    network), in a few seconds on 2 CPU cores. The cache file is
+    ``<default_cache_dir()>/digit_classifier-v{CLASSIFIER_VERSION}-seed{seed}-epochs{epochs}.keras``
+    and is written atomically, so concurrent first calls cannot leave a half-written file.
+
+    Args:
+        path: a ``.keras`` file to load, or to create when missing; None: the cache file above.
+        seed, epochs: training settings (part of the default file name).
+        verbose: print where the model comes from and the training progress.
+
+    Returns:
+        ``keras.Model`` image -> logits, with a ``"features"`` layer.
+    """
+    import keras
+
+    seed = _checks.positive_int(seed, "seed", allow_zero=True)
+    epochs = _checks.positive_int(epochs, "epochs")
+    if path is None:
+        path = os.path.join(default_cache_dir(),
+                            f"digit_classifier-v{CLASSIFIER_VERSION}-seed{seed}-epochs{epochs}.keras")
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"`path` must end with .keras, got {path!r}.")
+    if os.path.exists(path):
+        if verbose:
+            print(f"digit classifier: loading {path}")
+        return keras.saving.load_model(path, compile=False)
+    from gan2flow import digits  # data loading lives with the pipeline
+
+    data = digits.load()
+    if verbose:
+        print(f"digit classifier: training ({epochs} epochs, seed {seed}) -> {path}")
+    model = train_digit_classifier(data["train"], data["train_labels"], epochs=epochs, seed=seed,
+                                   verbose=2 if verbose else 0)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".keras")
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return model
+
+
+def image_features(images, classifier=None, *, batch_size=1024):
+    """Penultimate-layer activations of the digit classifier, float64 [n, 64].
+
+    Args:
+        images: [n, 8, 8, 1] (or [n, 8, 8]) in the [−1, 1] scale of ``gan2flow.digits.load``.
+        classifier: the model from :func:`digit_classifier` (None: the default cached one).
+        batch_size: images per forward pass.
+    """
+    import keras
+
+    images = _checks.as_float_tensor(images, "images", min_rank=3).numpy()
+    if images.ndim == 3:
+        images = images[..., None]
+    classifier = digit_classifier() if classifier is None else classifier
+    expected = tuple(classifier.input_shape[1:])
+    if tuple(images.shape[1:]) != expected:
+        raise ValueError(f"`images` must have shape [n, {', '.join(map(str, expected))}], got {images.shape}.")
+    extractor = keras.Model(classifier.input, classifier.get_layer(_FEATURE_LAYER).output)
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    parts = [np.asarray(extractor(images[i:i + batch_size], training=False), np.float64)
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, extractor.output_shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distances in feature space
+
+
+def frechet_distance(x, y):
+    """Fréchet distance between Gaussians fitted to two feature sets (FID's formula).
+
+        FD = ‖μ_x − μ_y‖² + tr(Σ_x) + tr(Σ_y) − 2 tr((Σ_x^{1/2} Σ_y Σ_x^{1/2})^{1/2})
+
+    i.e. the squared 2-Wasserstein distance :func:`gan2flow.metrics.gaussian_w2` ² between
+    N(μ_x, Σ_x) and N(μ_y, Σ_y), with sample means and unbiased sample covariances. Like FID it is
+    biased upwards for finite samples (the bias falls as 1/n): compare rows with the same sample sizes.
+
+    Args:
+        x: features [n, d], n ≥ 2.
+        y: features [m, d], m ≥ 2.
+
+    Returns:
+        Python float ≥ 0 (in squared feature units).
+
+    Example::
+
+        frechet_distance(f, f + [1.0, 0.0])     # 1.0: a pure shift gives ‖μ_x − μ_y‖²
+    """
+    x, y = _metrics._pair(x, y, "x", "y", min_points=2)
+    cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    if x.shape[1] == 1:
+        cov_x, cov_y = cov_x.reshape(1, 1), cov_y.reshape(1, 1)
+    w2 = _metrics.gaussian_w2(x.mean(0), 0.5 * (cov_x + cov_x.T), y.mean(0), 0.5 * (cov_y + cov_y.T))
+    return float(w2**2)
+
+
+def _kth_neighbour_radii(points, k):
+    """Distance from each point to its k-th nearest *other* point of the same set, [n]."""
+    n = len(points)
+    norms = np.einsum("ij,ij->i", points, points)
+    radii = np.empty(n)
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(i0 + _BLOCK, n)
+        squared = _metrics._squared_distances(points[i0:i1], points, norms[i0:i1], norms)
+        squared[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf  # not its own neighbour
+        radii[i0:i1] = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
+    return radii
+
+
+def _covered(queries, points, radii):
+    """For each query: is it inside some ball B(points_j, radii_j)?  bool [n]."""
+    query_norms = np.einsum("ij,ij->i", queries, queries)
+    point_norms = np.einsum("ij,ij->i", points, points)
+    squared_radii = radii**2
+    inside = np.empty(len(queries), dtype=bool)
+    for i0 in range(0, len(queries), _BLOCK):
+        i1 = min(i0 + _BLOCK, len(queries))
+        squared = _metrics._squared_distances(queries[i0:i1], points, query_norms[i0:i1], point_norms)
+        inside[i0:i1] = np.any(squared <= squared_radii[None, :], axis=1)
+    return inside
+
+
+def precision_recall(real, fake, *, k=3):
+    """k-NN precision and recall (Kynkäänniemi et al. 2019, "Improved precision and recall metric").
+
+    Each set's manifold is the union of balls around its points, each ball reaching the point's k-th
+    nearest neighbour in the same set:
+
+        precision = fraction of fake points inside the real manifold   (quality)
+        recall    = fraction of real points inside the fake manifold   (coverage)
+
+    Both are in [0, 1]. Identical sets give 1/1; sets farther apart than their k-NN radii give 0/0.
+    The paper uses k = 3 with equal set sizes; unequal sizes shift the radii, so compare rows with the
+    same sizes.
+
+    Args:
+        real: features [n, d], n > k.
+        fake: features [m, d], m > k.
+        k: the neighbour defining the radii (≥ 1).
+
+    Returns:
+        ``{"precision": float, "recall": float}``.
+    """
+    k = _checks.positive_int(k, "k")
+    real, fake = _metrics._pair(real, fake, "real", "fake", min_points=k + 1)
+    # Centre on the pooled mean: keeps the Gram-form distances' round-off small (as gan2flow.metrics).
+    centre = np.concatenate([real, fake]).mean(0)
+    real, fake = real - centre, fake - centre
+    real_radii = _kth_neighbour_radii(real, k)
+    fake_radii = _kth_neighbour_radii(fake, k)
+    return {"precision": float(_covered(fake, real, real_radii).mean()),
+            "recall": float(_covered(real, fake, fake_radii).mean())}
+
+
+def nearest_distances(x, reference):
+    """Euclidean distance from each sample to its nearest reference sample (axes after the first flattened).
+
+    With ``reference`` the training images, small values flag memorised samples; compare with the same
+    quantity for held-out real images (their distances to the training set), which cannot be copies.
+
+    Args:
+        x: [n, ...]; reference: [m, ...] with the same trailing shape.
+
+    Returns:
+        float64 array [n].
+    """
+    x, reference = _metrics._pair(x, reference, "x", "reference")
+    centre = reference.mean(0)
+    x, reference = x - centre, reference - centre
+    x_norms = np.einsum("ij,ij->i", x, x)
+    reference_norms = np.einsum("ij,ij->i", reference, reference)
+    out = np.empty(len(x))
+    for i0 in range(0, len(x), _BLOCK):
+        i1 = min(i0 + _BLOCK, len(x))
+        squared = _metrics._squared_distances(x[i0:i1], reference, x_norms[i0:i1], reference_norms)
+        out[i0:i1] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return out
+
+
+def image_summary(samples, reference, train, *, classifier=None, reference_features=None, k=3):
+    """The digits table's numbers for one sample set.
+
+    - ``fd``: :func:`frechet_distance` of the samples' features to the reference's.
+    - ``precision``, ``recall``: :func:`precision_recall` (k) against the reference.
+    - ``nn_median``, ``nn_p05``: median and 5th percentile of :func:`nearest_distances` to ``train``
+      in pixel units; ``nn_distances`` holds them all.
+    - ``confident``: share of samples the classifier labels with probability ≥ 0.9 (a
+      recognisability score, like the Inception Score's sharpness term).
+
+    Args:
+        samples: images [n, 8, 8, 1].
+        reference: held-out real images [m, 8, 8, 1] (the target distribution).
+        train: the training images (for the memorisation distances).
+        classifier: from :func:`digit_classifier` (None: the default cached one).
+        reference_features: precomputed ``image_features(reference)`` (saves work across rows).
+        k: neighbour count of the precision/recall radii.
+
+    Returns:
+        dict of Python floats plus ``nn_distances`` (float64 [n]).
+    """
+    import keras
+
+    classifier = digit_classifier() if classifier is None else classifier
+    features = image_features(samples, classifier)
+    if reference_features is None:
+        reference_features = image_features(reference, classifier)
+    distances = nearest_distances(samples, train)
+    logits = np.asarray(classifier(np.asarray(samples, np.float32), training=False))
+    confidence = np.asarray(keras.ops.softmax(logits, axis=-1)).max(axis=1)
+    result = {"fd": frechet_distance(features, reference_features)}
+    result.update(precision_recall(reference_features, features, k=k))
+    result.update({
+        "nn_median": float(np.median(distances)),
+        "nn_p05": float(np.percentile(distances, 5)),
+        "confident": float(np.mean(confidence >= 0.9)),
+        "nn_distances": distances,
+    })
+    return result
