@@ -14,7 +14,8 @@ Behind ``gan2flow compare`` (docs/losses.md, "Measured results"). Two comparison
 
    with ``v_σ`` at points ``x ~ q_σ`` (source samples plus σ-noise: the fake side of the
    discriminator's own training distribution at that σ, i.e. the error "weighted under q"); the
-   same numbers at ``x ~ p_σ`` are kept in the CSV (``points = "p_sigma"``). Finally flow the clean
+   same numbers at ``x ~ p_σ`` (target samples plus σ-noise: where the flow should end) are kept too
+   (``points = "p_sigma"``). Finally flow the clean
    source samples along each field over a geometric σ schedule spanning the trained range and score
    the result (sliced W2, MMD², modes, high-quality %).
 2. :func:`compare_objectives`. Full SDGAN training (generator and discriminator) of a small MLP
@@ -28,9 +29,9 @@ Field errors, per σ (sums over the evaluation points, ‖·‖ the Euclidean no
   scale-free.
 * ``rel_error``: ``sqrt(Σ‖v̂ − v‖² / Σ‖v‖²)``, the field as it is.
 * ``rel_error_fit``: the same after the best single scalar ``c* = Σ⟨v̂, v⟩ / Σ‖v̂‖²`` (``scale_fit``),
-  fitted on an independent sample of the same points. It equals ``sqrt(1 − ρ²)`` with ρ the pooled
-  cosine, so it is the fair comparison for the raw hinge/Wasserstein gradients, whose scale is
-  arbitrary (the fit uses the exact field: an oracle, for measurement only).
+  fitted on an independent sample of the same points. It is ≈ ``sqrt(1 − ρ²)`` with ρ the pooled
+  cosine ``Σ⟨v̂, v⟩ / sqrt(Σ‖v̂‖² Σ‖v‖²)``, so it is the fair comparison for the raw hinge/Wasserstein
+  gradients, whose scale is arbitrary (the fit uses the exact field: an oracle, for measurement only).
 * ``rel_error_calibrated`` (no-link losses only): after the **oracle-free** scale ``a(σ)`` of a
   one-feature logistic regression ``log r ≈ a(σ) T + b(σ)`` of held-out noised target samples against
   noised source samples at σ (what a user without the exact field can do).
@@ -40,8 +41,9 @@ Flows along fields without a link need a step size: the raw gradient has no natu
 ``"<loss> (calibrated)"`` multiply it by the oracle-free ``a(σ_k)`` above at each level. No flow
 uses the oracle's scale. The exact field itself is flowed too (``"exact SD (oracle)"``) with the same
 schedule: every field here is the score difference against the *initial* source, so long flows
-over-concentrate (shared/SD_FLOW.md §7); the schedule is short enough that the exact field gives a
-good flow, and the oracle row is the ceiling each estimator is measured against.
+over-concentrate (shared/SD_FLOW.md §7); the schedule (one Euler step per level, ε = 0.5) is short
+enough that the exact field gives a good flow, and the oracle row is the reference each estimator is
+measured against (not a strict ceiling: a field weaker than the exact one over-concentrates less).
 
 Example::
 
@@ -334,9 +336,9 @@ def _budget(table, quick, overrides):
 
 
 def _steps_per_execution(steps):
-    # Training steps per compiled call: removes Keras's per-step Python dispatch, which dominates the
-    # cost of these small MLPs on CPU (measured 2.5x faster than one step per call). A divisor of
-    # `steps` so every call runs the same compiled loop.
+    # Training steps per compiled call (Keras runs them in one graph loop): fewer Python round trips for
+    # these small MLPs, whose steps take milliseconds. A divisor of `steps`, so every call runs the
+    # same loop.
     return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
 
 
@@ -884,9 +886,9 @@ def _plot_panels(panels, reference, path, title, columns=4, limits=None):
             axis.set_ylim(*limits)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"{title}; axes ±{limits[1]:.2g}" if limits is not None else title)
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1.0 - 0.45 / (3.2 * rows), wspace=0.08,
-                           hspace=0.2)
+    height = 3.2 * rows  # inches: leave 0.7 in on top for the title and the first row's panel titles
+    figure.suptitle(f"{title}; axes ±{limits[1]:.2g}" if limits is not None else title, y=1.0 - 0.12 / height)
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1.0 - 0.7 / height, wspace=0.08, hspace=0.2)
     return _save(figure, path)
 
 
