@@ -32,20 +32,35 @@ def gaussian_flow():
     return flow, p, q
 
 
-def test_calibrated_gradient_is_the_exact_sd_under_q(gaussian_flow):
-    # At the logistic optimum link(T) = log p_σ/q_σ, so ∇ link(T) = ∇log p_σ − ∇log q_σ. An 800-step fit is
-    # not exact. Measured (seeds 0 and 1, 800 and 1500 steps, several code revisions): cosine 0.965–0.99 under
-    # q_σ, relative L2 error 0.25–0.51 (mostly magnitude: at σ = 0.8 the two proxies are close and the SD is
-    # small). We require cosine ≥ 0.95 and error ≤ 0.6: a wrong sign, a wrong link or an uncalibrated model
-    # (error ≈ 1) fails.
-    flow, p, q = gaussian_flow
+def _sd_agreement(flow, p, q, sigma):
     exact = gan2flow.AnalyticScoreDifference(p, q)
+    x = q.sample(2000, seed=1) + sigma * tf.random.stateless_normal([2000, 2], seed=[2, 3])
+    estimate, truth = flow.estimator(x, sigma).numpy(), exact(x, sigma).numpy()
+    cosine = (estimate * truth).sum() / np.sqrt((estimate**2).sum() * (truth**2).sum())
+    error = np.sqrt(((estimate - truth) ** 2).sum() / (truth**2).sum())
+    return cosine, error
+
+
+def test_calibrated_gradient_points_along_the_exact_sd_under_q(gaussian_flow):
+    # At the logistic optimum link(T) = log p_σ/q_σ, so ∇ link(T) = ∇log p_σ − ∇log q_σ. Measured over seeds,
+    # step counts and repeated runs: cosine 0.965–0.99 under q_σ. A wrong sign, link or an uncalibrated
+    # model gives cosine far below 0.95.
+    flow, p, q = gaussian_flow
     for sigma in (0.2, 0.8):
-        x = q.sample(2000, seed=1) + sigma * tf.random.stateless_normal([2000, 2], seed=[2, 3])
-        estimate, truth = flow.estimator(x, sigma).numpy(), exact(x, sigma).numpy()
-        cosine = (estimate * truth).sum() / np.sqrt((estimate**2).sum() * (truth**2).sum())
-        error = np.sqrt(((estimate - truth) ** 2).sum() / (truth**2).sum())
-        assert cosine >= 0.95 and error <= 0.6, (sigma, cosine, error)
+        cosine, _ = _sd_agreement(flow, p, q, sigma)
+        assert cosine >= 0.95, (sigma, cosine)
+
+
+@pytest.mark.slow
+def test_calibrated_gradient_magnitude_matches_the_exact_sd(gaussian_flow):
+    # Relative L2 error of the same 800-step fit: measured 0.25–0.51 (mostly magnitude at σ = 0.8, where the
+    # SD is small), and it varies from run to run with TensorFlow's CPU nondeterminism in training; one run
+    # exceeded 0.5. Bound 0.6 (an uncalibrated model has error ≈ 1). tests/test_training.py checks the error of
+    # a better-converged SDGAN fit in the default suite.
+    flow, p, q = gaussian_flow
+    for sigma in (0.2, 0.8):
+        _, error = _sd_agreement(flow, p, q, sigma)
+        assert error <= 0.6, (sigma, error)
 
 
 def test_log_ratio_and_importance_weights(gaussian_flow):
