@@ -36,7 +36,6 @@ import tempfile
 import numpy as np
 
 from gan2flow import _checks
-from gan2flow import metrics as _metrics
 
 __all__ = [
     "CLASSIFIER_VERSION",
@@ -54,6 +53,13 @@ __all__ = [
 CLASSIFIER_VERSION = 1
 _FEATURE_LAYER = "features"
 _BLOCK = 1024  # rows per distance block: a [1024, 1024] float64 block is 8 MiB
+
+
+def _metrics():
+    """gan2flow.metrics, imported on use: it re-exports this module's metrics, so no import at load time."""
+    from gan2flow import metrics
+
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,11 +218,11 @@ def frechet_distance(x, y):
 
         frechet_distance(f, f + [1.0, 0.0])     # 1.0: a pure shift gives ‖μ_x − μ_y‖²
     """
-    x, y = _metrics._pair(x, y, "x", "y", min_points=2)
+    x, y = _metrics()._pair(x, y, "x", "y", min_points=2)
     cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     if x.shape[1] == 1:
         cov_x, cov_y = cov_x.reshape(1, 1), cov_y.reshape(1, 1)
-    w2 = _metrics.gaussian_w2(x.mean(0), 0.5 * (cov_x + cov_x.T), y.mean(0), 0.5 * (cov_y + cov_y.T))
+    w2 = _metrics().gaussian_w2(x.mean(0), 0.5 * (cov_x + cov_x.T), y.mean(0), 0.5 * (cov_y + cov_y.T))
     return float(w2**2)
 
 
@@ -227,7 +233,7 @@ def _kth_neighbour_radii(points, k):
     radii = np.empty(n)
     for i0 in range(0, n, _BLOCK):
         i1 = min(i0 + _BLOCK, n)
-        squared = _metrics._squared_distances(points[i0:i1], points, norms[i0:i1], norms)
+        squared = _metrics()._squared_distances(points[i0:i1], points, norms[i0:i1], norms)
         squared[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf  # not its own neighbour
         radii[i0:i1] = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
     return radii
@@ -241,7 +247,7 @@ def _covered(queries, points, radii):
     inside = np.empty(len(queries), dtype=bool)
     for i0 in range(0, len(queries), _BLOCK):
         i1 = min(i0 + _BLOCK, len(queries))
-        squared = _metrics._squared_distances(queries[i0:i1], points, query_norms[i0:i1], point_norms)
+        squared = _metrics()._squared_distances(queries[i0:i1], points, query_norms[i0:i1], point_norms)
         inside[i0:i1] = np.any(squared <= squared_radii[None, :], axis=1)
     return inside
 
@@ -268,7 +274,7 @@ def precision_recall(real, fake, *, k=3):
         ``{"precision": float, "recall": float}``.
     """
     k = _checks.positive_int(k, "k")
-    real, fake = _metrics._pair(real, fake, "real", "fake", min_points=k + 1)
+    real, fake = _metrics()._pair(real, fake, "real", "fake", min_points=k + 1)
     # Centre on the pooled mean: keeps the Gram-form distances' round-off small (as gan2flow.metrics).
     centre = np.concatenate([real, fake]).mean(0)
     real, fake = real - centre, fake - centre
@@ -290,7 +296,7 @@ def nearest_distances(x, reference):
     Returns:
         float64 array [n].
     """
-    x, reference = _metrics._pair(x, reference, "x", "reference")
+    x, reference = _metrics()._pair(x, reference, "x", "reference")
     centre = reference.mean(0)
     x, reference = x - centre, reference - centre
     x_norms = np.einsum("ij,ij->i", x, x)
@@ -298,7 +304,7 @@ def nearest_distances(x, reference):
     out = np.empty(len(x))
     for i0 in range(0, len(x), _BLOCK):
         i1 = min(i0 + _BLOCK, len(x))
-        squared = _metrics._squared_distances(x[i0:i1], reference, x_norms[i0:i1], reference_norms)
+        squared = _metrics()._squared_distances(x[i0:i1], reference, x_norms[i0:i1], reference_norms)
         out[i0:i1] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
     return out
 

@@ -643,3 +643,17 @@ def summarize(x, reference, *, centers=None, std=None, weights=None, seed=0, max
         stats = mode_stats(x_flat, centers, std, weights=weights)
         result.update({key: stats[key] for key in ("modes", "n_modes", "high_quality", "mode_kl")})
     return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Image metrics in the feature space of the toolkit's own digit classifier (gan2flow.image_metrics)
+
+from gan2flow.image_metrics import (  # noqa: E402  (image_metrics imports this module only on use)
+    frechet_distance,
+    image_features,
+    image_summary,
+    nearest_distances,
+    precision_recall,
+)
+
+__all__ += ["frechet_distance", "image_features", "image_summary", "nearest_distances", "precision_recall"]

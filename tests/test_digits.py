@@ -36,6 +36,14 @@ def test_frechet_distance_matches_the_gaussian_formula_for_scaled_features(rng):
     assert image_metrics.frechet_distance(features, scaled) == pytest.approx(expected, rel=1e-8)
 
 
+def test_image_metrics_are_re_exported_from_metrics():
+    from gan2flow import metrics
+
+    for name in ("frechet_distance", "precision_recall", "nearest_distances", "image_features", "image_summary"):
+        assert getattr(metrics, name) is getattr(image_metrics, name)
+        assert name in metrics.__all__
+
+
 def test_frechet_distance_rejects_bad_input(rng):
     with pytest.raises(ValueError, match="`y`"):
         image_metrics.frechet_distance(rng.normal(size=(10, 3)), rng.normal(size=(10, 4)))
@@ -128,7 +136,10 @@ def tiny_classifier(tmp_path_factory):
     return image_metrics.digit_classifier(tmp_path_factory.mktemp("classifier") / "c.keras", epochs=1)
 
 
+@pytest.mark.slow
 def test_digits_pipeline_smoke(tmp_path, tiny_classifier):
+    """Every stage on a toy budget. Compiling ~8 graphs (3 trainers, calibration, 3 flows) dominates:
+    ~60 s of CPU, ~105 s wall on the shared 2-core machine, hence slow."""
     result = digits.run(str(tmp_path), classifier=tiny_classifier, n=64, gan_steps=4, convert_steps=4,
                         sdgan_steps=2, levels=2, flow_steps=1, verbose=False)
     expected_rows = {"real: training images", "real: held-out images", "GAN (non-saturating)",
@@ -145,6 +156,15 @@ def test_digits_pipeline_smoke(tmp_path, tiny_classifier):
     assert len(saved["nn_distances"]["GAN + data-space refinement"]) == 64
     assert saved["rows"]["GAN (non-saturating)"]["fd"] == pytest.approx(result["rows"]["GAN (non-saturating)"]["fd"])
     assert "| GAN + data-space refinement |" in result["table"]
+
+
+def test_format_table_leaves_missing_numbers_blank():
+    table = digits.format_table({"GAN": {"fd": 12.345, "precision": 0.5, "recall": 0.25, "confident": 0.9,
+                                         "nn_median": 3.0, "nn_p05": 2.0, "seconds": 61.2},
+                                 "held-out": {"nn_median": 2.1, "nn_p05": 1.4}})
+    lines = table.splitlines()
+    assert lines[2] == "| GAN | 12.35 | 0.500 | 0.250 | 90.0% | 3.00 | 2.00 | 61 |"
+    assert lines[3] == "| held-out |  |  |  |  | 2.10 | 1.40 |  |"
 
 
 def test_cli_demo_digits_rejects_kernel(capsys):
