@@ -562,13 +562,14 @@ def _add_compare_command(commands):
                     "(minimax, non_saturating, logit, flow_regression) at an equal budget.\n\n"
                     "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, results.json\n"
                     "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget takes\n"
-                    "about 10-15 minutes on 2 CPU cores; --quick a few minutes.",
+                    "about 9 CPU-minutes (10 minutes on 2 cores, more when they are shared); --quick about 2.",
         epilog="examples:\n"
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
                "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1",
     )
     compare.add_argument("--quick", action="store_true",
-                         help="small budget: 300 training steps per loss, smaller networks and samples")
+                         help="small budget (about 2 minutes): 300 training steps per loss, smaller networks "
+                              "and samples; a smoke test, its numbers are not the measured results")
     compare.add_argument("--out", default="gan2flow-out/compare", help="output folder (default gan2flow-out/compare)")
     compare.add_argument("--seed", type=int, default=0,
                          help="base seed for data, initial weights, noise and metrics (default 0)")

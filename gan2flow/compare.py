@@ -93,16 +93,16 @@ PROBLEMS = ("2d", "16d")
 #: The generator objectives :func:`compare_objectives` compares by default (all of SDGAN's).
 GENERATOR_OBJECTIVES = _training.GENERATOR_OBJECTIVES
 
-# Budgets. "full" is what docs/losses.md reports (about 10-15 minutes on 2 shared CPU cores);
-# "quick" is a smoke run of about a minute or two.
+# Budgets. "full" is what docs/losses.md reports: 526 CPU-seconds, 9.4 minutes wall on the 2-core
+# machine at load average ~4 (other jobs running). "quick" is a smoke run: 97 CPU-seconds.
 _LOSS_BUDGETS = {
-    "full": dict(steps=2000, batch_size=256, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
+    "full": dict(steps=1500, batch_size=256, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
                  n_flow=2000, eval_sigmas=8, flow_levels=20),
     "quick": dict(steps=300, batch_size=256, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
                   eval_sigmas=5, flow_levels=12),
 }
 _OBJECTIVE_BUDGETS = {
-    "full": dict(steps=1500, batch_size=256, hidden=(128, 128, 128), generator_hidden=(64, 64),
+    "full": dict(steps=1200, batch_size=256, hidden=(128, 128, 128), generator_hidden=(64, 64),
                  n_train=50_000, n_eval=2000, seeds=2),
     "quick": dict(steps=300, batch_size=256, hidden=(64, 64), generator_hidden=(32, 32), n_train=8192,
                   n_eval=1000, seeds=1),
@@ -412,7 +412,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
       seed: seeds the target samples, the initial weights (the same for every loss), the SDGAN noise
         streams, the evaluation points and the metrics.
       quick: use the small budget (each argument below left as None takes the budget's value).
-      steps: discriminator training steps per loss (full 2000, quick 300).
+      steps: discriminator training steps per loss (full 1500, quick 300).
       batch_size: real (and fake) samples per step (256).
       hidden: discriminator hidden widths (full (128, 128, 128), quick (64, 64)).
       n_train: target samples to train on (full 50 000, quick 8192).
@@ -424,7 +424,8 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         step each.
       learning_rate: Adam's initial learning rate (cosine decay to a tenth over ``steps``).
       flow_step_scale: ε in η_k = ε σ_k², the same for every row.
-      jit_compile: compile training steps and flows with XLA.
+      jit_compile: compile training steps and flows with XLA. Off by default: on the 2-core CPU, XLA
+        compilation took 10-20 s per model, more than it saved over 1500 steps of these small MLPs.
       verbose: print one line per trained discriminator.
 
     Returns:
@@ -598,7 +599,7 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
       loss: the discriminator loss (must have a link for ``logit`` and ``flow_regression``).
       seed: the first seed; runs use ``seed, seed + 1, ...``.
       quick: the small budget (None arguments take the budget's value).
-      steps: train steps per run (full 3000, quick 300).
+      steps: train steps per run (full 1200, quick 300).
       batch_size: 256.
       hidden: discriminator widths (full (128, 128, 128), quick (64, 64)).
       generator_hidden: generator widths (full (64, 64), quick (32, 32)).
@@ -607,7 +608,7 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
       seeds: how many seeds per objective (full 2, quick 1).
       latent_dim: the generator's latent size.
       learning_rate: Adam's initial learning rate.
-      jit_compile: compile the training step with XLA.
+      jit_compile: compile the training step with XLA (off by default, as in :func:`compare_losses`).
       verbose: print one line per run.
 
     Returns:
@@ -894,7 +895,7 @@ def _plot_panels(panels, reference, path, title, columns=4, limits=None):
 
 def _limits(arrays):
     values = np.concatenate([np.abs(a).ravel() for a in arrays if a is not None])
-    bound = float(np.quantile(values, 0.995)) * 1.15 + 0.1
+    bound = float(np.quantile(values, 0.995)) * 1.3 + 0.1
     return (-bound, bound)
 
 
@@ -928,6 +929,8 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
       ``files`` and ``seconds``.
     """
     started = time.perf_counter()
+    cpu_started = time.process_time()
+    load_before = _load_average()
     objective_steps = budget.pop("objective_steps", None)
     objective_seeds = budget.pop("objective_seeds", None)
     jit_compile = budget.get("jit_compile", False)
@@ -954,9 +957,11 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
         projected = [(name, None if x is None else project(x)) for name, x in panels.items()]
         title = f"{prob_name}: source samples flowed along each field" + (
             "" if prob.dim == 2 else " (top-2 principal axes of the mode centres)")
+        # Limits from the target and the source: particles a broken field throws far fall outside (the
+        # tables report them).
         files[f"flows_{prob_name}"] = _plot_panels(
             projected, reference, os.path.join(out_dir, f"flows_{prob_name}.png"), title,
-            limits=_limits([x for _, x in projected] + [reference]))
+            limits=_limits([reference, project(panels["source q (before flow)"])]))
     if objectives_result is not None:
         files["objectives"] = _io.write_text(os.path.join(out_dir, "objectives.csv"),
                                              _csv(objectives_result["rows"], _OBJECTIVE_COLUMNS))
@@ -965,7 +970,7 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
         files["objectives_plot"] = _plot_panels(
             panels, reference, os.path.join(out_dir, "objectives.png"),
             f"generator samples after SDGAN training ({objectives_result['settings']['steps']} steps)",
-            limits=_limits([x for _, x in panels] + [reference]))
+            limits=_limits([reference]))
     seconds = time.perf_counter() - started
     result = {
         "losses": {key: value for key, value in losses_result.items() if key != "samples"},
@@ -973,14 +978,25 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
             key: value for key, value in objectives_result.items() if key != "samples"},
         "report": report,
         "seconds": seconds,
+        # CPU seconds of this process and the machine's 1-minute load average before and after: on a
+        # shared machine the wall time depends on everyone else's jobs.
+        "cpu_seconds": time.process_time() - cpu_started,
         "environment": {"tensorflow": tf.__version__, "keras": keras.__version__,
                         "tensorflow_probability": tfp.__version__, "numpy": np.__version__,
-                        "cpu_count": os.cpu_count()},
+                        "cpu_count": os.cpu_count(), "load_average_before": load_before,
+                        "load_average_after": _load_average()},
     }
     files["results"] = os.path.join(out_dir, "results.json")
     result["files"] = files
     _io.write_json(files["results"], result)
     if verbose:
         print(report)
-        print(f"wrote {out_dir}/ ({seconds:.0f} s)")
+        print(f"wrote {out_dir}/ ({seconds:.0f} s wall, {result['cpu_seconds']:.0f} s CPU)")
     return result
+
+
+def _load_average():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
