@@ -408,6 +408,7 @@ class GANFlow(keras.Model):
         sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
         if drift_min_sigma is not None:
             drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
+        steps_per_sigma = _checks.positive_int(steps_per_sigma, "steps_per_sigma")
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
             from gan2flow import distribute
             return distribute.refine(
@@ -417,23 +418,28 @@ class GANFlow(keras.Model):
                 verbose=verbose, callback=callback, on_divergence=on_divergence)
         kwargs = dict(steps_per_sigma=steps_per_sigma, step_scale=step_scale, method=method,
                       noise_scale=noise_scale, callback=callback, on_divergence=on_divergence, verbose=verbose)
+        if seed is None and noise_scale > 0:
+            seed = int(np.random.randint(0, 2**31 - 1))  # one seed for all chunks and both phases
         chunk = int(x.shape[0]) if batch_size is None else _checks.positive_int(batch_size, "batch_size")
         if not drift_correction:
             return _progress.flow_with_progress(x, self.estimator, sigmas, label="refining in data space",
                                                 seed=seed, batch_size=chunk, **kwargs)[0]
         values = sigmas.numpy()
         parts = []
+        # Noise is keyed by the global row and step, so each chunk and phase draws its own part of the
+        # noise of one uninterrupted flow (chunks only differ from it through the drift term's coupling).
         for start in range(0, int(x.shape[0]), chunk):
             part = x[start:start + chunk]
             threshold = _spacing(part.numpy()) * 2.0 if drift_min_sigma is None else drift_min_sigma
             corrected, plain = values[values >= threshold], values[values < threshold]
             if len(corrected):
                 part = _progress.flow_with_progress(
-                    part, self._drift_corrected(part, kernel_block_size), corrected, seed=seed,
+                    part, self._drift_corrected(part, kernel_block_size), corrected, seed=seed, row_offset=start,
                     label=f"refining in data space, drift-corrected (sigma >= {threshold:.3g})", **kwargs)[0]
             if len(plain):
                 part = _progress.flow_with_progress(
-                    part, self.estimator, plain, seed=None if seed is None else seed + 1000,
+                    part, self.estimator, plain, seed=seed, row_offset=start,
+                    step_offset=len(corrected) * int(steps_per_sigma),
                     label="refining in data space, final levels", **kwargs)[0]
             parts.append(part)
         return tf.concat(parts, axis=0)
@@ -469,7 +475,7 @@ class GANFlow(keras.Model):
             prior_weight: weight of log p₀(z) = −‖z‖²/2.
             verbose: show a progress bar.
             strategy: a ``tf.distribute`` strategy to shard the latents over (:func:`gan2flow.distribute.flow`;
-                the same latents as on one device with ``verbose=False``; no ``callback`` or progress bar then).
+                the same latents as on one device; no ``callback`` or progress bar then).
 
         Returns:
             The refined latents (pass them to :meth:`generate`).

@@ -255,7 +255,7 @@ def refine(gan_flow, x, *, strategy, sigmas=None, levels=40, steps_per_sigma=2, 
     ``GANFlow.refine(..., strategy=strategy)`` calls this. Every chunk of ``batch_size`` rows is refined
     exactly as ``GANFlow.refine`` refines it on one device (drift-corrected levels σ ≥ the chunk's
     threshold with its own starting samples as q₀, then the plain levels), one chunk per replica per
-    round, so the result equals ``gan_flow.refine(x, batch_size=batch_size, ...)`` (``verbose=False``).
+    round, so the result equals ``gan_flow.refine(x, batch_size=batch_size, ...)``, noise included.
     The drift correction couples the samples *within* a chunk; with ``batch_size=None`` the chunk is
     ``ceil(n / replicas)`` rows here, not all n as on one device.
 
@@ -318,13 +318,13 @@ def refine(gan_flow, x, *, strategy, sigmas=None, levels=40, steps_per_sigma=2, 
         threshold = _spacing(part.numpy()) * 2.0 if drift_min_sigma is None else drift_min_sigma
         corrected, plain = values[values >= threshold], values[values < threshold]
         schedules.append((corrected, plain))
-        # GANFlow.refine flows each chunk on its own, so its noise rows count from 0 within the chunk.
-        chunk_inputs.append((part, tf.constant(0, tf.int64), *_padded_schedule(corrected, step_scale, bucket),
+        # Noise keyed by global row (and, in the plain phase, steps after the corrected ones), as GANFlow.refine.
+        chunk_inputs.append((part, tf.constant(start, tf.int64), *_padded_schedule(corrected, step_scale, bucket),
                              *_padded_schedule(plain, step_scale, bucket)))
     nothing = _padded_schedule(values[:0], step_scale, bucket)
     empty = (x[:0], tf.constant(0, tf.int64), *nothing, *nothing)
     shared = (tf.constant(steps_per_sigma, tf.int32), tf.constant(noise_scale, tf.float32),
-              tf.constant(seed, tf.int64), tf.constant(seed + 1000, tf.int64),
+              tf.constant(seed, tf.int64),
               tf.constant(max_backoffs if on_divergence == "backoff" else 0, tf.int32))
     block_size = estimators._block_size(kernel_block_size)
 
@@ -333,16 +333,16 @@ def refine(gan_flow, x, *, strategy, sigmas=None, levels=40, steps_per_sigma=2, 
 
         def replica_fn(inputs, shared):
             part, offset, c_sigmas, c_etas, n_corrected, p_sigmas, p_etas, n_plain = inputs
-            steps, scale_noise, corrected_seed, plain_seed, backoffs = shared
+            steps, scale_noise, key, backoffs = shared
             corrected_estimator = estimators.ScoreDifferenceSum(gan_flow.estimator, _DriftTerm(part, block_size))
             corrected_runner = flows._build_runner(corrected_estimator, method, False, noisy, True)
             zero = tf.constant(0, tf.int32)
             moved, bad_corrected, _, scale_corrected, _ = corrected_runner(
-                part, c_sigmas, c_etas, n_corrected, steps, noise_scale=scale_noise, seed=corrected_seed,
+                part, c_sigmas, c_etas, n_corrected, steps, noise_scale=scale_noise, seed=key,
                 offset=offset, step_offset=zero, bound=_default_bound(part, c_sigmas[0]), max_backoffs=backoffs)
             result, bad_plain, _, scale_plain, _ = plain_runner(
-                moved, p_sigmas, p_etas, n_plain, steps, noise_scale=scale_noise, seed=plain_seed,
-                offset=offset, step_offset=zero, bound=_default_bound(moved, p_sigmas[0]), max_backoffs=backoffs)
+                moved, p_sigmas, p_etas, n_plain, steps, noise_scale=scale_noise, seed=key,
+                offset=offset, step_offset=n_corrected * steps, bound=_default_bound(moved, p_sigmas[0]), max_backoffs=backoffs)
             return result, tf.stack([bad_corrected, bad_plain]), tf.stack([scale_corrected, scale_plain])
 
         return replica_fn
@@ -361,7 +361,7 @@ def refine(gan_flow, x, *, strategy, sigmas=None, levels=40, steps_per_sigma=2, 
                 stage_sigmas = tf.constant(stage_values, tf.float32)
                 flows._raise_divergence(int(bad_steps[stage]), steps_per_sigma, stage_sigmas,
                                         step_scale * tf.square(stage_sigmas), float(scales[stage]),
-                                        on_divergence, max_backoffs)
+                                        on_divergence, max_backoffs, stage * len(corrected) * steps_per_sigma)
     with tf.device("/cpu:0"):
         return tf.concat([result for result, _, _ in outputs], axis=0)
 

@@ -278,10 +278,15 @@ def _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, meth
             divergence_bound, batch_size)
 
 
-def _raise_divergence(bad_step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs):
-    level = bad_step // steps_per_sigma
-    sigma = float(sigmas[level])
-    step_size = float(etas[level]) * scale
+def _raise_divergence(bad_step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs, step_offset=0):
+    """Raise FlowDivergenceError for step ``bad_step`` of ``sigmas``; the step and level reported count
+    from the start of the whole flow when this piece began at step ``step_offset`` (a multiple of
+    steps_per_sigma)."""
+    local_level = bad_step // steps_per_sigma
+    sigma = float(sigmas[local_level])
+    step_size = float(etas[local_level]) * scale
+    bad_step += step_offset
+    level = local_level + step_offset // steps_per_sigma
     hint = (
         "lower step_scale, use method='heun', or pass on_divergence='backoff'"
         if on_divergence == "raise"
@@ -295,8 +300,11 @@ def _raise_divergence(bad_step, steps_per_sigma, sigmas, etas, scale, on_diverge
 
 
 def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale, seed, on_divergence,
-               max_backoffs, divergence_bound, batch_size, jit_compile, record, callback, offset=0):
-    """Run the compiled loop over chunks of x; returns (x, history or None)."""
+               max_backoffs, divergence_bound, batch_size, jit_compile, record, callback, offset=0, step_offset=0):
+    """Run the compiled loop over chunks of x; returns (x, history or None).
+
+    ``offset`` and ``step_offset`` are added to the global row and step indices that key the noise, so a
+    flow run in pieces (rows or levels) draws exactly the noise of one uninterrupted run."""
     if callback is not None and not callable(callback):
         raise ValueError(f"`callback` must be callable (a dict of step values) -> None, got {type(callback).__name__}.")
     n = int(x.shape[0])
@@ -324,12 +332,12 @@ def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale,
         if callback is None:
             result, bad_step, _, scale, history = runner(
                 part, padded_sigmas, padded_etas, tf.constant(n_levels, tf.int32),
-                tf.constant(steps_per_sigma, tf.int32), offset=row_offset, step_offset=tf.constant(0, tf.int32),
-                **constants,
+                tf.constant(steps_per_sigma, tf.int32), offset=row_offset,
+                step_offset=tf.constant(step_offset, tf.int32), **constants,
             )
             if int(bad_step) >= 0:
                 _raise_divergence(int(bad_step), steps_per_sigma, sigmas, etas, float(scale), on_divergence,
-                                  max_backoffs)
+                                  max_backoffs, step_offset)
             outputs.append(result)
             if record:
                 histories.append(history[:n_levels + 1])
@@ -344,11 +352,12 @@ def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale,
                     part, _pad_schedule(sigmas[level:level + 1], 8, float(sigmas[level])),
                     _pad_schedule(etas[level:level + 1] * scale, 8, 0.0),
                     tf.constant(1, tf.int32), tf.constant(1, tf.int32), offset=row_offset,
-                    step_offset=tf.constant(step, tf.int32), **constants,
+                    step_offset=tf.constant(step_offset + step, tf.int32), **constants,
                 )
                 scale *= float(step_scale_used)
                 if int(bad_step) >= 0:
-                    _raise_divergence(step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs)
+                    _raise_divergence(step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs,
+                                      step_offset)
                 callback({
                     "step": step, "level": level, "sigma": float(sigmas[level]),
                     "step_size": float(etas[level]) * scale, "x": part, "chunk_start": start,

@@ -627,6 +627,41 @@ def test_noisy_flows_repeat_bit_for_bit_with_a_seed(kit):
         kit["x"], _pull, sigmas, noise_scale=1.0, seed=3, jit_compile=False))
 
 
+def test_progress_bar_segments_draw_the_noise_of_one_flow(kit):
+    """verbose=True runs the schedule in segments; they keep the global step index of the noise, so the
+    result is the uninterrupted flow's, bit for bit (same chunk shapes), with and without a trajectory."""
+    from gan2flow import _progress
+
+    sigmas = schedules.geometric(1.0, 0.1, 7)
+    options = dict(noise_scale=1.0, seed=5, steps_per_sigma=2, jit_compile=False)
+    whole = gan2flow.flow(kit["x"], _pull, sigmas, **options)
+    for record in (False, True):
+        segmented, path = _progress.flow_with_progress(kit["x"], _pull, sigmas, segments=3, verbose=True,
+                                                       record=record, **options)
+        assert _same_bits(segmented, whole)
+    assert _same_bits(path, gan2flow.trajectory(kit["x"], _pull, sigmas, **options))
+    # A piece that starts later in the schedule draws that later noise: levels 0-2, then 3-6 with
+    # step_offset=6 is the whole flow again.
+    first, _ = _progress.flow_with_progress(kit["x"], _pull, sigmas[:3], verbose=False, **options)
+    rest, _ = _progress.flow_with_progress(first, _pull, sigmas[3:], verbose=False, step_offset=6, **options)
+    assert _same_bits(rest, whole)
+
+
+def test_ganflow_refine_noise_does_not_depend_on_chunks_or_progress_bar(kit):
+    flow = kit["flow"]
+    x = flow.generate(flow.latents(12, seed=2))
+    options = dict(levels=5, steps_per_sigma=1, noise_scale=0.5, seed=9, drift_correction=False)
+    whole = flow.refine(x, **options)
+    chunked = flow.refine(x, batch_size=5, verbose=True, **options)
+    # Same noise per sample and step; only float32 round-off of other batch shapes may differ.
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+    # With the drift correction the chunks couple differently, but every row still gets its own noise:
+    # no two chunks repeat each other's draws (the old per-chunk row numbering did, on identical rows).
+    same = tf.repeat(x[:1], 10, axis=0)
+    out = flow.refine(same, levels=4, noise_scale=0.5, seed=1, batch_size=5, drift_min_sigma=0.0).numpy()
+    assert len(np.unique(out.round(6), axis=0)) == 10
+
+
 @pytest.mark.parametrize("space", ["data", "latent"])
 def test_ganflow_samples_repeat_bit_for_bit_with_a_seed(kit, space):
     flow = kit["flow"]
