@@ -1,7 +1,7 @@
 """Handwritten digits end to end: an ordinary conv GAN, converted into a flow, refined, measured, pictured.
 
-    python examples/digits.py                    # the full run, about 10 minutes on 2 CPU cores
-    python examples/digits.py --quick            # smaller budgets, about 2 minutes
+    python examples/digits.py                    # the full run, about 6 minutes on 2 CPU cores
+    python examples/digits.py --quick            # smaller budgets, under 3 minutes
     gan2flow demo --dataset digits [--quick]     # the same from the command line
 
 Steps (docs/digits.md explains each one and shows the pictures):
@@ -25,7 +25,7 @@ from gan2flow import digits
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gan2flow-out/digits", help="output folder (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="smaller budgets (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller budgets (under 3 minutes)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--classifier", default=None,
                         help="a .keras file for the feature classifier (loaded, or trained and saved there); "

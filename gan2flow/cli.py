@@ -606,7 +606,7 @@ def build_parser():
     demo.add_argument("--dataset", choices=("grid25", "digits"), default="grid25",
                       help="grid25 (default) or digits: scikit-learn's 8x8 handwritten digits end to end "
                            "(conv GAN, conversion, refinement, SDGAN comparisons, image metrics, pictures; "
-                           "about 10 minutes on 2 cores, 2 with --quick; output gan2flow-out/digits)")
+                           "about 6 minutes on 2 cores, under 3 with --quick; output gan2flow-out/digits)")
     demo.set_defaults(handler=_demo)
     _add_pipeline_commands(commands)
     _add_compare_command(commands)

@@ -662,7 +662,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             the settings (other settings while it holds a backup raise ``ValueError``); its files are removed
             when convert returns.
         strategy: optional ``tf.distribute`` strategy to calibrate under.
-        jit_compile: compile the calibration step with XLA.
+        jit_compile: compile the calibration step with XLA (not under a multi-replica ``strategy``, where
+            Keras cannot).
         fourier_features: number of σ-damped random Fourier features of x fed to the calibrated
             discriminator (0: none); they let it resolve sharp log-ratios at small σ (see FourierFeatures).
 
@@ -737,7 +738,10 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         trainer = SDGAN(generator, calibrator, loss="logistic", generator_objective=None, sigma_range=sigma_range,
                         seed=seed, latent_dim=latent_shape)
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.1)
-        trainer.compile(d_optimizer=keras.optimizers.Adam(schedule, beta_1=0.5), jit_compile=jit_compile)
+        # XLA cannot compile a step across replicas (SDGAN.compile would warn and drop it): ask only where it applies.
+        replicated = strategy is not None and strategy.num_replicas_in_sync > 1
+        trainer.compile(d_optimizer=keras.optimizers.Adam(schedule, beta_1=0.5),
+                        jit_compile=bool(jit_compile) and not replicated)
     global_batch = min(batch_size, len(train))
     dataset = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat().batch(global_batch, drop_remainder=True).prefetch(2)

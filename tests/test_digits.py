@@ -149,13 +149,16 @@ def test_digits_pipeline_smoke(tmp_path, tiny_classifier):
     for name, row in result["rows"].items():
         assert np.isfinite(row["nn_median"]), name
     for key in ("real", "gan", "gan_refined", "gan_latent", "sdgan_logit", "sdgan_flow_regression",
-                "before_after", "trajectory", "nearest_training", "numbers", "table"):
+                "before_after", "trajectory", "nearest_training", "numbers", "table", "flow"):
         assert os.path.getsize(result["files"][key]) > 0, key
     with open(result["files"]["numbers"], encoding="utf-8") as handle:
         saved = json.load(handle)
     assert len(saved["nn_distances"]["GAN + data-space refinement"]) == 64
     assert saved["rows"]["GAN (non-saturating)"]["fd"] == pytest.approx(result["rows"]["GAN (non-saturating)"]["fd"])
     assert "| GAN + data-space refinement |" in result["table"]
+    import gan2flow
+
+    assert gan2flow.load(result["files"]["flow"]).sample_shape == (8, 8, 1)
 
 
 def test_format_table_leaves_missing_numbers_blank():
@@ -176,7 +179,7 @@ def test_cli_demo_digits_rejects_kernel(capsys):
 
 @pytest.mark.slow
 def test_digits_quick_run_improves_on_the_gan(tmp_path):
-    """The --quick budget (about 2 minutes on 2 cores): refinement must lower FD and keep recall."""
+    """The --quick budget (under 3 minutes on 2 cores): refinement must lower FD and keep recall."""
     result = digits.run(str(tmp_path), quick=True, verbose=False)
     before, after = result["rows"]["GAN (non-saturating)"], result["rows"]["GAN + data-space refinement"]
     assert after["fd"] < before["fd"]
