@@ -359,8 +359,9 @@ def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale,
                     _raise_divergence(step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs,
                                       step_offset)
                 callback({
-                    "step": step, "level": level, "sigma": float(sigmas[level]),
-                    "step_size": float(etas[level]) * scale, "x": part, "chunk_start": start,
+                    "step": step_offset + step, "level": level + step_offset // steps_per_sigma,
+                    "sigma": float(sigmas[level]), "step_size": float(etas[level]) * scale, "x": part,
+                    "chunk_start": offset + start,
                 })
                 step += 1
             if record:

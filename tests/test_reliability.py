@@ -645,6 +645,14 @@ def test_progress_bar_segments_draw_the_noise_of_one_flow(kit):
     first, _ = _progress.flow_with_progress(kit["x"], _pull, sigmas[:3], verbose=False, **options)
     rest, _ = _progress.flow_with_progress(first, _pull, sigmas[3:], verbose=False, step_offset=6, **options)
     assert _same_bits(rest, whole)
+    # A callback sees every step once, numbered from the start of the whole flow, through the segments.
+    seen = []
+    with_callback, _ = _progress.flow_with_progress(kit["x"], _pull, sigmas, segments=3, verbose=True,
+                                                    callback=seen.append, **options)
+    assert [d["step"] for d in seen] == list(range(14))
+    assert [d["level"] for d in seen] == list(np.repeat(np.arange(7), 2))
+    np.testing.assert_allclose([d["sigma"] for d in seen], np.repeat(sigmas.numpy(), 2))
+    np.testing.assert_allclose(with_callback, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_ganflow_refine_noise_does_not_depend_on_chunks_or_progress_bar(kit):
