@@ -211,6 +211,9 @@ def _train(args):
     if args.seed < 0:
         raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
     _positive_float(args.learning_rate, "--learning-rate")
+    if args.d_learning_rate is not None:
+        _positive_float(args.d_learning_rate, "--d-learning-rate")
+    d_learning_rate = args.learning_rate if args.d_learning_rate is None else args.d_learning_rate
     real, description = _training_data(args)
     sample_shape = tuple(real.shape[1:])
     images = len(sample_shape) == 3
@@ -224,6 +227,8 @@ def _train(args):
         "penalty": args.penalty, "latent_dim": latent_dim, "batch_size": batch_size,
         "sigma_range": list(sigma_range), "learning_rate": args.learning_rate, "seed": args.seed,
     }
+    if d_learning_rate != args.learning_rate:  # only then: backups of runs without the flag still resume
+        settings["d_learning_rate"] = d_learning_rate
 
     backup_dir = os.path.join(out, "backup")
     settings_path = os.path.join(backup_dir, "settings.json")
@@ -247,7 +252,7 @@ def _train(args):
             discriminator = models.mlp_discriminator(sample_shape)
         gan = training.SDGAN(generator, discriminator, loss=args.loss, generator_objective=args.objective,
                              sigma_range=sigma_range, penalty=args.penalty, seed=args.seed)
-    gan.compile(d_optimizer=keras.optimizers.Adam(args.learning_rate, beta_1=0.5),
+    gan.compile(d_optimizer=keras.optimizers.Adam(d_learning_rate, beta_1=0.5),
                 g_optimizer=keras.optimizers.Adam(args.learning_rate, beta_1=0.5))
 
     # Resume: restore the backup (weights, optimizer states, epoch) before building the data, so that
@@ -461,6 +466,9 @@ def _add_pipeline_commands(commands):
     train.add_argument("--batch-size", type=int, default=256, metavar="B", help="batch size (default 256)")
     train.add_argument("--latent-dim", type=int, default=None, metavar="D", help="latent size (default 8 for vectors, 16 for images)")
     train.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam learning rate (default 1e-3)")
+    train.add_argument("--d-learning-rate", type=float, default=None, metavar="LR",
+                       help="the discriminator's Adam learning rate (default: --learning-rate); on images a "
+                            "discriminator 5-10x faster than the generator avoids collapse (docs/training.md)")
     train.add_argument("--sigma-min", type=float, default=None, metavar="S", help="smallest noise level (default sigma_max / 100)")
     train.add_argument("--sigma-max", type=float, default=None, metavar="S",
                        help="largest noise level (default: the data's RMS spread per coordinate)")

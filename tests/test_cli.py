@@ -18,7 +18,7 @@ from gan2flow import cli, models
 
 # Each subcommand's --help must mention these options (and carry examples).
 HELP_OPTIONS = {
-    "train": ["--data", "--toy", "--loss", "--objective", "--epochs", "--batch-size", "--latent-dim",
+    "train": ["--data", "--toy", "--loss", "--objective", "--epochs", "--batch-size", "--latent-dim", "--d-learning-rate",
               "--sigma-min", "--sigma-max", "--out", "--seed"],
     "convert": ["--generator", "--discriminator", "--data", "--loss", "--steps", "--out", "--output", "--seed"],
     "refine": ["--flow", "--n", "--out", "--space", "--no-refine", "--seed", "--batch-size", "--levels",
@@ -117,7 +117,7 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     train_dir, flow_dir = str(root / "train"), str(root / "flow")
     assert cli.main(["train", "--toy", "grid25", "--n-samples", "256", "--epochs", "2", "--batch-size", "128",
-                     "--out", train_dir]) == 0
+                     "--d-learning-rate", "2e-3", "--out", train_dir]) == 0
     assert cli.main(["convert", "--generator", f"{train_dir}/generator.keras",
                      "--discriminator", f"{train_dir}/discriminator.keras", "--data", f"{train_dir}/data.npy",
                      "--loss", "logistic", "--steps", "10", "--batch-size", "64", "--out", flow_dir]) == 0
@@ -131,6 +131,7 @@ def test_train_writes_models_history_and_data(pipeline):
     assert history["epochs"] == 2 and len(history["history"]["d_loss"]) == 2
     assert np.all(np.isfinite(history["history"]["d_loss"] + history["history"]["g_loss"]))
     assert history["settings"]["objective"] == "logit" and history["settings"]["sample_shape"] == [2]
+    assert history["settings"]["d_learning_rate"] == 2e-3 and history["settings"]["learning_rate"] == 1e-3
     assert np.load(f"{train_dir}/data.npy").shape == (256, 2)
     assert not os.path.exists(f"{train_dir}/backup")  # removed once training has finished
     assert not [name for name in os.listdir(train_dir) if name.startswith(".tmp-")]  # no temporary files left

@@ -417,6 +417,7 @@ BAD_COMMAND_LINES = [
     ("train --data {empty_npy} --out {out}", "--data"),
     ("train --toy grid25 --batch-size 0 --out {out}", "--batch-size"),
     ("train --toy grid25 --learning-rate -1 --out {out}", "--learning-rate"),
+    ("train --toy grid25 --d-learning-rate 0 --out {out}", "--d-learning-rate"),
     ("train --toy grid25 --seed -1 --out {out}", "--seed"),
     ("convert --generator {generator_keras} --data {nan_npy} --out {out}", "--data"),
     ("convert --generator {generator_keras} --data {empty_npy} --out {out}", "--data"),
