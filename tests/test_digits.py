@@ -179,8 +179,12 @@ def test_cli_demo_digits_rejects_kernel(capsys):
 
 @pytest.mark.slow
 def test_digits_quick_run_improves_on_the_gan(tmp_path):
-    """The --quick budget (under 3 minutes on 2 cores): refinement must lower FD and keep recall."""
+    """The --quick budget (under 3 minutes on 2 cores) must already meet the issue's target: FD at least
+    30 % lower with recall not lower. Measured with seed 0: FD 58.35 -> 29.34 (-49.7 %), recall
+    0.438 -> 0.593 (docs/digits.md); the margins absorb another CPU's float round-off."""
     result = digits.run(str(tmp_path), quick=True, verbose=False)
     before, after = result["rows"]["GAN (non-saturating)"], result["rows"]["GAN + data-space refinement"]
-    assert after["fd"] < before["fd"]
-    assert after["recall"] >= before["recall"] - 0.02  # 1000 samples: recall moves ~±0.02 between draws
+    assert result["fd_reduction"] == pytest.approx(1.0 - after["fd"] / before["fd"])
+    assert result["fd_reduction"] >= 0.30
+    assert after["recall"] >= before["recall"]
+    assert result["target_met"]
