@@ -408,7 +408,16 @@ class GANFlow(keras.Model):
         sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
         if drift_min_sigma is not None:
             drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
+        # Checked here, before any chunk's work; the seed is resolved once for all chunks and both phases.
         steps_per_sigma = _checks.positive_int(steps_per_sigma, "steps_per_sigma")
+        step_scale = _checks.positive_float(step_scale, "step_scale")
+        noise_scale = _checks.positive_float(noise_scale, "noise_scale", allow_zero=True)
+        method = _checks.one_of(method, "method", flows.METHODS)
+        on_divergence = _checks.one_of(on_divergence, "on_divergence", flows._ON_DIVERGENCE)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
+        elif isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
             from gan2flow import distribute
             return distribute.refine(
@@ -418,8 +427,6 @@ class GANFlow(keras.Model):
                 verbose=verbose, callback=callback, on_divergence=on_divergence)
         kwargs = dict(steps_per_sigma=steps_per_sigma, step_scale=step_scale, method=method,
                       noise_scale=noise_scale, callback=callback, on_divergence=on_divergence, verbose=verbose)
-        if seed is None and noise_scale > 0:
-            seed = int(np.random.randint(0, 2**31 - 1))  # one seed for all chunks and both phases
         chunk = int(x.shape[0]) if batch_size is None else _checks.positive_int(batch_size, "batch_size")
         if not drift_correction:
             return _progress.flow_with_progress(x, self.estimator, sigmas, label="refining in data space",
@@ -475,7 +482,8 @@ class GANFlow(keras.Model):
             prior_weight: weight of log p₀(z) = −‖z‖²/2.
             verbose: show a progress bar.
             strategy: a ``tf.distribute`` strategy to shard the latents over (:func:`gan2flow.distribute.flow`;
-                the same latents as on one device; no ``callback`` or progress bar then).
+                the same latents as on one device (with ``verbose=False`` when ``on_divergence="backoff"``);
+                no ``callback`` or progress bar then).
 
         Returns:
             The refined latents (pass them to :meth:`generate`).
@@ -739,7 +747,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
                         seed=seed, latent_dim=latent_shape)
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.1)
         # XLA cannot compile a step across replicas (SDGAN.compile would warn and drop it): ask only where it applies.
-        replicated = strategy is not None and strategy.num_replicas_in_sync > 1
+        replicated = strategy is not None and (strategy.num_replicas_in_sync > 1
+                                               or isinstance(strategy, tf.distribute.TPUStrategy))
         trainer.compile(d_optimizer=keras.optimizers.Adam(schedule, beta_1=0.5),
                         jit_compile=bool(jit_compile) and not replicated)
     global_batch = min(batch_size, len(train))

@@ -255,7 +255,9 @@ def refine(gan_flow, x, *, strategy, sigmas=None, levels=40, steps_per_sigma=2, 
     ``GANFlow.refine(..., strategy=strategy)`` calls this. Every chunk of ``batch_size`` rows is refined
     exactly as ``GANFlow.refine`` refines it on one device (drift-corrected levels σ ≥ the chunk's
     threshold with its own starting samples as q₀, then the plain levels), one chunk per replica per
-    round, so the result equals ``gan_flow.refine(x, batch_size=batch_size, ...)``, noise included.
+    round, so the result equals ``gan_flow.refine(x, batch_size=batch_size, ...)``, noise included (with
+    ``on_divergence="backoff"``: the one-device call with ``verbose=False``, whose halved step sizes, like
+    these, last to the end of each phase rather than of a progress-bar segment).
     The drift correction couples the samples *within* a chunk; with ``batch_size=None`` the chunk is
     ``ceil(n / replicas)`` rows here, not all n as on one device.
 

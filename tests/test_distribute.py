@@ -123,7 +123,9 @@ def test_refine_under_a_strategy_equals_refine_with_the_same_chunks():
     # the strategy). The four-replica test repeats this on four devices.
     gan_flow = _gan_flow()
     x = gan_flow.generate(gan_flow.latents(24, seed=1))
-    options = dict(levels=6, batch_size=8, noise_scale=0.2, seed=3)
+    # drift_min_sigma between levels: both phases run (drift-corrected σ ≥ 0.3, then plain), so the plain
+    # phase's noise steps must continue after the corrected ones on both sides.
+    options = dict(levels=6, batch_size=8, noise_scale=0.2, seed=3, drift_min_sigma=0.3)
     expected = gan_flow.refine(x, **options)
     got = gan_flow.refine(x, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), **options)
     np.testing.assert_allclose(got, expected, atol=FLOW_ATOL)

@@ -185,8 +185,8 @@ def test_divergence_is_reported_with_step_and_sigma():
     with pytest.raises(gan2flow.FlowDivergenceError, match=r"step 2 .*sigma=0\.4") as info:
         gan2flow.flow(x, exploding, [1.0, 0.8, 0.4, 0.2])
     assert info.value.step == 2 and info.value.level == 2
-    # Run in segments behind a progress bar (levels [0, 1], [2], [3]), the step and level still count from
-    # the start of the whole flow.
+    # Run in segments behind a progress bar (level 0, level 1, levels 2-3), the step and level still count
+    # from the start of the whole flow.
     from gan2flow import _progress
 
     with pytest.raises(gan2flow.FlowDivergenceError, match=r"step 4 .*sigma=0\.4") as info:
