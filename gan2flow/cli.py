@@ -436,6 +436,14 @@ thousands, and the same --batch-size to reproduce a result.
 """
 
 
+def _add_sigma_range_arguments(parser):
+    """--sigma-min/--sigma-max of train and convert (read back by _sigma_range)."""
+    parser.add_argument("--sigma-min", type=float, default=None, metavar="S",
+                        help="smallest noise level (default sigma_max / 100)")
+    parser.add_argument("--sigma-max", type=float, default=None, metavar="S",
+                        help="largest noise level (default: the data's RMS spread per coordinate)")
+
+
 def _add_pipeline_commands(commands):
     """The ``train``, ``convert`` and ``refine`` subcommands."""
     from argparse import RawDescriptionHelpFormatter
@@ -469,9 +477,7 @@ def _add_pipeline_commands(commands):
     train.add_argument("--d-learning-rate", type=float, default=None, metavar="LR",
                        help="the discriminator's Adam learning rate (default: --learning-rate); on images a "
                             "discriminator 5-10x faster than the generator avoids collapse (docs/training.md)")
-    train.add_argument("--sigma-min", type=float, default=None, metavar="S", help="smallest noise level (default sigma_max / 100)")
-    train.add_argument("--sigma-max", type=float, default=None, metavar="S",
-                       help="largest noise level (default: the data's RMS spread per coordinate)")
+    _add_sigma_range_arguments(train)
     train.add_argument("--out", default=None, metavar="DIR", help="output folder (default gan2flow-out/train)")
     train.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     train.set_defaults(handler=_train)
@@ -495,9 +501,7 @@ def _add_pipeline_commands(commands):
     convert.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="calibration learning rate (default 1e-3)")
     convert.add_argument("--latent-dim", type=int, default=None, metavar="D",
                          help="latent size, only for a generator without Keras inputs")
-    convert.add_argument("--sigma-min", type=float, default=None, metavar="S", help="smallest noise level (default sigma_max / 100)")
-    convert.add_argument("--sigma-max", type=float, default=None, metavar="S",
-                         help="largest noise level (default: the data's RMS spread per coordinate)")
+    _add_sigma_range_arguments(convert)
     where = convert.add_mutually_exclusive_group()
     where.add_argument("--out", default=None, metavar="DIR",
                        help="output folder for flow.keras and diagnostics.json (default gan2flow-out/convert)")

@@ -414,10 +414,7 @@ class GANFlow(keras.Model):
         noise_scale = _checks.positive_float(noise_scale, "noise_scale", allow_zero=True)
         method = _checks.one_of(method, "method", flows.METHODS)
         on_divergence = _checks.one_of(on_divergence, "on_divergence", flows._ON_DIVERGENCE)
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
-        elif isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
+        seed = flows._resolve_seed(seed, noise_scale)
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
             from gan2flow import distribute
             return distribute.refine(

@@ -236,6 +236,15 @@ def _probe(estimator, x, sigma):
     seen.add(key)
 
 
+def _resolve_seed(seed, noise_scale):
+    """The integer noise seed of a flow: ``seed`` checked, or a fresh random one when None and noisy."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
+    return seed
+
+
 def _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, method, noise_scale, seed,
              on_divergence, max_backoffs, divergence_bound, batch_size):
     if not callable(estimator):
@@ -258,10 +267,7 @@ def _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, meth
             )
         if bool(tf.reduce_any(etas < 0)):
             raise ValueError(f"`step_sizes` must be >= 0, got {etas.numpy().tolist()}.")
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
-    elif isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
+    seed = _resolve_seed(seed, noise_scale)
     if batch_size is not None:
         batch_size = _checks.positive_int(batch_size, "batch_size")
     if divergence_bound is None:
