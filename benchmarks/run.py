@@ -183,10 +183,15 @@ def section_machine(results):
     results["machine"]["flags"] = sorted(flags & set(wanted))
 
 
+def _matmul_size(quick):
+    """Side of the square float32 matrices of every matmul reference."""
+    return 1024 if quick else 2048
+
+
 def section_matmul(results, quick):
     import tensorflow as tf
 
-    n = 1024 if quick else 2048
+    n = _matmul_size(quick)
     rng = np.random.default_rng(0)
     a_np = rng.normal(size=(n, n)).astype(np.float32)
     b_np = rng.normal(size=(n, n)).astype(np.float32)
@@ -263,7 +268,7 @@ def _matmul_cases(quick):
     """Square float32 matrix products (TF + XLA, and PyTorch when installed); returns (cases, flops)."""
     import tensorflow as tf
 
-    n = 1024 if quick else 2048
+    n = _matmul_size(quick)
     rng = np.random.default_rng(0)
     a_np = rng.normal(size=(n, n)).astype(np.float32)
     a = tf.constant(a_np)
@@ -299,6 +304,8 @@ def section_mlp(results, quick):
     step_scale = 0.5
     etas = (step_scale * sigmas**2).numpy()
     sigma_list = [float(s) for s in sigmas.numpy()]
+    reference_cases, matmul_flops = _matmul_cases(quick)  # one matrix and one compiled product for all sizes
+    reference_cases_n = _matmul_size(quick)
     results["mlp"] = {}
     for size, (input_dim, width, depth, batch) in MLP_SIZES.items():
         model = _mlp(input_dim, width, depth)
@@ -345,8 +352,6 @@ def section_mlp(results, quick):
             "(a) eager TF loop": eager_loop,
             "(b) per-step tf.function loop": function_loop,
         }
-        reference_cases, matmul_flops = _matmul_cases(quick)
-        reference_cases_n = 1024 if quick else 2048
         torch_names = []
         if torch is not None:
             net = _torch_copy(model, torch)
@@ -436,7 +441,7 @@ def _child_threads(config, quick):
         x = tf.constant(np.random.default_rng(1).normal(size=(batch, input_dim)).astype(np.float32))
         cases[size] = lambda x=x, estimator=estimator: gan2flow.flow(x, estimator, sigmas).numpy()
         flops[size] = (2.0 * _forward_flops(input_dim, width, depth) * batch * steps, batch * steps)
-    n = 1024 if quick else 2048
+    n = _matmul_size(quick)
     a = tf.random.normal([n, n])
     matmul = tf.function(lambda left, right: tf.matmul(left, right), jit_compile=True)
     cases["matmul"] = lambda: matmul(a, a).numpy()

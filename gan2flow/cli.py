@@ -63,18 +63,20 @@ def _flag_names(names):
         raise ValueError(message) from error
 
 
-def _positive(value, flag, *, allow_none=False):
+def _positive(value, flag, *, allow_none=False, allow_zero=False):
+    """``_checks.positive_int`` under the flag's name (None passes when ``allow_none``)."""
+    from gan2flow import _checks
+
     if value is None and allow_none:
         return None
-    if value is None or value < 1:
-        raise _CommandLineError(f"`{flag}` must be an integer >= 1, got {value}.")
-    return value
+    return _checks.positive_int(value, flag, allow_zero=allow_zero)
 
 
 def _positive_float(value, flag):
-    if not value > 0 or value == float("inf"):
-        raise _CommandLineError(f"`{flag}` must be a positive finite number, got {value}.")
-    return value
+    """``_checks.positive_float`` under the flag's name."""
+    from gan2flow import _checks
+
+    return _checks.positive_float(value, flag)
 
 
 def _with_suffix(path, suffix, flag):
@@ -208,8 +210,7 @@ def _train(args):
     _positive(args.epochs, "--epochs")
     _positive(args.batch_size, "--batch-size")
     _positive(args.latent_dim, "--latent-dim", allow_none=True)
-    if args.seed < 0:
-        raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
+    _positive(args.seed, "--seed", allow_zero=True)
     _positive_float(args.learning_rate, "--learning-rate")
     if args.d_learning_rate is not None:
         _positive_float(args.d_learning_rate, "--d-learning-rate")
@@ -321,8 +322,7 @@ def _convert(args):
     _positive(args.batch_size, "--batch-size")
     _positive(args.latent_dim, "--latent-dim", allow_none=True)
     _positive_float(args.learning_rate, "--learning-rate")
-    if args.seed < 0:
-        raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
+    _positive(args.seed, "--seed", allow_zero=True)
     if args.output is not None:
         flow_path = _with_suffix(args.output, ".keras", "--output")
         diagnostics_path = flow_path[: -len(".keras")] + ".diagnostics.json"
@@ -375,8 +375,7 @@ def _refine(args):
     _positive(args.levels, "--levels")
     if args.step_scale is not None:
         _positive_float(args.step_scale, "--step-scale")
-    if args.seed < 0:
-        raise _CommandLineError(f"`--seed` must be >= 0, got {args.seed}.")
+    _positive(args.seed, "--seed", allow_zero=True)
     _with_suffix(args.out, ".npy", "--out")
     flow = conversion.load_keras_model(args.flow, "--flow")
     if not isinstance(flow, conversion.GANFlow):
@@ -550,8 +549,7 @@ def _compare(args):
 
     losses = None if args.losses is None else names(args.losses, "--losses", loss_registry.names())
     targets = compare.PROBLEMS if args.targets is None else names(args.targets, "--targets", compare.PROBLEMS)
-    if args.seed < 0:
-        raise _CommandLineError(f"`--seed` must be an integer >= 0, got {args.seed}.")
+    _positive(args.seed, "--seed", allow_zero=True)
     compare.run(args.out, quick=args.quick, seed=args.seed, losses=losses, targets=targets,
                 objectives=() if args.no_objectives else compare.GENERATOR_OBJECTIVES)
     return 0

@@ -66,7 +66,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from gan2flow import _checks, _io, metrics, models, toys
+from gan2flow import _checks, _io, metrics, models, plotting, toys
 from gan2flow import estimators as _estimators
 from gan2flow import flows as _flows
 from gan2flow import losses as _losses
@@ -342,15 +342,10 @@ def _steps_per_execution(steps):
     return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
 
 
-def _dataset(real, batch_size, seed):
-    return (tf.data.Dataset.from_tensor_slices(real).shuffle(len(real), seed=seed).repeat()
-            .batch(batch_size, drop_remainder=True).prefetch(2))
-
-
-def _adam(learning_rate, steps):
+def _adam(learning_rate, steps, beta_1=0.9):
     # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
-    return keras.optimizers.Adam(schedule)
+    return keras.optimizers.Adam(schedule, beta_1=beta_1)
 
 
 def _all_finite(model):
@@ -368,7 +363,7 @@ def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learnin
     gan.compile(d_optimizer=_adam(learning_rate, steps), jit_compile=jit_compile,
                 steps_per_execution=_steps_per_execution(steps))
     started = time.perf_counter()
-    history = gan.fit(_dataset(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
+    history = gan.fit(_training._shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - started
     d_loss = float(history.history["d_loss"][-1])
     info = {"problem": prob.name, "loss": loss.name, "penalty": penalty, "steps": int(steps),
@@ -643,11 +638,11 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
             discriminator = models.mlp_discriminator((prob.dim,), hidden=budget["hidden"])
             gan = _training.SDGAN(generator, discriminator, loss=loss, generator_objective=objective,
                                   sigma_range=prob.sigma_range, seed=run_seed)
-            gan.compile(d_optimizer=_adam_beta(learning_rate, budget["steps"]),
-                        g_optimizer=_adam_beta(learning_rate, budget["steps"]), jit_compile=jit_compile,
+            gan.compile(d_optimizer=_adam(learning_rate, budget["steps"], beta_1=0.5),
+                        g_optimizer=_adam(learning_rate, budget["steps"], beta_1=0.5), jit_compile=jit_compile,
                         steps_per_execution=_steps_per_execution(budget["steps"]))
             run_started = time.perf_counter()
-            history = gan.fit(_dataset(real, budget["batch_size"], run_seed), steps_per_epoch=budget["steps"],
+            history = gan.fit(_training._shuffled_batches(real, budget["batch_size"], run_seed), steps_per_epoch=budget["steps"],
                               epochs=1, verbose=0)
             seconds = time.perf_counter() - run_started
             x = np.asarray(gan.generate(budget["n_eval"], seed=run_seed + 10_000))
@@ -672,11 +667,6 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
                     sigma_range=list(prob.sigma_range), flow_steps=5, flow_step_scale=0.5,
                     jit_compile=bool(jit_compile), seconds=time.perf_counter() - started, **budget)
     return {"settings": settings, "rows": rows, "samples": samples}
-
-
-def _adam_beta(learning_rate, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
-    return keras.optimizers.Adam(schedule, beta_1=0.5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -807,22 +797,12 @@ _TRAINING_COLUMNS = ("problem", "loss", "penalty", "steps", "seconds", "d_loss",
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+_pyplot = plotting._pyplot
 
 
 def _save(figure, path):
-    plt = _pyplot()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=100)
-    os.replace(temporary, path)
-    plt.close(figure)
+    plotting._save(figure, path, dpi=100)
+    _pyplot().close(figure)
     return path
 
 

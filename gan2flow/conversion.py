@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, _progress, estimators, flows, losses, models
+from gan2flow import _checks, _progress, estimators, flows, losses, models, training
 from gan2flow import sigmas as schedules
 from gan2flow.training import SDGAN
 
@@ -60,27 +60,6 @@ def load_keras_model(value, name):
             raise ValueError(f"`{name}`: {path!r} holds a {type(model).__name__}, expected a keras.Model.")
         return model
     raise ValueError(f"`{name}` must be a keras.Model or a path to a .keras file, got {type(value).__name__}.")
-
-
-def _model_inputs(model):
-    inputs = getattr(model, "inputs", None)
-    return None if not inputs else (len(inputs) if isinstance(inputs, (list, tuple)) else 1)
-
-
-def _output_column(output, name):
-    if isinstance(output, (list, tuple, dict)):
-        if len(output) != 1:
-            raise ValueError(f"`{name}` must return a single output (one raw output per sample), got {len(output)} "
-                             "outputs.")
-        output = list(output.values())[0] if isinstance(output, dict) else output[0]
-    output = tf.convert_to_tensor(output)
-    if output.shape.rank == 2 and output.shape[1] == 1:
-        return output
-    if output.shape.rank == 1:
-        return output[:, None]
-    raise ValueError(
-        f"`{name}` must return one raw output per sample, shape [batch, 1] or [batch]; got {tuple(output.shape)}."
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +186,7 @@ def calibration_discriminator(sample_shape, *, given=None, given_loss=None, refe
     if fourier_features:
         features.append(FourierFeatures(fourier_features, *fourier_scales, name="fourier_features")([x, sigma]))
     if given is not None:
-        arity = _model_inputs(given)
+        arity = estimators._model_arity(given)
         conditioned = arity == 2
         feature = FrozenFeature(given, loss=given_loss, sigma_conditioned=conditioned, name="given_discriminator")
         if reference is not None:
@@ -715,13 +694,13 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             f"`generator` output shape {tuple(sample.shape[1:])} does not match the samples of `real_data` "
             f"{tuple(real.shape[1:])}.")
     if given is not None:
-        arity = _model_inputs(given)
+        arity = estimators._model_arity(given)
         try:
             out = given([real[:2], np.ones((2, 1), np.float32)] if arity == 2 else real[:2], training=False)
         except Exception as error:  # noqa: BLE001
             raise ValueError(f"`discriminator` could not be called on samples of shape {tuple(real.shape[1:])}: "
                              f"{error}") from None
-        _output_column(out, "discriminator")
+        estimators._output_column(out, "discriminator")
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(real))
@@ -749,8 +728,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         trainer.compile(d_optimizer=keras.optimizers.Adam(schedule, beta_1=0.5),
                         jit_compile=bool(jit_compile) and not replicated)
     global_batch = min(batch_size, len(train))
-    dataset = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat().batch(global_batch, drop_remainder=True).prefetch(2)
+    dataset = training._shuffled_batches(train, global_batch, seed)
     steps_per_epoch = max(1, min(steps, 200))
     epochs = int(math.ceil(steps / steps_per_epoch))
     if verbose:

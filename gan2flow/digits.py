@@ -82,16 +82,11 @@ def load(test_fraction=0.25, seed=0):
             "test": images[held_out], "test_labels": labels[held_out]}
 
 
-def _dataset(images, batch_size, seed):
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=seed)
-    return dataset.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
-
-
 def _fit(gan, images, steps, batch_size, seed, verbose):
+    from gan2flow import training
+
     epoch = max(1, min(steps, 500))
-    gan.fit(_dataset(images, batch_size, seed), steps_per_epoch=epoch, epochs=max(1, -(-steps // epoch)),
+    gan.fit(training._shuffled_batches(images, batch_size, seed), steps_per_epoch=epoch, epochs=max(1, -(-steps // epoch)),
             verbose=2 if verbose else 0)
 
 
@@ -359,8 +354,8 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
     files["trajectory"] = plotting.trajectory_strip(
         strip_states.numpy()[shown, 0], sigmas.numpy()[shown[1:] - 1], os.path.join(out_dir, "trajectory.png"),
         value_range=value_range, title="one GAN sample refined in data space (state after the level's σ)")
-    histogram_rows = [name for name in ("real: held-out images", "GAN (non-saturating)",
-                                        "GAN + data-space refinement", "GAN + latent-space refinement")]
+    histogram_rows = ("real: held-out images", "GAN (non-saturating)", "GAN + data-space refinement",
+                      "GAN + latent-space refinement")
     files["nearest_training"] = _nn_histogram({name: nn_distances[name] for name in histogram_rows},
                                               os.path.join(out_dir, "nearest_training.png"),
                                               title="memorisation check: distance to the nearest training image")

@@ -229,8 +229,7 @@ class KernelScoreDifference:
         return tf.reshape(denoised + self._center, tf.shape(x))
 
     def _check_x(self, x):
-        if x.shape.rank is not None and (x.shape.rank != len(self.event_shape) + 1 or any(
-                d is not None and d != e for d, e in zip(x.shape[1:], self.event_shape))):
+        if x.shape.rank is not None and not _checks.shapes_compatible(x.shape[1:], self.event_shape):
             raise ValueError(
                 f"`x` must be a batch of samples of shape {self.event_shape} (the target samples'), got shape "
                 f"{tuple(x.shape)}."
@@ -410,6 +409,25 @@ def _model_arity(model):
     return None
 
 
+def _output_column(output, name):
+    """A model's raw output as a [batch, 1] tensor: one output (a 1-element list/tuple/dict is unwrapped)
+    of shape [batch, 1] or [batch]; anything else raises ValueError naming ``name``."""
+    if isinstance(output, (list, tuple, dict)):
+        if len(output) != 1:
+            raise ValueError(f"`{name}` must return a single output (one raw output per sample), got {len(output)} "
+                             "outputs.")
+        output = list(output.values())[0] if isinstance(output, dict) else output[0]
+    output = tf.convert_to_tensor(output)
+    if output.shape.rank == 2 and output.shape[1] == 1:
+        return output
+    if output.shape.rank == 1:
+        return output[:, None]
+    raise ValueError(
+        f"`{name}` must return one raw output per sample, shape [batch, 1] or [batch]; got shape "
+        f"{tuple(output.shape)}."
+    )
+
+
 def _input_sample_shape(model):
     """The sample shape of a Keras model's x input (its only input, or the first of [x, sigma]); None if unknown."""
     try:
@@ -494,9 +512,7 @@ class DiscriminatorScoreDifference:
         """The discriminator's raw output T(x, σ), shape [batch]."""
         x = tf.convert_to_tensor(x, tf.float32)
         expected = self._sample_shape
-        if expected is not None and x.shape.rank is not None and (
-                x.shape.rank != len(expected) + 1
-                or any(e is not None and d is not None and e != d for e, d in zip(expected, x.shape[1:]))):
+        if expected is not None and x.shape.rank is not None and not _checks.shapes_compatible(x.shape[1:], expected):
             raise ValueError(
                 f"`x` must be a batch of samples of shape {expected} for this discriminator, got shape "
                 f"{tuple(x.shape)}."
@@ -506,24 +522,7 @@ class DiscriminatorScoreDifference:
             output = self.discriminator([x, sigma_column], training=False)
         else:
             output = self.discriminator(x, training=False)
-        if isinstance(output, dict):
-            output = list(output.values())
-        if isinstance(output, (list, tuple)):
-            if len(output) != 1:
-                raise ValueError(
-                    "`discriminator` must return a single output (one raw output per sample), got "
-                    f"{len(output)} outputs."
-                )
-            output = output[0]
-        output = tf.convert_to_tensor(output)
-        if output.shape.rank == 2 and output.shape[1] == 1:
-            output = output[:, 0]
-        elif output.shape.rank != 1:
-            raise ValueError(
-                "`discriminator` must return one raw output per sample, shape [batch, 1] or [batch]; "
-                f"got shape {tuple(output.shape)}."
-            )
-        return tf.cast(output, tf.float32)
+        return tf.cast(_output_column(output, "discriminator")[:, 0], tf.float32)
 
     def log_ratio(self, x, sigma):
         """link(T(x, σ)): the estimated log p_σ(x)/q_σ(x), shape [batch] (T itself when loss is None)."""

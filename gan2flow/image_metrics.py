@@ -31,11 +31,11 @@ Example::
 from __future__ import annotations
 
 import os
-import tempfile
+import weakref
 
 import numpy as np
 
-from gan2flow import _checks
+from gan2flow import _checks, _io
 
 __all__ = [
     "CLASSIFIER_VERSION",
@@ -157,17 +157,21 @@ def digit_classifier(path=None, *, seed=0, epochs=30, verbose=0):
         print(f"digit classifier: training ({epochs} epochs, seed {seed}) -> {path}")
     model = train_digit_classifier(data["train"], data["train_labels"], epochs=epochs, seed=seed,
                                    verbose=2 if verbose else 0)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".keras")
-    os.close(handle)
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    _io._atomic(path, model.save, ".keras")
     return model
+
+
+_EXTRACTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _feature_extractor(classifier):
+    """classifier input -> its "features" layer, built once per classifier (image_summary calls
+    image_features once per sample set)."""
+    import keras
+
+    if classifier not in _EXTRACTORS:
+        _EXTRACTORS[classifier] = keras.Model(classifier.input, classifier.get_layer(_FEATURE_LAYER).output)
+    return _EXTRACTORS[classifier]
 
 
 def image_features(images, classifier=None, *, batch_size=1024):
@@ -178,8 +182,6 @@ def image_features(images, classifier=None, *, batch_size=1024):
         classifier: the model from :func:`digit_classifier` (None: the default cached one).
         batch_size: images per forward pass.
     """
-    import keras
-
     images = _checks.as_float_tensor(images, "images", min_rank=3).numpy()
     if images.ndim == 3:
         images = images[..., None]
@@ -187,7 +189,7 @@ def image_features(images, classifier=None, *, batch_size=1024):
     expected = tuple(classifier.input_shape[1:])
     if tuple(images.shape[1:]) != expected:
         raise ValueError(f"`images` must have shape [n, {', '.join(map(str, expected))}], got {images.shape}.")
-    extractor = keras.Model(classifier.input, classifier.get_layer(_FEATURE_LAYER).output)
+    extractor = _feature_extractor(classifier)
     batch_size = _checks.positive_int(batch_size, "batch_size")
     parts = [np.asarray(extractor(images[i:i + batch_size], training=False), np.float64)
              for i in range(0, len(images), batch_size)]
@@ -219,10 +221,8 @@ def frechet_distance(x, y):
         frechet_distance(f, f + [1.0, 0.0])     # 1.0: a pure shift gives ‖μ_x − μ_y‖²
     """
     x, y = _metrics()._pair(x, y, "x", "y", min_points=2)
-    cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    if x.shape[1] == 1:
-        cov_x, cov_y = cov_x.reshape(1, 1), cov_y.reshape(1, 1)
-    w2 = _metrics().gaussian_w2(x.mean(0), 0.5 * (cov_x + cov_x.T), y.mean(0), 0.5 * (cov_y + cov_y.T))
+    cov_x, cov_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    w2 = _metrics().gaussian_w2(x.mean(0), cov_x, y.mean(0), cov_y)  # it symmetrises the covariances
     return float(w2**2)
 
 
@@ -275,9 +275,7 @@ def precision_recall(real, fake, *, k=3):
     """
     k = _checks.positive_int(k, "k")
     real, fake = _metrics()._pair(real, fake, "real", "fake", min_points=k + 1)
-    # Centre on the pooled mean: keeps the Gram-form distances' round-off small (as gan2flow.metrics).
-    centre = np.concatenate([real, fake]).mean(0)
-    real, fake = real - centre, fake - centre
+    real, fake = _metrics()._centered(real, fake)  # pooled mean: smaller round-off of Gram-form distances
     real_radii = _kth_neighbour_radii(real, k)
     fake_radii = _kth_neighbour_radii(fake, k)
     return {"precision": float(_covered(fake, real, real_radii).mean()),

@@ -102,9 +102,9 @@ def trajectory_strip(states, sigmas, path, *, title=None, value_range=None):
     return path
 
 
-def _save(figure, path):
+def _save(figure, path, dpi=110):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=110)
+    figure.savefig(temporary, dpi=dpi)
     os.replace(temporary, path)  # atomic: never a half-written figure

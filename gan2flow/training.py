@@ -67,13 +67,6 @@ _NEEDS_LINK = ("logit", "flow_regression")
 _ALLOWED_WITHOUT_LINK = {"hinge": ("non_saturating",), "wasserstein": ("minimax", "non_saturating")}
 
 
-def _model_arity(model):
-    inputs = getattr(model, "inputs", None)
-    if inputs:
-        return len(inputs) if isinstance(inputs, (list, tuple)) else 1
-    return None
-
-
 def _sigma_range(value):
     try:
         low, high = (float(v) for v in value)
@@ -100,6 +93,12 @@ def _all_reduce_sum(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _shuffled_batches(data, batch_size, seed):
+    """An endless tf.data stream of full batches of ``data``, reshuffled every pass (seeded), prefetched."""
+    dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    return dataset.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
 
 
 def _global_rows(batch):
@@ -250,18 +249,18 @@ class SDGAN(keras.Model):
         self.generator = generator
         self.discriminator = discriminator
         self.latent_shape = self._latent_shape(generator, latent_dim)
+        arity = _estimators._model_arity(discriminator)
         if sigma_conditioned is None:
-            arity = _model_arity(discriminator)
             if arity not in (1, 2):
                 raise ValueError(
                     "`sigma_conditioned` must be given (True or False): it cannot be inferred from a "
                     f"discriminator with {'no Keras inputs' if arity is None else f'{arity} inputs'}."
                 )
             sigma_conditioned = arity == 2
-        elif _model_arity(discriminator) in (1, 2) and bool(sigma_conditioned) != (_model_arity(discriminator) == 2):
+        elif arity in (1, 2) and bool(sigma_conditioned) != (arity == 2):
             raise ValueError(
                 f"`sigma_conditioned`={bool(sigma_conditioned)} contradicts the discriminator, which takes "
-                f"{'[x, sigma] (2 inputs)' if _model_arity(discriminator) == 2 else 'x only (1 input)'}.")
+                f"{'[x, sigma] (2 inputs)' if arity == 2 else 'x only (1 input)'}.")
         self.sigma_conditioned = bool(sigma_conditioned)
         self.replica_invariant_noise = bool(replica_invariant_noise)
         self._seed_generator = keras.random.SeedGenerator(seed, name="sdgan_seed_generator")
@@ -333,8 +332,7 @@ class SDGAN(keras.Model):
         except (AttributeError, ValueError, TypeError):
             shape = tuple(self.generator(tf.zeros((1,) + self.latent_shape), training=False).shape[1:])
         expected = _estimators._input_sample_shape(self.discriminator)
-        if expected is not None and (len(expected) != len(shape) or any(
-                a is not None and b is not None and a != b for a, b in zip(expected, shape))):
+        if expected is not None and not _checks.shapes_compatible(shape, expected):
             raise ValueError(f"`discriminator` takes samples of shape {expected}, but `generator` makes samples "
                              f"of shape {shape}.")
         return shape
@@ -345,8 +343,7 @@ class SDGAN(keras.Model):
         if isinstance(x, tf.data.Dataset):
             spec = x.element_spec[0] if isinstance(x.element_spec, (tuple, list)) else x.element_spec
             shape = getattr(spec, "shape", None)
-            if shape is not None and shape.rank is not None and (shape.rank != len(expected) + 1 or any(
-                    a is not None and b is not None and a != b for a, b in zip(shape[1:], expected))):
+            if shape is not None and shape.rank is not None and not _checks.shapes_compatible(shape[1:], expected):
                 raise ValueError(f"`x` must yield batches [batch, {', '.join(map(str, expected))}] (the generator's "
                                  f"sample shape), got elements of shape {tuple(shape)}.")
             return
