@@ -5,12 +5,13 @@ v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x) shaped like x. Estimators produce it
 discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and docs/.
 """
 from gan2flow import compare, digits, distribute, image_metrics, losses, metrics, models, sigmas, toys, training
-from gan2flow.conversion import GANFlow, LatentScoreDifference, convert, load
+from gan2flow.conversion import GANFlow, convert, load
 from gan2flow.estimators import (
     AnalyticScoreDifference,
     DenoiserScoreDifference,
     DiscriminatorScoreDifference,
     KernelScoreDifference,
+    ReweightedPriorScore,
     ScoreDifferenceSum,
     drift_corrected,
 )
@@ -18,6 +19,18 @@ from gan2flow.flows import FlowDivergenceError, flow, trajectory
 from gan2flow.training import SDGAN
 
 __version__ = "0.1.0"
+
+
+class LatentScoreDifference(ReweightedPriorScore):
+    """Deprecated name of :class:`gan2flow.estimators.ReweightedPriorScore` (what it computes: the score of
+    the latent prior reweighted by the density ratio)."""
+
+    def __init__(self, *args, **kwargs):
+        import warnings
+
+        warnings.warn("gan2flow.LatentScoreDifference is deprecated; use gan2flow.ReweightedPriorScore "
+                      "(the same latent drift under the name of what it is).", DeprecationWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)
 
 __all__ = [
     "compare",
@@ -33,6 +46,7 @@ __all__ = [
     "SDGAN",
     "GANFlow",
     "LatentScoreDifference",
+    "ReweightedPriorScore",
     "convert",
     "load",
     "AnalyticScoreDifference",

@@ -86,26 +86,13 @@ def _with_suffix(path, suffix, flag):
 
 
 def _load_array(path, flag):
-    """A finite float32 array [n, ...] from a ``.npy`` file; every error names ``flag``."""
-    import numpy as np
+    """A finite float32 array [n, ...] from a ``.npy`` file (``gan2flow.adapters.load_array``); errors name ``flag``."""
+    from gan2flow import adapters
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"`{flag}`: no file at {path!r} (expected a .npy array).")
     try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise _CommandLineError(f"`{flag}`: {path!r} is not a readable .npy array ({first}).") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive
-        raise _CommandLineError(f"`{flag}`: {path!r} holds several arrays (.npz); save one array with numpy.save.")
-    if array.dtype.kind not in "biuf":
-        raise _CommandLineError(f"`{flag}`: {path!r} must hold numbers, got dtype {array.dtype}.")
-    if array.ndim < 2 or len(array) == 0:
-        raise _CommandLineError(
-            f"`{flag}`: {path!r} must hold samples as rows, shape [n, ...] with n >= 1; got shape {array.shape}.")
-    if not np.all(np.isfinite(array)):
-        raise _CommandLineError(f"`{flag}`: {path!r} holds NaN or infinite values.")
-    return array.astype(np.float32)
+        return adapters.load_array(os.fspath(path), flag)
+    except ValueError as error:
+        raise _CommandLineError(str(error)) from None
 
 
 def _save_model(model, path):
@@ -120,12 +107,12 @@ def _sigma_range(args, real, *, none_for_default=False):
 
     With ``none_for_default`` and neither flag given: None (the library picks its own default).
     """
-    from gan2flow import conversion
+    from gan2flow import sigmas
 
     if none_for_default and args.sigma_min is None and args.sigma_max is None:
         return None
 
-    default_min, default_max = conversion._default_sigma_range(real)
+    default_min, default_max = sigmas.range_from_data(real)
     high = default_max if args.sigma_max is None else args.sigma_max
     low = (high / 100.0 if args.sigma_max is not None else default_min) if args.sigma_min is None else args.sigma_min
     if not 0 < low <= high:
@@ -331,9 +318,11 @@ def _convert(args):
         flow_path, diagnostics_path = os.path.join(out, "flow.keras"), os.path.join(out, "diagnostics.json")
     # The calibration backs up every epoch here; rerunning the same command after a kill resumes it.
     backup_dir = flow_path[: -len(".keras")] + ".backup" if args.output is not None else os.path.join(out, "backup")
-    generator = conversion.load_keras_model(args.generator, "--generator")
+    from gan2flow import adapters
+
+    generator = adapters.load_model(args.generator, "--generator")
     discriminator = None if args.discriminator is None else \
-        conversion.load_keras_model(args.discriminator, "--discriminator")
+        adapters.load_model(args.discriminator, "--discriminator")
     real = _load_array(args.data, "--data")
     try:
         output_shape = tuple(generator.output_shape[1:])
@@ -377,7 +366,9 @@ def _refine(args):
         _positive_float(args.step_scale, "--step-scale")
     _positive(args.seed, "--seed", allow_zero=True)
     _with_suffix(args.out, ".npy", "--out")
-    flow = conversion.load_keras_model(args.flow, "--flow")
+    from gan2flow import adapters
+
+    flow = adapters.load_model(args.flow, "--flow")
     if not isinstance(flow, conversion.GANFlow):
         raise _CommandLineError(f"`--flow`: {args.flow!r} holds a {type(flow).__name__}, not a gan2flow flow "
                                 "(make one with `gan2flow convert`).")

@@ -26,207 +26,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, _progress, estimators, flows, losses, models, training
+from gan2flow import _checks, _progress, adapters, estimators, flows, losses, metrics, models, training
+from gan2flow.diagnostics import diagnose, format_diagnostics
 from gan2flow import sigmas as schedules
 from gan2flow.training import SDGAN
 
-__all__ = ["convert", "GANFlow", "LatentScoreDifference", "load", "calibration_discriminator",
-           "load_keras_model"]
+__all__ = ["convert", "GANFlow", "load"]
 
-_LOGISTIC = losses.get("logistic")
 _MAX_LATENT_STEP = 0.5
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading models
-
-
-def load_keras_model(value, name):
-    """A Keras model given as an object or a ``.keras`` path (clear errors for missing/corrupt files)."""
-    if isinstance(value, keras.Model):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected a .keras model file).")
-        if not path.endswith(".keras"):
-            raise ValueError(f"`{name}` must be a .keras model file, got {path!r}.")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(f"`{name}`: {path!r} is not a readable .keras model file ({first}).") from None
-        if not isinstance(model, keras.Model):
-            raise ValueError(f"`{name}`: {path!r} holds a {type(model).__name__}, expected a keras.Model.")
-        return model
-    raise ValueError(f"`{name}` must be a keras.Model or a path to a .keras file, got {type(value).__name__}.")
-
-
-# --------------------------------------------------------------------------------------------------
-# The calibrated discriminator
-
-
-@keras.saving.register_keras_serializable(package="gan2flow")
-class FrozenFeature(keras.layers.Layer):
-    """The given discriminator's output as a standardised, frozen feature: (link(D(x)) − mean) / std.
-
-    ``link`` is the given loss's link when it has one (a log-ratio estimate at σ = 0), else identity.
-    """
-
-    def __init__(self, discriminator, *, loss=None, sigma_conditioned=False, mean=0.0, std=1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.discriminator = discriminator
-        self.discriminator.trainable = False
-        self.loss_name = None if loss is None else losses.get(loss).name
-        self.sigma_conditioned = bool(sigma_conditioned)
-        self.mean = float(mean)
-        self.std = float(std)
-
-    def raw(self, x, sigma):
-        inputs = [x, sigma] if self.sigma_conditioned else x
-        output = tf.reshape(tf.cast(self.discriminator(inputs, training=False), tf.float32), [-1, 1])
-        if self.loss_name is not None and losses.get(self.loss_name).sd_consistent:
-            output = losses.get(self.loss_name).log_ratio(output)
-        return output
-
-    def call(self, inputs):
-        x, sigma = inputs
-        return (self.raw(x, sigma) - self.mean) / self.std
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], 1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
-            "loss": self.loss_name, "sigma_conditioned": self.sigma_conditioned,
-            "mean": self.mean, "std": self.std,
-        })
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
-        return cls(**config)
-
-
-@keras.saving.register_keras_serializable(package="gan2flow")
-class FourierFeatures(keras.layers.Layer):
-    """Random Fourier features of x, damped as Gaussian smoothing at level σ damps them.
-
-    Column k of B is a random unit direction times 2π/ℓ_k, with length scales ℓ_k log-uniform on
-    [min_scale, max_scale] (Tancik et al. 2020). Each feature is multiplied by exp(−‖b_k‖²σ²/2), which is
-    exactly E[sin(b_k·(x + σn))] / sin(b_k·x) for n ~ N(0, I): a feature finer than σ cannot matter for
-    p_σ or q_σ, so it is switched off and cannot add high-frequency gradient noise at large σ. This lets an
-    MLP represent the log-ratio's sharp structure at small σ and stay smooth at large σ.
-
-    Input: [x, sigma] with sigma [batch, 1]. Output: [batch, 2·n_features].
-    """
-
-    def __init__(self, n_features=64, min_scale=0.05, max_scale=5.0, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.n_features = int(n_features)
-        self.min_scale = float(min_scale)
-        self.max_scale = float(max_scale)
-        self.seed = int(seed)
-
-    def build(self, input_shape):
-        self._build_frequencies(input_shape[0])
-
-    def _build_frequencies(self, x_shape):
-        dim = int(np.prod(x_shape[1:]))
-        rng = np.random.default_rng(self.seed)
-        directions = rng.normal(size=(dim, self.n_features))
-        directions /= np.linalg.norm(directions, axis=0, keepdims=True)
-        scales = np.exp(rng.uniform(np.log(self.min_scale), np.log(self.max_scale), self.n_features))
-        frequencies = (2 * np.pi * directions / scales).astype(np.float32)
-        self.frequencies = self.add_weight(name="frequencies", shape=(dim, self.n_features), trainable=False,
-                                           initializer=keras.initializers.Constant(frequencies))
-        self.half_sq_norms = self.add_weight(
-            name="half_sq_norms", shape=(self.n_features,), trainable=False,
-            initializer=keras.initializers.Constant(0.5 * (frequencies**2).sum(0)))
-
-    def call(self, inputs):
-        x, sigma = inputs
-        flat = keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
-        phases = keras.ops.matmul(flat, self.frequencies)
-        damping = keras.ops.exp(-keras.ops.square(sigma) * self.half_sq_norms[None, :])
-        return keras.ops.concatenate([keras.ops.sin(phases) * damping, keras.ops.cos(phases) * damping], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], 2 * self.n_features)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"n_features": self.n_features, "min_scale": self.min_scale, "max_scale": self.max_scale,
-                       "seed": self.seed})
-        return config
-
-
-def calibration_discriminator(sample_shape, *, given=None, given_loss=None, reference=None, hidden=(256, 256, 256),
-                              fourier_features=0, fourier_scales=(0.05, 5.0), name="calibrated_discriminator"):
-    """A σ-conditioned MLP discriminator [x, sigma] -> logit, optionally fed the given discriminator's output.
-
-    Args:
-        sample_shape: shape of one sample.
-        given: the existing discriminator (frozen) to reuse as a feature, or None.
-        given_loss: the loss it was trained with (for its link), or None (raw output).
-        reference: samples used to standardise the given output (mean/std).
-        hidden: hidden widths.
-
-    Returns:
-        A functional ``keras.Model`` ``[x, sigma] -> [batch, 1]``.
-    """
-    x = keras.Input(shape=tuple(sample_shape), name="x")
-    sigma = keras.Input(shape=(1,), name="sigma")
-    embedding = models.SigmaEmbedding(name="sigma_embedding")(sigma)
-    features = [keras.layers.Flatten(name="flatten")(x) if len(sample_shape) > 1 else x, embedding]
-    if fourier_features:
-        features.append(FourierFeatures(fourier_features, *fourier_scales, name="fourier_features")([x, sigma]))
-    if given is not None:
-        arity = estimators._model_arity(given)
-        conditioned = arity == 2
-        feature = FrozenFeature(given, loss=given_loss, sigma_conditioned=conditioned, name="given_discriminator")
-        if reference is not None:
-            reference = tf.convert_to_tensor(reference, tf.float32)
-            raw = feature.raw(reference, tf.zeros([tf.shape(reference)[0], 1])).numpy()
-            feature.mean = float(np.mean(raw))
-            feature.std = float(np.std(raw)) or 1.0
-        features.append(feature([x, sigma]))
-    h = keras.layers.Concatenate(name="features")(features)
-    for index, width in enumerate(hidden):
-        h = keras.layers.Concatenate(name=f"concat_sigma_{index}")([h, embedding]) if index else h
-        h = keras.layers.Dense(width, activation="swish", name=f"dense_{index}")(h)
-    output = keras.layers.Dense(1, name="logit")(h)
-    return keras.Model([x, sigma], output, name=name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Latent refinement
-
-
-class LatentScoreDifference:
-    """Latent drift (z, σ) -> ∇_z [link(T(G(z), σ)) + prior_weight · log p₀(z)], with p₀ = N(0, I).
-
-    Used with ``gan2flow.flow`` in latent space (shared/SD_FLOW.md §6): the outputs stay on G's range and
-    the prior term keeps z on the latent distribution. With Langevin noise (noise_scale = 1) the
-    stationary law is p₀(z)·r(G(z)), the prior reweighted by the density ratio.
-    """
-
-    def __init__(self, generator, estimator, prior_weight=1.0):
-        self.generator = generator
-        self.estimator = estimator
-        self.prior_weight = _checks.positive_float(prior_weight, "prior_weight", allow_zero=True)
-
-    def __call__(self, z, sigma):
-        z = tf.convert_to_tensor(z, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            x = tf.cast(self.generator(z, training=False), tf.float32)
-            value = tf.reduce_sum(self.estimator.log_ratio(x, sigma))
-        return tape.gradient(value, z) - self.prior_weight * z
 
 
 # --------------------------------------------------------------------------------------------------
@@ -413,7 +220,7 @@ class GANFlow(keras.Model):
         # noise of one uninterrupted flow (chunks only differ from it through the drift term's coupling).
         for start in range(0, int(x.shape[0]), chunk):
             part = x[start:start + chunk]
-            threshold = _spacing(part.numpy()) * 2.0 if drift_min_sigma is None else drift_min_sigma
+            threshold = metrics.median_neighbour_distance(part.numpy()) * 2.0 if drift_min_sigma is None else drift_min_sigma
             corrected, plain = values[values >= threshold], values[values < threshold]
             if len(corrected):
                 part = _progress.flow_with_progress(
@@ -471,7 +278,7 @@ class GANFlow(keras.Model):
         step_scale = _checks.positive_float(step_scale, "step_scale")
         prior_weight = _checks.positive_float(prior_weight, "prior_weight", allow_zero=True)
         if prior_weight not in self._latent_estimators:
-            self._latent_estimators[prior_weight] = LatentScoreDifference(self.generator, self.estimator, prior_weight)
+            self._latent_estimators[prior_weight] = estimators.ReweightedPriorScore(self.generator, self.estimator, prior_weight)
         estimator = self._latent_estimators[prior_weight]
         # Capped at 0.5: beyond η = 2 the prior term alone (z ← (1 − η) z) is unstable, and unadjusted Langevin
         # is biased well before that; a generator that barely stretches its latent would otherwise get huge steps.
@@ -506,114 +313,6 @@ class GANFlow(keras.Model):
 
 # --------------------------------------------------------------------------------------------------
 # Conversion
-
-
-def _spacing(samples, max_points=2048, seed=0):
-    """Median nearest-neighbour distance of (a subsample of) the samples: the scale below which a kernel
-    estimate from them sees too few points."""
-    flat = samples.reshape(len(samples), -1).astype(np.float64)
-    if len(flat) < 2:
-        return 0.0
-    if len(flat) > max_points:
-        flat = flat[np.random.default_rng(seed).choice(len(flat), max_points, replace=False)]
-    norms = (flat**2).sum(1)
-    squared = norms[:, None] + norms[None, :] - 2.0 * flat @ flat.T
-    np.fill_diagonal(squared, np.inf)
-    return float(np.median(np.sqrt(np.maximum(squared.min(1), 0.0))))
-
-
-def _effective_sample_fraction(log_weights):
-    """(Σw)² / (n Σw²) for w = exp(log_weights): 1 for equal weights, 1/n for one dominant weight."""
-    log_weights = np.asarray(log_weights, np.float64)
-    shifted = np.exp(log_weights - log_weights.max())
-    return float(shifted.sum() ** 2 / (len(shifted) * (shifted**2).sum()))
-
-
-def _logistic_terms(logits_real, logits_fake):
-    real_terms, fake_terms = _LOGISTIC.per_sample_discriminator_loss(logits_real, logits_fake)
-    return real_terms.numpy(), fake_terms.numpy()
-
-
-def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0):
-    """Calibration report: per σ, held-out vs training loss and accuracy, divergence and ratio checks.
-
-    For each σ, with noised real samples y + σn (held-out and training) and noised fresh generator
-    samples G(z) + σn', and l = the calibrated logit:
-
-    - ``heldout_loss``, ``train_loss``: logistic loss (chance: 2 log 2 ≈ 1.386); ``overfit_gap`` = held-out
-      − train (a large gap means the log-ratio is sharp and wrong, §8).
-    - ``accuracy`` on held-out real vs fake.
-    - ``kl_q_p`` = E_q[−l] and ``kl_p_q`` = E_p[l]: plug-in estimates of KL(q_σ‖p_σ), KL(p_σ‖q_σ).
-    - ``log_mean_ratio_q`` = log E_q[e^l] and ``log_mean_inverse_ratio_p`` = log E_p[e^−l]: both are 0 for an
-      exact log-ratio (E_q[p/q] = 1); far from 0 means the logit is mis-calibrated at that σ. Both are
-      Monte Carlo means of heavy-tailed weights: they are only checked (warned about) where the weights'
-      effective sample fraction ``ratio_ess_q`` = (Σw)²/(nΣw²) is ≥ 0.1; at small σ, where p_σ and q_σ
-      barely overlap, the check is not possible by sampling and E_p[1/r] reads low even when exact.
-    """
-    rng = np.random.default_rng(seed)
-    sigmas = np.geomspace(flow.sigma_range[1], flow.sigma_range[0], levels)
-    heldout = real_heldout[rng.choice(len(real_heldout), min(n, len(real_heldout)), replace=False)]
-    train = real_train[rng.choice(len(real_train), min(n, len(real_train)), replace=False)]
-    fake = flow.generate(flow.latents(len(heldout), seed=seed + 7919)).numpy()
-    fake_for_train = flow.generate(flow.latents(len(train), seed=seed + 7920)).numpy()
-    rows = []
-    for sigma in sigmas:
-        def noised(a, k):
-            return (a + sigma * np.random.default_rng([seed, k]).normal(size=a.shape)).astype(np.float32)
-
-        l_real = flow.log_ratio(noised(heldout, 1), sigma).numpy()
-        l_fake = flow.log_ratio(noised(fake, 2), sigma).numpy()
-        l_train = flow.log_ratio(noised(train, 3), sigma).numpy()
-        l_train_fake = flow.log_ratio(noised(fake_for_train, 4), sigma).numpy()
-        real_terms, fake_terms = _logistic_terms(l_real, l_fake)
-        train_real_terms, train_fake_terms = _logistic_terms(l_train, l_train_fake)
-        heldout_loss = float(real_terms.mean() + fake_terms.mean())
-        train_loss = float(train_real_terms.mean() + train_fake_terms.mean())
-        rows.append({
-            "sigma": float(sigma),
-            "heldout_loss": heldout_loss,
-            "train_loss": train_loss,
-            "overfit_gap": heldout_loss - train_loss,
-            "accuracy": float(0.5 * ((l_real > 0).mean() + (l_fake < 0).mean())),
-            "kl_q_p": float(-l_fake.mean()),
-            "kl_p_q": float(l_real.mean()),
-            "log_mean_ratio_q": float(np.log(np.mean(np.exp(np.clip(l_fake, -50, 50))))),
-            "log_mean_inverse_ratio_p": float(np.log(np.mean(np.exp(np.clip(-l_real, -50, 50))))),
-            "ratio_ess_q": _effective_sample_fraction(l_fake),
-        })
-    warnings_ = []
-    for row in rows:
-        if row["overfit_gap"] > 0.05:
-            warnings_.append(f"sigma={row['sigma']:.3g}: held-out loss exceeds training loss by "
-                             f"{row['overfit_gap']:.3f} (overfitting: use more data, fewer steps or a penalty)")
-        if row["ratio_ess_q"] >= 0.1 and abs(row["log_mean_ratio_q"]) > 0.25:
-            warnings_.append(f"sigma={row['sigma']:.3g}: density ratio mis-calibrated (log E_q[r] = "
-                             f"{row['log_mean_ratio_q']:.2f}, should be ~0): train longer")
-    return {"levels": rows, "warnings": warnings_, "good_enough": not warnings_,
-            "chance_loss": 2 * math.log(2.0)}
-
-
-def format_diagnostics(report):
-    """The calibration report as a Markdown table plus warnings."""
-    lines = ["| sigma | held-out loss | train loss | accuracy | KL(q‖p) | KL(p‖q) | log E_q[r] | log E_p[1/r] | ESS_q |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in report["levels"]:
-        lines.append(
-            f"| {row['sigma']:.3g} | {row['heldout_loss']:.3f} | {row['train_loss']:.3f} | {row['accuracy']:.1%} | "
-            f"{row['kl_q_p']:.3f} | {row['kl_p_q']:.3f} | {row['log_mean_ratio_q']:+.2f} | "
-            f"{row['log_mean_inverse_ratio_p']:+.2f} | {row['ratio_ess_q']:.2f} |")
-    lines.append(f"chance loss = {report['chance_loss']:.3f}; "
-                 + ("calibration looks good enough to flow." if report["good_enough"] else "warnings:"))
-    lines.extend(f"- {warning}" for warning in report["warnings"])
-    return "\n".join(lines)
-
-
-def _default_sigma_range(real):
-    """σ_max ≈ the data's RMS spread per coordinate × 1 (moves mass between modes); σ_min = σ_max / 100."""
-    flat = real.reshape(len(real), -1)
-    spread = float(np.sqrt(np.mean(np.var(flat, axis=0))))
-    spread = spread if spread > 0 else 1.0
-    return (spread / 100.0, spread)
 
 
 def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, sigma_range=None, steps=3000,
@@ -658,17 +357,9 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         ValueError: bad models, shapes or data (named in the message).
         FileNotFoundError: a path that does not exist.
     """
-    generator = load_keras_model(generator, "generator")
-    given = None if discriminator is None else load_keras_model(discriminator, "discriminator")
-    if isinstance(real_data, (str, os.PathLike)):
-        path = os.fspath(real_data)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"`real_data`: no file at {path!r} (expected a .npy array).")
-        try:
-            real_data = np.load(path, allow_pickle=False)
-        except Exception as error:  # noqa: BLE001
-            raise ValueError(f"`real_data`: {path!r} is not a readable .npy array ({error}).") from None
-    real = _checks.as_float_tensor(real_data, "real_data", min_rank=2).numpy()
+    generator = adapters.load_model(generator, "generator")
+    given = None if discriminator is None else adapters.load_model(discriminator, "discriminator")
+    real = adapters.load_array(real_data, "real_data")
     if len(real) < 20:
         raise ValueError(f"`real_data` must hold at least 20 samples for calibration and a held-out split, got {len(real)}.")
     if loss is not None:
@@ -679,7 +370,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     if not 0 < validation_fraction < 1:
         raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction!r}.")
 
-    latent_shape = SDGAN._latent_shape(generator, latent_dim)  # the trainer's own inference and checks
+    latent_shape = adapters.latent_shape(generator, latent_dim)
     try:
         sample = generator(tf.zeros((2,) + tuple(latent_shape)), training=False)
     except Exception as error:  # noqa: BLE001
@@ -694,20 +385,20 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             f"`generator` output shape {tuple(sample.shape[1:])} does not match the samples of `real_data` "
             f"{tuple(real.shape[1:])}.")
     if given is not None:
-        arity = estimators._model_arity(given)
+        arity = adapters.model_arity(given)
         try:
             out = given([real[:2], np.ones((2, 1), np.float32)] if arity == 2 else real[:2], training=False)
         except Exception as error:  # noqa: BLE001
             raise ValueError(f"`discriminator` could not be called on samples of shape {tuple(real.shape[1:])}: "
                              f"{error}") from None
-        estimators._output_column(out, "discriminator")
+        adapters.output_column(out, "discriminator")
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(real))
     n_heldout = max(10, int(round(validation_fraction * len(real))))
     heldout, train = real[order[:n_heldout]], real[order[n_heldout:]]
     try:
-        sigma_range = _default_sigma_range(train) if sigma_range is None else tuple(map(float, sigma_range))
+        sigma_range = schedules.range_from_data(train) if sigma_range is None else tuple(map(float, sigma_range))
     except (TypeError, ValueError):
         raise ValueError(f"`sigma_range` must be a pair (sigma_min, sigma_max), got {sigma_range!r}.") from None
     if len(sigma_range) != 2 or not 0 < sigma_range[0] <= sigma_range[1] < math.inf:
@@ -716,7 +407,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
 
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
-        calibrator = calibration_discriminator(
+        calibrator = models.calibration_discriminator(
             real.shape[1:], given=given if reuse_discriminator else None, given_loss=loss, reference=train,
             hidden=hidden, fourier_features=fourier_features, fourier_scales=(sigma_range[0], 2 * sigma_range[1]))
         trainer = SDGAN(generator, calibrator, loss="logistic", generator_objective=None, sigma_range=sigma_range,
@@ -827,7 +518,7 @@ def load(path):
         FileNotFoundError: no such file.
         ValueError: not a readable ``.keras`` file, or a file holding another kind of model.
     """
-    model = load_keras_model(path, "path")
+    model = adapters.load_model(path, "path")
     if not isinstance(model, GANFlow):
         raise ValueError(f"`path`: {os.fspath(path)!r} holds a {type(model).__name__}, not a gan2flow GANFlow "
                          "(save one with GANFlow.save or `gan2flow convert`).")

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from gan2flow import _checks
+from gan2flow import _checks, adapters
 from gan2flow import losses as _losses
 
 tfd = tfp.distributions
@@ -31,6 +31,7 @@ __all__ = [
     "DenoiserScoreDifference",
     "ScoreDifferenceSum",
     "drift_corrected",
+    "ReweightedPriorScore",
     "kernel_denoise",
     "auto_block_size",
     "smooth",
@@ -402,47 +403,6 @@ class AnalyticScoreDifference:
 # Discriminators
 
 
-def _model_arity(model):
-    inputs = getattr(model, "inputs", None)
-    if inputs:
-        return len(inputs) if isinstance(inputs, (list, tuple)) else 1
-    return None
-
-
-def _output_column(output, name):
-    """A model's raw output as a [batch, 1] tensor: one output (a 1-element list/tuple/dict is unwrapped)
-    of shape [batch, 1] or [batch]; anything else raises ValueError naming ``name``."""
-    if isinstance(output, (list, tuple, dict)):
-        if len(output) != 1:
-            raise ValueError(f"`{name}` must return a single output (one raw output per sample), got {len(output)} "
-                             "outputs.")
-        output = list(output.values())[0] if isinstance(output, dict) else output[0]
-    output = tf.convert_to_tensor(output)
-    if output.shape.rank == 2 and output.shape[1] == 1:
-        return output
-    if output.shape.rank == 1:
-        return output[:, None]
-    raise ValueError(
-        f"`{name}` must return one raw output per sample, shape [batch, 1] or [batch]; got shape "
-        f"{tuple(output.shape)}."
-    )
-
-
-def _input_sample_shape(model):
-    """The sample shape of a Keras model's x input (its only input, or the first of [x, sigma]); None if unknown."""
-    try:
-        structure = model.input
-    except (AttributeError, ValueError):  # e.g. a Sequential model not called yet
-        inputs = getattr(model, "inputs", None)
-        if not inputs or len(inputs) != 1:
-            return None
-        structure = inputs[0]
-    if isinstance(structure, (list, tuple)):
-        structure = structure[0]
-    shape = getattr(structure, "shape", None)
-    return None if shape is None or isinstance(structure, dict) else tuple(shape[1:])
-
-
 class DiscriminatorScoreDifference:
     """The GAN route: v_σ(x) ≈ ∇ₓ link(T(x, σ)) for a discriminator trained with an SD-consistent loss.
 
@@ -488,25 +448,9 @@ class DiscriminatorScoreDifference:
                     "gradient is not a score-difference estimate. Calibrate it with gan2flow.convert(...), "
                     "or pass loss=None to flow along the raw output gradient."
                 )
-        arity = _model_arity(discriminator)
-        if arity is not None and arity not in (1, 2):
-            raise ValueError(f"`discriminator` must take x or [x, sigma], got a model with {arity} inputs.")
-        if sigma_conditioned is None:
-            if arity is None:
-                raise ValueError(
-                    "`sigma_conditioned` must be given (True or False) for a discriminator without Keras "
-                    f"`inputs` (got a {type(discriminator).__name__})."
-                )
-            sigma_conditioned = arity == 2
-        elif arity is not None and bool(sigma_conditioned) != (arity == 2):
-            raise ValueError(
-                f"`sigma_conditioned`={bool(sigma_conditioned)} contradicts the discriminator, which takes "
-                f"{'[x, sigma] (2 inputs)' if arity == 2 else 'x only (1 input)'}; pass "
-                f"sigma_conditioned={arity == 2} or None (inferred)."
-            )
-        self.sigma_conditioned = bool(sigma_conditioned)
+        self.sigma_conditioned = adapters.sigma_conditioning(discriminator, sigma_conditioned)
         self._unchecked_gradient = bool(check_gradient)
-        self._sample_shape = _input_sample_shape(discriminator) if arity else None
+        self._sample_shape = adapters.input_sample_shape(discriminator) if adapters.model_arity(discriminator) else None
 
     def raw_output(self, x, sigma):
         """The discriminator's raw output T(x, σ), shape [batch]."""
@@ -522,7 +466,7 @@ class DiscriminatorScoreDifference:
             output = self.discriminator([x, sigma_column], training=False)
         else:
             output = self.discriminator(x, training=False)
-        return tf.cast(_output_column(output, "discriminator")[:, 0], tf.float32)
+        return tf.cast(adapters.output_column(output, "discriminator")[:, 0], tf.float32)
 
     def log_ratio(self, x, sigma):
         """link(T(x, σ)): the estimated log p_σ(x)/q_σ(x), shape [batch] (T itself when loss is None)."""
@@ -619,3 +563,32 @@ def drift_corrected(estimator, initial_samples, *, block_size="auto"):
         A :class:`ScoreDifferenceSum`.
     """
     return ScoreDifferenceSum(estimator, KernelScoreDifference(initial_samples, source=None, block_size=block_size))
+
+
+# --------------------------------------------------------------------------------------------------
+# Latent space
+
+
+class ReweightedPriorScore:
+    """The latent drift (z, σ) -> ∇_z log[p₀(z) · r_σ(G(z))] = ∇_z [log r_σ(G(z)) + prior_weight · log p₀(z)].
+
+    The score of the generator's latent prior p₀ = N(0, I) reweighted by the density ratio
+    r_σ = p_σ/q_σ that ``estimator.log_ratio`` estimates (e.g. a :class:`DiscriminatorScoreDifference`).
+
+    Used with ``gan2flow.flow`` in latent space (shared/SD_FLOW.md §6): the outputs stay on G's range and
+    the prior term keeps z on the latent distribution. With Langevin noise (noise_scale = 1) the
+    stationary law is p₀(z)·r(G(z)), the prior reweighted by the density ratio.
+    """
+
+    def __init__(self, generator, estimator, prior_weight=1.0):
+        self.generator = generator
+        self.estimator = estimator
+        self.prior_weight = _checks.positive_float(prior_weight, "prior_weight", allow_zero=True)
+
+    def __call__(self, z, sigma):
+        z = tf.convert_to_tensor(z, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            x = tf.cast(self.generator(z, training=False), tf.float32)
+            value = tf.reduce_sum(self.estimator.log_ratio(x, sigma))
+        return tape.gradient(value, z) - self.prior_weight * z

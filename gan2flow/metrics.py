@@ -41,6 +41,7 @@ __all__ = [
     "mode_stats",
     "sliced_wasserstein",
     "summarize",
+    "median_neighbour_distance",
 ]
 
 _DEFAULT_BLOCK = 1024  # rows per block: a [1024, 1024] float64 block is 8 MiB
@@ -657,3 +658,19 @@ from gan2flow.image_metrics import (  # noqa: E402  (image_metrics imports this 
 )
 
 __all__ += ["frechet_distance", "image_features", "image_summary", "nearest_distances", "precision_recall"]
+
+
+def median_neighbour_distance(samples, max_points=2048, seed=0):
+    """Median nearest-neighbour distance of (a subsample of at most ``max_points``) samples [n, ...].
+
+    The scale below which a kernel estimate from these samples sees too few points (0 for < 2 samples).
+    """
+    flat = samples.reshape(len(samples), -1).astype(np.float64)
+    if len(flat) < 2:
+        return 0.0
+    if len(flat) > max_points:
+        flat = flat[np.random.default_rng(seed).choice(len(flat), max_points, replace=False)]
+    norms = (flat**2).sum(1)
+    squared = norms[:, None] + norms[None, :] - 2.0 * flat @ flat.T
+    np.fill_diagonal(squared, np.inf)
+    return float(np.median(np.sqrt(np.maximum(squared.min(1), 0.0))))

@@ -37,8 +37,9 @@ import numbers
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from gan2flow import _checks
+from gan2flow import _checks, adapters, losses
 
 __all__ = [
     "SigmaEmbedding",
@@ -46,6 +47,9 @@ __all__ = [
     "mlp_generator",
     "conv_discriminator",
     "conv_generator",
+    "FrozenFeature",
+    "FourierFeatures",
+    "calibration_discriminator",
 ]
 
 
@@ -333,3 +337,142 @@ def conv_generator(latent_dim, image_shape, *, filters=(64, 32), activation="swi
     output = keras.layers.Conv2D(channels, 3, padding="same", activation=output_activation, name="output")(h)
     return keras.Model(z, output, name=name)
 
+
+# --------------------------------------------------------------------------------------------------
+# The calibration discriminator convert() trains (and the layers it is made of)
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class FrozenFeature(keras.layers.Layer):
+    """The given discriminator's output as a standardised, frozen feature: (link(D(x)) − mean) / std.
+
+    ``link`` is the given loss's link when it has one (a log-ratio estimate at σ = 0), else identity.
+    """
+
+    def __init__(self, discriminator, *, loss=None, sigma_conditioned=False, mean=0.0, std=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.discriminator = discriminator
+        self.discriminator.trainable = False
+        self.loss_name = None if loss is None else losses.get(loss).name
+        self.sigma_conditioned = bool(sigma_conditioned)
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def raw(self, x, sigma):
+        inputs = [x, sigma] if self.sigma_conditioned else x
+        output = tf.reshape(tf.cast(self.discriminator(inputs, training=False), tf.float32), [-1, 1])
+        if self.loss_name is not None and losses.get(self.loss_name).sd_consistent:
+            output = losses.get(self.loss_name).log_ratio(output)
+        return output
+
+    def call(self, inputs):
+        x, sigma = inputs
+        return (self.raw(x, sigma) - self.mean) / self.std
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
+            "loss": self.loss_name, "sigma_conditioned": self.sigma_conditioned,
+            "mean": self.mean, "std": self.std,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class FourierFeatures(keras.layers.Layer):
+    """Random Fourier features of x, damped as Gaussian smoothing at level σ damps them.
+
+    Column k of B is a random unit direction times 2π/ℓ_k, with length scales ℓ_k log-uniform on
+    [min_scale, max_scale] (Tancik et al. 2020). Each feature is multiplied by exp(−‖b_k‖²σ²/2), which is
+    exactly E[sin(b_k·(x + σn))] / sin(b_k·x) for n ~ N(0, I): a feature finer than σ cannot matter for
+    p_σ or q_σ, so it is switched off and cannot add high-frequency gradient noise at large σ. This lets an
+    MLP represent the log-ratio's sharp structure at small σ and stay smooth at large σ.
+
+    Input: [x, sigma] with sigma [batch, 1]. Output: [batch, 2·n_features].
+    """
+
+    def __init__(self, n_features=64, min_scale=0.05, max_scale=5.0, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_features = int(n_features)
+        self.min_scale = float(min_scale)
+        self.max_scale = float(max_scale)
+        self.seed = int(seed)
+
+    def build(self, input_shape):
+        self._build_frequencies(input_shape[0])
+
+    def _build_frequencies(self, x_shape):
+        dim = int(np.prod(x_shape[1:]))
+        rng = np.random.default_rng(self.seed)
+        directions = rng.normal(size=(dim, self.n_features))
+        directions /= np.linalg.norm(directions, axis=0, keepdims=True)
+        scales = np.exp(rng.uniform(np.log(self.min_scale), np.log(self.max_scale), self.n_features))
+        frequencies = (2 * np.pi * directions / scales).astype(np.float32)
+        self.frequencies = self.add_weight(name="frequencies", shape=(dim, self.n_features), trainable=False,
+                                           initializer=keras.initializers.Constant(frequencies))
+        self.half_sq_norms = self.add_weight(
+            name="half_sq_norms", shape=(self.n_features,), trainable=False,
+            initializer=keras.initializers.Constant(0.5 * (frequencies**2).sum(0)))
+
+    def call(self, inputs):
+        x, sigma = inputs
+        flat = keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
+        phases = keras.ops.matmul(flat, self.frequencies)
+        damping = keras.ops.exp(-keras.ops.square(sigma) * self.half_sq_norms[None, :])
+        return keras.ops.concatenate([keras.ops.sin(phases) * damping, keras.ops.cos(phases) * damping], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 2 * self.n_features)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"n_features": self.n_features, "min_scale": self.min_scale, "max_scale": self.max_scale,
+                       "seed": self.seed})
+        return config
+
+
+def calibration_discriminator(sample_shape, *, given=None, given_loss=None, reference=None, hidden=(256, 256, 256),
+                              fourier_features=0, fourier_scales=(0.05, 5.0), name="calibrated_discriminator"):
+    """A σ-conditioned MLP discriminator [x, sigma] -> logit, optionally fed the given discriminator's output.
+
+    Args:
+        sample_shape: shape of one sample.
+        given: the existing discriminator (frozen) to reuse as a feature, or None.
+        given_loss: the loss it was trained with (for its link), or None (raw output).
+        reference: samples used to standardise the given output (mean/std).
+        hidden: hidden widths.
+
+    Returns:
+        A functional ``keras.Model`` ``[x, sigma] -> [batch, 1]``.
+    """
+    x = keras.Input(shape=tuple(sample_shape), name="x")
+    sigma = keras.Input(shape=(1,), name="sigma")
+    embedding = SigmaEmbedding(name="sigma_embedding")(sigma)
+    features = [keras.layers.Flatten(name="flatten")(x) if len(sample_shape) > 1 else x, embedding]
+    if fourier_features:
+        features.append(FourierFeatures(fourier_features, *fourier_scales, name="fourier_features")([x, sigma]))
+    if given is not None:
+        conditioned = adapters.model_arity(given) == 2
+        feature = FrozenFeature(given, loss=given_loss, sigma_conditioned=conditioned, name="given_discriminator")
+        if reference is not None:
+            reference = tf.convert_to_tensor(reference, tf.float32)
+            raw = feature.raw(reference, tf.zeros([tf.shape(reference)[0], 1])).numpy()
+            feature.mean = float(np.mean(raw))
+            feature.std = float(np.std(raw)) or 1.0
+        features.append(feature([x, sigma]))
+    h = keras.layers.Concatenate(name="features")(features)
+    for index, width in enumerate(hidden):
+        h = keras.layers.Concatenate(name=f"concat_sigma_{index}")([h, embedding]) if index else h
+        h = keras.layers.Dense(width, activation="swish", name=f"dense_{index}")(h)
+    output = keras.layers.Dense(1, name="logit")(h)
+    return keras.Model([x, sigma], output, name=name)

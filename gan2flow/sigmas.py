@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from gan2flow import _checks
 
-__all__ = ["geometric", "linear", "karras", "constant", "validate", "diffusion_step_sizes"]
+__all__ = ["geometric", "linear", "karras", "constant", "validate", "diffusion_step_sizes", "range_from_data"]
 
 
 def _check_range(sigma_max, sigma_min, n):
@@ -141,3 +141,12 @@ def diffusion_step_sizes(sigmas, sigma_final=0.0):
         )
     following = tf.concat([sigmas[1:], tf.constant([sigma_final], tf.float32)], axis=0)
     return sigmas * (sigmas - following)
+
+
+def range_from_data(real):
+    """σ_max ≈ the data's RMS spread per coordinate × 1 (moves mass between modes); σ_min = σ_max / 100."""
+    real = np.asarray(real, np.float32)
+    flat = real.reshape(len(real), -1)
+    spread = float(np.sqrt(np.mean(np.var(flat, axis=0))))
+    spread = spread if spread > 0 else 1.0
+    return (spread / 100.0, spread)

@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks
+from gan2flow import _checks, adapters
 from gan2flow import estimators as _estimators
 from gan2flow import flows as _flows
 from gan2flow import losses as _losses
@@ -248,20 +248,8 @@ class SDGAN(keras.Model):
 
         self.generator = generator
         self.discriminator = discriminator
-        self.latent_shape = self._latent_shape(generator, latent_dim)
-        arity = _estimators._model_arity(discriminator)
-        if sigma_conditioned is None:
-            if arity not in (1, 2):
-                raise ValueError(
-                    "`sigma_conditioned` must be given (True or False): it cannot be inferred from a "
-                    f"discriminator with {'no Keras inputs' if arity is None else f'{arity} inputs'}."
-                )
-            sigma_conditioned = arity == 2
-        elif arity in (1, 2) and bool(sigma_conditioned) != (arity == 2):
-            raise ValueError(
-                f"`sigma_conditioned`={bool(sigma_conditioned)} contradicts the discriminator, which takes "
-                f"{'[x, sigma] (2 inputs)' if arity == 2 else 'x only (1 input)'}.")
-        self.sigma_conditioned = bool(sigma_conditioned)
+        self.latent_shape = adapters.latent_shape(generator, latent_dim)
+        self.sigma_conditioned = adapters.sigma_conditioning(discriminator, sigma_conditioned)
         self.replica_invariant_noise = bool(replica_invariant_noise)
         self._seed_generator = keras.random.SeedGenerator(seed, name="sdgan_seed_generator")
 
@@ -295,43 +283,13 @@ class SDGAN(keras.Model):
                 f"(T < -1). Use generator_objective in {list(allowed)} (-T)."
             )
 
-    @staticmethod
-    def _latent_shape(generator, latent_dim):
-        if latent_dim is not None:
-            if isinstance(latent_dim, numbers.Integral):
-                return (_checks.positive_int(latent_dim, "latent_dim"),)
-            try:
-                shape = tuple(int(_checks.positive_int(d, "latent_dim")) for d in latent_dim)
-            except TypeError:
-                raise ValueError(
-                    f"`latent_dim` must be an int or a shape tuple, got {latent_dim!r}."
-                ) from None
-            if not shape:
-                raise ValueError(
-                    f"`latent_dim` must be an int or a non-empty shape tuple, got {latent_dim!r}."
-                )
-            return shape
-        inputs = getattr(generator, "inputs", None)
-        if not inputs or len(inputs) != 1:
-            raise ValueError(
-                "`latent_dim` must be given: it cannot be inferred from a generator with "
-                f"{'no Keras inputs' if not inputs else f'{len(inputs)} inputs'}."
-            )
-        shape = tuple(inputs[0].shape[1:])
-        if not shape or any(d is None for d in shape):
-            raise ValueError(
-                f"`latent_dim` must be given: the generator input shape {tuple(inputs[0].shape)} is not "
-                "fully defined."
-            )
-        return shape
-
     def _sample_shape(self):
         """The generator's sample shape, checked against the discriminator's x input when that is known."""
         try:
             shape = tuple(self.generator.output_shape[1:])
         except (AttributeError, ValueError, TypeError):
             shape = tuple(self.generator(tf.zeros((1,) + self.latent_shape), training=False).shape[1:])
-        expected = _estimators._input_sample_shape(self.discriminator)
+        expected = adapters.input_sample_shape(self.discriminator)
         if expected is not None and not _checks.shapes_compatible(shape, expected):
             raise ValueError(f"`discriminator` takes samples of shape {expected}, but `generator` makes samples "
                              f"of shape {shape}.")

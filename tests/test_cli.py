@@ -194,7 +194,7 @@ def test_train_on_images_uses_conv_models(tmp_path):
     np.save(tmp_path / "images.npy", images)
     assert cli.main(["train", "--data", str(tmp_path / "images.npy"), "--epochs", "1", "--batch-size", "32",
                      "--objective", "flow_regression", "--out", str(tmp_path / "run")]) == 0
-    generator = gan2flow.conversion.load_keras_model(str(tmp_path / "run/generator.keras"), "generator")
+    generator = gan2flow.adapters.load_model(str(tmp_path / "run/generator.keras"), "generator")
     assert generator.output_shape == (None, 8, 8, 1) and generator.input_shape == (None, 16)
     with open(tmp_path / "run/history.json") as handle:
         assert json.load(handle)["settings"]["model"] == "conv"
@@ -226,8 +226,8 @@ def test_a_killed_training_run_resumes_to_the_same_result(tmp_path):
                              text=True, env=env, timeout=600)
     assert "resuming the interrupted run" in resumed.stdout
     for name in ("generator", "discriminator"):
-        whole = gan2flow.conversion.load_keras_model(str(tmp_path / f"whole/{name}.keras"), name)
-        killed = gan2flow.conversion.load_keras_model(str(tmp_path / f"killed/{name}.keras"), name)
+        whole = gan2flow.adapters.load_model(str(tmp_path / f"whole/{name}.keras"), name)
+        killed = gan2flow.adapters.load_model(str(tmp_path / f"killed/{name}.keras"), name)
         for a, b in zip(whole.get_weights(), killed.get_weights()):
             np.testing.assert_array_equal(a, b)
     whole_history = json.loads((tmp_path / "whole/history.json").read_text())["history"]

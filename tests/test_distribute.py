@@ -101,7 +101,7 @@ def test_drift_term_is_the_kernel_estimators_arithmetic():
 def _gan_flow(seed=0):
     keras.utils.set_random_seed(seed)
     generator = models.mlp_generator(3, (2,), hidden=(8,))
-    discriminator = gan2flow.conversion.calibration_discriminator((2,), hidden=(8,))
+    discriminator = gan2flow.models.calibration_discriminator((2,), hidden=(8,))
     return gan2flow.GANFlow(generator, discriminator, sigma_range=(0.05, 1.0), latent_shape=(3,))
 
 

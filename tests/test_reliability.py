@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gan2flow
-from gan2flow import cli, conversion, flows, models
+from gan2flow import adapters, cli, conversion, flows, models
 from gan2flow import sigmas as schedules
 
 tfd = tfp.distributions
@@ -341,7 +341,7 @@ BAD_CALLS = [
     ("load-wrong-kind", lambda k: gan2flow.load(k["files"]["generator.keras"]), ValueError,
      r"`path`: .*generator.keras' holds a Functional, not a gan2flow GANFlow"),
     ("load-h5", lambda k: gan2flow.load(k["files"]["model.h5"]), ValueError, r"`path` must be a .keras model file"),
-    ("load-model-kind", lambda k: conversion.load_keras_model(["G.keras"], "generator"), ValueError,
+    ("load-model-kind", lambda k: adapters.load_model(["G.keras"], "generator"), ValueError,
      r"`generator` must be a keras.Model or a path to a .keras file, got list"),
     # conversion: GANFlow ---------------------------------------------------------------------------
     ("ganflow-sample-n", lambda k: k["flow"].sample(0, seed=0), ValueError, r"`n` must be an integer >= 1, got 0"),

@@ -1,0 +1,167 @@
+"""One adapter for what a user hands in: Keras models (objects or ``.keras`` paths) and ``.npy`` arrays.
+
+Every entry point that accepts a user's model or data goes through here, so a model is loaded, its
+inputs counted, its σ-conditioning inferred and its output normalised the same way everywhere
+(estimators, training, losses, conversion, the command line):
+
+- :func:`load_model`: a ``keras.Model`` or a path to a ``.keras`` file, with clear errors;
+- :func:`load_array`: an array or a path to a ``.npy`` file of samples ``[n, ...]``;
+- :func:`model_arity`, :func:`input_sample_shape`: what a model takes;
+- :func:`sigma_conditioning`: whether a discriminator takes ``[x, sigma]`` (given, inferred, or contradicted);
+- :func:`latent_shape`: a generator's latent shape (given or inferred);
+- :func:`output_column`: a discriminator's raw output as ``[batch, 1]``.
+
+Each raises ``ValueError`` (``FileNotFoundError`` for a missing file) naming the argument.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gan2flow import _checks
+
+__all__ = ["load_model", "load_array", "model_arity", "input_sample_shape", "sigma_conditioning", "latent_shape",
+           "output_column"]
+
+
+def load_model(value, name):
+    """A Keras model given as an object or a ``.keras`` path (clear errors for missing/corrupt files)."""
+    if isinstance(value, keras.Model):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected a .keras model file).")
+        if not path.endswith(".keras"):
+            raise ValueError(f"`{name}` must be a .keras model file, got {path!r}.")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"`{name}`: {path!r} is not a readable .keras model file ({first}).") from None
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"`{name}`: {path!r} holds a {type(model).__name__}, expected a keras.Model.")
+        return model
+    raise ValueError(f"`{name}` must be a keras.Model or a path to a .keras file, got {type(value).__name__}.")
+
+
+def load_array(value, name):
+    """Samples ``[n, ...]`` as a finite float32 NumPy array, from an array or a ``.npy`` path.
+
+    Raises:
+        FileNotFoundError: a path with no file.
+        ValueError: an unreadable file, an ``.npz`` archive, non-numbers, no batch axis, no rows or NaN/Inf.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected a .npy array).")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"`{name}`: {path!r} is not a readable .npy array ({first}).") from None
+        if not isinstance(array, np.ndarray):  # an .npz archive
+            raise ValueError(f"`{name}`: {path!r} holds several arrays (.npz); save one array with numpy.save.")
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"`{name}`: {path!r} must hold numbers, got dtype {array.dtype}.")
+        if array.ndim < 2 or len(array) == 0:
+            raise ValueError(
+                f"`{name}`: {path!r} must hold samples as rows, shape [n, ...] with n >= 1; got shape {array.shape}.")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"`{name}`: {path!r} holds NaN or infinite values.")
+        return array.astype(np.float32)
+    return _checks.as_float_tensor(value, name, min_rank=2).numpy()
+
+
+def model_arity(model):
+    """How many inputs a Keras model declares (None for a model without Keras ``inputs``)."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return len(inputs) if isinstance(inputs, (list, tuple)) else 1
+    return None
+
+
+def input_sample_shape(model):
+    """The sample shape of a Keras model's x input (its only input, or the first of [x, sigma]); None if unknown."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):  # e.g. a Sequential model not called yet
+        inputs = getattr(model, "inputs", None)
+        if not inputs or len(inputs) != 1:
+            return None
+        structure = inputs[0]
+    if isinstance(structure, (list, tuple)):
+        structure = structure[0]
+    shape = getattr(structure, "shape", None)
+    return None if shape is None or isinstance(structure, dict) else tuple(shape[1:])
+
+
+def sigma_conditioning(model, sigma_conditioned=None, name="discriminator"):
+    """Whether ``model`` takes ``[x, sigma]``: ``sigma_conditioned`` checked against its inputs, or inferred.
+
+    Raises:
+        ValueError: more than two inputs; None for a model without Keras ``inputs`` (cannot infer); or a
+            value that contradicts the model's inputs.
+    """
+    arity = model_arity(model)
+    if arity is not None and arity not in (1, 2):
+        raise ValueError(f"`{name}` must take x or [x, sigma], got a model with {arity} inputs.")
+    if sigma_conditioned is None:
+        if arity is None:
+            raise ValueError(
+                "`sigma_conditioned` must be given (True or False) for a discriminator without Keras "
+                f"`inputs` (got a {type(model).__name__}).")
+        return arity == 2
+    if arity is not None and bool(sigma_conditioned) != (arity == 2):
+        raise ValueError(
+            f"`sigma_conditioned`={bool(sigma_conditioned)} contradicts the {name}, which takes "
+            f"{'[x, sigma] (2 inputs)' if arity == 2 else 'x only (1 input)'}; pass "
+            f"sigma_conditioned={arity == 2} or None (inferred).")
+    return bool(sigma_conditioned)
+
+
+def latent_shape(generator, latent_dim=None):
+    """A generator's latent shape (without batch): ``latent_dim`` checked, or inferred from its one input."""
+    if latent_dim is not None:
+        if isinstance(latent_dim, numbers.Integral):
+            return (_checks.positive_int(latent_dim, "latent_dim"),)
+        try:
+            shape = tuple(int(_checks.positive_int(d, "latent_dim")) for d in latent_dim)
+        except TypeError:
+            raise ValueError(f"`latent_dim` must be an int or a shape tuple, got {latent_dim!r}.") from None
+        if not shape:
+            raise ValueError(f"`latent_dim` must be an int or a non-empty shape tuple, got {latent_dim!r}.")
+        return shape
+    inputs = getattr(generator, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        raise ValueError(
+            "`latent_dim` must be given: it cannot be inferred from a generator with "
+            f"{'no Keras inputs' if not inputs else f'{len(inputs)} inputs'}.")
+    shape = tuple(inputs[0].shape[1:])
+    if not shape or any(d is None for d in shape):
+        raise ValueError(
+            f"`latent_dim` must be given: the generator input shape {tuple(inputs[0].shape)} is not fully defined.")
+    return shape
+
+
+def output_column(output, name):
+    """A model's raw output as a [batch, 1] tensor: one output (a 1-element list/tuple/dict is unwrapped)
+    of shape [batch, 1] or [batch]; anything else raises ValueError naming ``name``."""
+    if isinstance(output, (list, tuple, dict)):
+        if len(output) != 1:
+            raise ValueError(f"`{name}` must return a single output (one raw output per sample), got {len(output)} "
+                             "outputs.")
+        output = list(output.values())[0] if isinstance(output, dict) else output[0]
+    output = tf.convert_to_tensor(output)
+    if output.shape.rank == 2 and output.shape[1] == 1:
+        return output
+    if output.shape.rank == 1:
+        return output[:, None]
+    raise ValueError(
+        f"`{name}` must return one raw output per sample, shape [batch, 1] or [batch]; got shape "
+        f"{tuple(output.shape)}.")
