@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, _progress, adapters, estimators, flows, losses, metrics, models, training
+from gan2flow import _checks, adapters, distribute, estimators, flows, losses, metrics, models, training
 from gan2flow.diagnostics import diagnose, format_diagnostics
 from gan2flow import sigmas as schedules
 from gan2flow.training import SDGAN
@@ -63,7 +63,6 @@ class GANFlow(keras.Model):
         self.diagnostics = diagnostics or {}
         self.estimator = estimators.DiscriminatorScoreDifference(discriminator, loss="logistic",
                                                                  sigma_conditioned=True)
-        self._kernels = {}
         self._latent_estimators = {}
         self.built = True
 
@@ -147,16 +146,6 @@ class GANFlow(keras.Model):
         """The refinement schedule: geometric over the calibrated σ range."""
         return schedules.geometric(self.sigma_range[1], self.sigma_range[0], levels)
 
-    def _drift_corrected(self, initial, block_size):
-        """The calibrated SD plus a kernel term ∇log q₀,σ − ∇log q_t,σ (§7); reuses compiled flows."""
-        key = (tuple(initial.shape), block_size)
-        if key not in self._kernels:
-            kernel = estimators.KernelScoreDifference(initial, source=None, block_size=block_size)
-            self._kernels[key] = (kernel, estimators.ScoreDifferenceSum(self.estimator, kernel))
-        else:
-            self._kernels[key][0].assign_target(initial)
-        return self._kernels[key][1]
-
     def refine(self, x, *, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.5, drift_correction=True,
                drift_min_sigma=None, method="euler", noise_scale=0.0, seed=None, batch_size=None,
                kernel_block_size=1024, verbose=False, callback=None, on_divergence="raise", strategy=None):
@@ -194,45 +183,23 @@ class GANFlow(keras.Model):
         sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
         if drift_min_sigma is not None:
             drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
-        # Checked here, before any chunk's work; the seed is resolved once for all chunks and both phases.
-        steps_per_sigma = _checks.positive_int(steps_per_sigma, "steps_per_sigma")
-        step_scale = _checks.positive_float(step_scale, "step_scale")
-        noise_scale = _checks.positive_float(noise_scale, "noise_scale", allow_zero=True)
-        method = _checks.one_of(method, "method", flows.METHODS)
-        on_divergence = _checks.one_of(on_divergence, "on_divergence", flows._ON_DIVERGENCE)
-        seed = flows._resolve_seed(seed, noise_scale)
+        plan = flows.make_plan(x, self.estimator, sigmas, step_scale=step_scale, steps_per_sigma=steps_per_sigma,
+                               method=method, noise_scale=noise_scale, seed=seed, on_divergence=on_divergence,
+                               kernel_block_size=kernel_block_size)
+        phases = None
+        if drift_correction:
+            def phases(chunk_plan, part):
+                """Drift-corrected levels σ ≥ the threshold (the chunk's starting samples as q₀), then plain ones."""
+                threshold = (2.0 * metrics.median_neighbour_distance(part.numpy()) if drift_min_sigma is None
+                             else drift_min_sigma)
+                corrected = int(np.sum(chunk_plan.sigmas >= threshold))
+                return [chunk_plan.levels(0, corrected).replace(drift_correction=True), chunk_plan.levels(corrected)]
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
-            from gan2flow import distribute
-            return distribute.refine(
-                self, x, strategy=strategy, sigmas=sigmas, steps_per_sigma=steps_per_sigma, step_scale=step_scale,
-                drift_correction=drift_correction, drift_min_sigma=drift_min_sigma, method=method,
-                noise_scale=noise_scale, seed=seed, batch_size=batch_size, kernel_block_size=kernel_block_size,
-                verbose=verbose, callback=callback, on_divergence=on_divergence)
-        kwargs = dict(steps_per_sigma=steps_per_sigma, step_scale=step_scale, method=method,
-                      noise_scale=noise_scale, callback=callback, on_divergence=on_divergence, verbose=verbose)
-        chunk = int(x.shape[0]) if batch_size is None else _checks.positive_int(batch_size, "batch_size")
-        if not drift_correction:
-            return _progress.flow_with_progress(x, self.estimator, sigmas, label="refining in data space",
-                                                seed=seed, batch_size=chunk, **kwargs)[0]
-        values = sigmas.numpy()
-        parts = []
-        # Noise is keyed by the global row and step, so each chunk and phase draws its own part of the
-        # noise of one uninterrupted flow (chunks only differ from it through the drift term's coupling).
-        for start in range(0, int(x.shape[0]), chunk):
-            part = x[start:start + chunk]
-            threshold = metrics.median_neighbour_distance(part.numpy()) * 2.0 if drift_min_sigma is None else drift_min_sigma
-            corrected, plain = values[values >= threshold], values[values < threshold]
-            if len(corrected):
-                part = _progress.flow_with_progress(
-                    part, self._drift_corrected(part, kernel_block_size), corrected, seed=seed, row_offset=start,
-                    label=f"refining in data space, drift-corrected (sigma >= {threshold:.3g})", **kwargs)[0]
-            if len(plain):
-                part = _progress.flow_with_progress(
-                    part, self.estimator, plain, seed=seed, row_offset=start,
-                    step_offset=len(corrected) * int(steps_per_sigma),
-                    label="refining in data space, final levels", **kwargs)[0]
-            parts.append(part)
-        return tf.concat(parts, axis=0)
+            if callback is not None:
+                raise ValueError("`callback` is not supported under a strategy; refine on one device to trace steps.")
+            return distribute.run(plan, x, strategy=strategy, phases=phases, batch_size=batch_size, verbose=verbose)
+        return flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback,
+                         progress="refining in data space" if verbose else None)[0]
 
     def jacobian_scale(self, n=256, seed=0):
         """RMS stretch of the generator, sqrt(E‖J_G(z) u‖²) for z ~ p₀ and random unit u (data units per
@@ -283,15 +250,15 @@ class GANFlow(keras.Model):
         # Capped at 0.5: beyond η = 2 the prior term alone (z ← (1 − η) z) is unstable, and unadjusted Langevin
         # is biased well before that; a generator that barely stretches its latent would otherwise get huge steps.
         step_sizes = tf.minimum(step_scale * tf.square(sigmas) / self.jacobian_scale() ** 2, _MAX_LATENT_STEP)
+        plan = flows.make_plan(z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma,
+                               noise_scale=noise_scale, seed=seed, on_divergence=on_divergence)
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
-            from gan2flow import distribute
-            return distribute.flow(
-                z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma, noise_scale=noise_scale,
-                seed=seed, batch_size=batch_size, callback=callback, on_divergence=on_divergence, strategy=strategy)
-        return _progress.flow_with_progress(
-            z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma, noise_scale=noise_scale,
-            seed=seed, batch_size=batch_size, callback=callback, verbose=verbose, on_divergence=on_divergence,
-            label="refining in latent space")[0]
+            if callback is not None:
+                raise ValueError("`callback` is not supported under a strategy (it would stop every replica at every "
+                                 "step); use gan2flow.flow on one device to trace a flow step by step.")
+            return distribute.run(plan, z, strategy=strategy, batch_size=batch_size)
+        return flows.run(plan, z, batch_size=batch_size, callback=callback,
+                         progress="refining in latent space" if verbose else None)[0]
 
     # density ratio -----------------------------------------------------------------------------
     def log_ratio(self, x, sigma=None):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from gan2flow import _io, _progress, estimators, metrics, plotting, toys
+from gan2flow import _io, estimators, flows, metrics, plotting, toys
 from gan2flow import sigmas as schedules
 
 __all__ = ["gan_demo", "kernel_demo", "format_table", "train_plain_gan"]
@@ -59,9 +59,8 @@ def kernel_demo(out_dir="gan2flow-out/kernel-demo", *, n=2000, n_target=4000, le
     x0 = np.random.default_rng(seed).normal(size=(n, 2)).astype(np.float32)
     estimator = estimators.KernelScoreDifference(target, block_size=1024)
     sigmas = schedules.geometric(sigma_max, sigma_min, levels)
-    final, path = _progress.flow_with_progress(
-        x0, estimator, sigmas, label="kernel SD flow N(0, I) -> grid25", verbose=verbose, record=True,
-        step_scale=step_scale, steps_per_sigma=steps_per_sigma)
+    plan = flows.make_plan(x0, estimator, sigmas, step_scale=step_scale, steps_per_sigma=steps_per_sigma)
+    final, path = flows.run(plan, x0, record=True, progress="kernel SD flow N(0, I) -> grid25" if verbose else None)
     final, path = final.numpy(), path.numpy()
     rows = {
         "before (N(0, I))": metrics.summarize(x0, held_out, centers=centers, std=stds, seed=seed),

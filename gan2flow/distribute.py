@@ -4,7 +4,9 @@
     x = gan2flow.distribute.flow(x0, estimator, sigmas, strategy=strategy, batch_size=4096, seed=0)
     x = gan_flow.refine(x0, strategy=strategy, batch_size=4096, seed=0)      # GANFlow, same engine
 
-The rows of ``x`` are cut into chunks of ``batch_size`` rows (default ``ceil(n / replicas)``: one chunk
+This is one more way of *executing* a flow plan (``gan2flow.flows``): :func:`run` takes a
+:class:`~gan2flow.flows.FlowPlan` (and, optionally, the phases each chunk runs, as ``flows.run`` does) and
+runs the same compiled loop on every replica. The rows of ``x`` are cut into chunks of ``batch_size`` rows (default ``ceil(n / replicas)``: one chunk
 per replica) and dealt round-robin: in round ``j`` replica ``r`` flows chunk ``j·R + r``, all replicas at
 once in one ``strategy.run``. Each chunk runs the same compiled flow loop as :func:`gan2flow.flow`
 (``gan2flow.flows``), with its noise keyed by the *global* row index, so the result equals the
@@ -22,13 +24,11 @@ from __future__ import annotations
 import weakref
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, estimators, flows
-from gan2flow import sigmas as _sigmas
+from gan2flow import _checks, flows
 
-__all__ = ["flow", "refine", "chunk_bounds"]
+__all__ = ["run", "flow", "refine", "chunk_bounds"]
 
 _PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -68,15 +68,15 @@ def _program(strategy, estimator, key, build):
     if entry is None or entry[0]() is not strategy:
         replica_fn = build()
 
-        def run_round(inputs, shared):
-            return strategy.run(replica_fn, args=(inputs, shared))
+        def run_round(inputs):
+            return strategy.run(replica_fn, args=(inputs,))
 
         entry = (weakref.ref(strategy), tf.function(run_round))
         cache[key] = entry
     return entry[1]
 
 
-def _run_rounds(strategy, program, chunk_inputs, empty_inputs, shared, progress=None):
+def _run_rounds(strategy, program, chunk_inputs, empty_inputs, progress=None):
     """Run ``program`` over all chunks, one chunk per replica per round.
 
     Returns, per chunk and in chunk order, the replica function's outputs as host tensors.
@@ -90,7 +90,7 @@ def _run_rounds(strategy, program, chunk_inputs, empty_inputs, shared, progress=
         inputs = strategy.experimental_distribute_values_from_function(
             lambda context, values=round_inputs: values[context.replica_id_in_sync_group])
         try:
-            result = program(inputs, shared)
+            result = program(inputs)
         except tf.errors.InvalidArgumentError as error:
             if "Trying to access resource" not in str(error):
                 raise
@@ -127,12 +127,87 @@ def _split_gathered(stacked, round_inputs, replicas):
     return chunks
 
 
-def _padded_schedule(values, step_scale, bucket):
-    """A chunk's (σ's, η's = step_scale·σ², level count), padded to the shared bucket length."""
-    sigmas = tf.constant(values, tf.float32)
-    fill = float(values[-1]) if len(values) else 1.0
-    return (flows._pad_schedule(sigmas, bucket, fill), flows._pad_schedule(step_scale * tf.square(sigmas), bucket, 0.0),
-            tf.constant(len(values), tf.int32))
+def _structure(plans, jit_compile):
+    """What must be the same for every chunk of a sharded run: one compiled loop per phase."""
+    return tuple((plan.method, plan.noise_scale > 0, plan.drift_correction, str(plan.kernel_block_size),
+                  bool(jit_compile)) for plan in plans)
+
+
+def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, verbose=False):
+    """Execute a :class:`gan2flow.flows.FlowPlan` with the rows of ``x`` sharded over ``strategy``'s replicas.
+
+    Chunks of ``batch_size`` rows are dealt round-robin (module docstring); on its replica each chunk runs
+    its phases (``phases(chunk_plan, chunk)``, default ``[chunk_plan]``, as in :func:`gan2flow.flows.run`)
+    one after the other with the compiled loop of ``gan2flow.flows``, the drift correction's starting
+    samples being the chunk before its first phase. Noise keeps its global keys, so the result equals
+    ``gan2flow.flows.run(plan, x, phases=phases, batch_size=batch_size)`` on one device.
+
+    Args:
+        plan: the plan for the whole of x.
+        x: samples [n, ...] in host memory (the same on every worker).
+        strategy: a ``tf.distribute.Strategy``.
+        phases: optional callable (chunk_plan, chunk) -> list of plans; every chunk must get the same number
+            of phases with the same structure (estimator, method, noise on/off, drift correction).
+        batch_size: rows per chunk; None: ``ceil(n / replicas)``.
+        jit_compile: compile the loop with XLA.
+        verbose: a progress bar over samples (per round).
+
+    Returns:
+        float32 tensor shaped like x, on the host.
+
+    Raises:
+        ValueError: bad arguments.
+        FlowDivergenceError: a chunk diverged (the first in row order).
+    """
+    strategy = _check_strategy(strategy)
+    with tf.device("/cpu:0"):
+        x = _checks.as_float_tensor(x, "x", min_rank=2)
+    n = int(x.shape[0])
+    if n == 0 or plan.n_levels == 0:
+        return tf.identity(x)
+    bounds = chunk_bounds(n, strategy.num_replicas_in_sync, batch_size)
+    chunks = []
+    for start, stop in bounds:
+        part = x[start:stop]
+        chunk_plan = plan.rows(start)
+        chunks.append((part, [chunk_plan] if phases is None else list(phases(chunk_plan, part))))
+    first = chunks[0][1]
+    structure = _structure(first, jit_compile)
+    if any(_structure(plans, jit_compile) != structure for _, plans in chunks):
+        raise ValueError("`phases` must give every chunk the same phases (estimators, methods, noise, drift).")
+    bucket = max(flows.schedule_bucket(p.n_levels) for _, plans in chunks for p in plans)
+    with tf.device("/cpu:0"):
+        chunk_inputs = [(part, *[flows.padded_schedule(p, bucket) for p in plans]) for part, plans in chunks]
+        empty = (x[:0], *[flows.padded_schedule(p.levels(0, 0), bucket) for p in first])
+
+    def build():
+        loops = [flows.compiled_loop(p, jit_compile=jit_compile) for p in first]
+
+        def replica_fn(inputs):
+            part, schedules = inputs[0], inputs[1:]
+            reference = part
+            bad_steps, scales = [], []
+            for loop, schedule in zip(loops, schedules):
+                part, bad_step, scale, _ = loop(part, reference, **schedule)
+                bad_steps.append(bad_step)
+                scales.append(scale)
+            return part, tf.stack(bad_steps), tf.stack(scales)
+
+        return replica_fn
+
+    program = _program(strategy, plan.estimator, ("run",) + structure, build)
+    bar = None
+    if verbose:
+        print("flowing on " + f"{strategy.num_replicas_in_sync} replica(s)")
+        bar = keras.utils.Progbar(n, unit_name="sample")
+    progress = None if bar is None else (lambda done: bar.update(bounds[done - 1][1]))
+    outputs = _run_rounds(strategy, program, chunk_inputs, empty, progress=progress)
+    for (result, bad_steps, scales), (_, plans) in zip(outputs, chunks):
+        for index, phase in enumerate(plans):
+            if int(bad_steps[index]) >= 0:
+                flows.raise_divergence(phase, int(bad_steps[index]), float(scales[index]))
+    with tf.device("/cpu:0"):
+        return tf.concat([result for result, _, _ in outputs], axis=0)
 
 
 def flow(x, estimator, sigmas, *, strategy, batch_size=None, step_scale=0.5, step_sizes=None, steps_per_sigma=1,
@@ -176,194 +251,22 @@ def flow(x, estimator, sigmas, *, strategy, batch_size=None, step_scale=0.5, ste
         raise ValueError("`callback` is not supported under a strategy (it would stop every replica at every "
                          "step); use gan2flow.flow on one device to trace a flow step by step.")
     with tf.device("/cpu:0"):
-        (x, sigmas, etas, steps_per_sigma, method, noise_scale, seed, on_divergence, max_backoffs, bound,
-         batch_size) = flows._prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, method,
-                                      noise_scale, seed, on_divergence, max_backoffs, divergence_bound, batch_size)
-    n = int(x.shape[0])
-    n_levels = int(sigmas.shape[0])
-    if n_levels == 0 or n == 0:
-        return tf.identity(x)
-    noisy = noise_scale > 0
-    bucket = flows._bucket(n_levels)
-    shared = (
-        flows._pad_schedule(sigmas, bucket, float(sigmas[-1])), flows._pad_schedule(etas, bucket, 0.0),
-        tf.constant(n_levels, tf.int32), tf.constant(steps_per_sigma, tf.int32),
-        tf.constant(noise_scale, tf.float32), tf.constant(seed, tf.int64), tf.constant(bound, tf.float32),
-        tf.constant(max_backoffs if on_divergence == "backoff" else 0, tf.int32),
-    )
-
-    def build():
-        runner = flows._runner(estimator, method, False, noisy, jit_compile)
-
-        def replica_fn(inputs, shared):
-            part, offset = inputs
-            padded_sigmas, padded_etas, levels, steps, scale_noise, key, limit, backoffs = shared
-            result, bad_step, _, scale, _ = runner(
-                part, padded_sigmas, padded_etas, levels, steps, noise_scale=scale_noise, seed=key,
-                offset=offset, step_offset=tf.constant(0, tf.int32), bound=limit, max_backoffs=backoffs)
-            return result, tf.reshape(bad_step, [1]), tf.reshape(scale, [1])
-
-        return replica_fn
-
-    program = _program(strategy, estimator, ("flow", method, noisy, bool(jit_compile)), build)
-    bounds = chunk_bounds(n, strategy.num_replicas_in_sync, batch_size)
-    chunk_inputs = [(x[start:stop], tf.constant(start, tf.int64)) for start, stop in bounds]
-    outputs = _run_rounds(strategy, program, chunk_inputs, (x[:0], tf.constant(0, tf.int64)), shared)
-    for result, bad_step, scale in outputs:
-        if int(bad_step[0]) >= 0:
-            flows._raise_divergence(int(bad_step[0]), steps_per_sigma, sigmas, etas, float(scale[0]),
-                                    on_divergence, max_backoffs)
-    with tf.device("/cpu:0"):
-        return tf.concat([result for result, _, _ in outputs], axis=0)
-
-
-class _DriftTerm:
-    """∇log q₀,σ − ∇log q_t,σ from a chunk's starting samples, held as tensors (not variables).
-
-    The arithmetic of ``KernelScoreDifference(initial, source=None, block_size=...)``: centre on the
-    starting samples' mean, mean-shift denoisers of the starting samples and of the current particles.
-    """
-
-    def __init__(self, initial, block_size):
-        flat = tf.reshape(initial, [tf.shape(initial)[0], -1])
-        self._center = tf.reduce_mean(flat, axis=0)
-        self._target = flat - self._center
-        self._target_half_sq = 0.5 * tf.reduce_sum(tf.square(self._target), axis=1)
-        self._block_size = block_size
-
-    def __call__(self, x, sigma):
-        x = tf.convert_to_tensor(x, tf.float32)
-        sigma = tf.convert_to_tensor(sigma, tf.float32)
-        flat = tf.reshape(x, [tf.shape(x)[0], -1]) - self._center
-        target_mean = estimators.kernel_denoise(flat, self._target, sigma, block_size=self._block_size,
-                                                samples_half_sq_norm=self._target_half_sq)
-        source_mean = estimators.kernel_denoise(flat, flat, sigma, block_size=self._block_size)
-        return tf.reshape((target_mean - source_mean) / tf.square(sigma), tf.shape(x))
-
-
-def _default_bound(x, sigma_max):
-    """The default divergence bound of :func:`gan2flow.flow`, 1000·(1 + max|x| + 10·σ_max), in-graph."""
-    largest = tf.cond(tf.size(x) > 0, lambda: tf.reduce_max(tf.abs(x)), lambda: tf.constant(0.0))
-    return 1e3 * (1.0 + largest + 10.0 * sigma_max)
-
-
-def refine(gan_flow, x, *, strategy, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.5,
-           drift_correction=True, drift_min_sigma=None, method="euler", noise_scale=0.0, seed=None, batch_size=None,
-           kernel_block_size=1024, verbose=False, callback=None, on_divergence="raise"):
-    """:meth:`gan2flow.GANFlow.refine` with the chunks of ``x`` spread over the replicas of ``strategy``.
-
-    ``GANFlow.refine(..., strategy=strategy)`` calls this. Every chunk of ``batch_size`` rows is refined
-    exactly as ``GANFlow.refine`` refines it on one device (drift-corrected levels σ ≥ the chunk's
-    threshold with its own starting samples as q₀, then the plain levels), one chunk per replica per
-    round, so the result equals ``gan_flow.refine(x, batch_size=batch_size, ...)``, noise included (with
-    ``on_divergence="backoff"``: the one-device call with ``verbose=False``, whose halved step sizes, like
-    these, last to the end of each phase rather than of a progress-bar segment).
-    The drift correction couples the samples *within* a chunk; with ``batch_size=None`` the chunk is
-    ``ceil(n / replicas)`` rows here, not all n as on one device.
-
-    Args:
-        gan_flow: a :class:`gan2flow.GANFlow`.
-        x: samples [n, *sample_shape] (host memory; the same on every worker).
-        strategy: a ``tf.distribute.Strategy``.
-        sigmas, levels, steps_per_sigma, step_scale, drift_correction, drift_min_sigma, method,
-        noise_scale, seed, batch_size, kernel_block_size, on_divergence: as ``GANFlow.refine``.
-        verbose: a progress bar over samples (per round).
-        callback: must be None (see :func:`flow`).
-
-    Returns:
-        float32 tensor shaped like x.
-
-    Raises:
-        ValueError: bad arguments.
-        FlowDivergenceError: a chunk diverged.
-    """
-    strategy = _check_strategy(strategy)
-    if callback is not None:
-        raise ValueError("`callback` is not supported under a strategy; refine on one device to trace steps.")
-    with tf.device("/cpu:0"):
         x = _checks.as_float_tensor(x, "x", min_rank=2)
-    if tuple(x.shape[1:]) != tuple(gan_flow.sample_shape):
-        raise ValueError(f"`x` must have shape [batch, {', '.join(map(str, gan_flow.sample_shape))}], "
-                         f"got {tuple(x.shape)}.")
-    sigmas = gan_flow.default_sigmas(levels) if sigmas is None else _sigmas.validate(sigmas)
-    n = int(x.shape[0])
-    replicas = strategy.num_replicas_in_sync
+        plan = flows.make_plan(x, estimator, sigmas, step_scale=step_scale, step_sizes=step_sizes,
+                               steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
+                               on_divergence=on_divergence, max_backoffs=max_backoffs,
+                               divergence_bound=divergence_bound)
     if batch_size is not None:
         batch_size = _checks.positive_int(batch_size, "batch_size")
-    if not drift_correction:
-        return flow(x, gan_flow.estimator, sigmas, strategy=strategy, batch_size=batch_size,
-                    steps_per_sigma=steps_per_sigma, step_scale=step_scale, method=method, noise_scale=noise_scale,
-                    seed=seed, on_divergence=on_divergence)
-    if drift_min_sigma is not None:
-        drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
-    step_scale = _checks.positive_float(step_scale, "step_scale")
-    steps_per_sigma = _checks.positive_int(steps_per_sigma, "steps_per_sigma")
-    method = _checks.one_of(method, "method", flows.METHODS)
-    noise_scale = _checks.positive_float(noise_scale, "noise_scale", allow_zero=True)
-    on_divergence = _checks.one_of(on_divergence, "on_divergence", flows._ON_DIVERGENCE)
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
-    seed = _checks.positive_int(seed, "seed", allow_zero=True)
-    values = sigmas.numpy()
-    if n == 0 or values.size == 0:
-        return tf.identity(x)
+    return run(plan, x, strategy=strategy, batch_size=batch_size, jit_compile=jit_compile)
 
-    from gan2flow.conversion import _spacing  # lazy: conversion imports this module lazily too
 
-    bucket = flows._bucket(len(values))
-    noisy = noise_scale > 0
-    max_backoffs = 8
-    bounds = chunk_bounds(n, replicas, batch_size)
-    chunk_inputs, schedules = [], []
-    for start, stop in bounds:
-        part = x[start:stop]
-        threshold = _spacing(part.numpy()) * 2.0 if drift_min_sigma is None else drift_min_sigma
-        corrected, plain = values[values >= threshold], values[values < threshold]
-        schedules.append((corrected, plain))
-        # Noise keyed by global row (and, in the plain phase, steps after the corrected ones), as GANFlow.refine.
-        chunk_inputs.append((part, tf.constant(start, tf.int64), *_padded_schedule(corrected, step_scale, bucket),
-                             *_padded_schedule(plain, step_scale, bucket)))
-    nothing = _padded_schedule(values[:0], step_scale, bucket)
-    empty = (x[:0], tf.constant(0, tf.int64), *nothing, *nothing)
-    shared = (tf.constant(steps_per_sigma, tf.int32), tf.constant(noise_scale, tf.float32),
-              tf.constant(seed, tf.int64),
-              tf.constant(max_backoffs if on_divergence == "backoff" else 0, tf.int32))
-    block_size = estimators._block_size(kernel_block_size)
+def refine(gan_flow, x, *, strategy, **options):
+    """``gan_flow.refine(x, strategy=strategy, **options)``: :meth:`gan2flow.GANFlow.refine` with the chunks of
+    ``x`` spread over the replicas of ``strategy`` (kept for compatibility; the method is the one place).
 
-    def build():
-        plain_runner = flows._runner(gan_flow.estimator, method, False, noisy, jit_compile=True)
-
-        def replica_fn(inputs, shared):
-            part, offset, c_sigmas, c_etas, n_corrected, p_sigmas, p_etas, n_plain = inputs
-            steps, scale_noise, key, backoffs = shared
-            corrected_estimator = estimators.ScoreDifferenceSum(gan_flow.estimator, _DriftTerm(part, block_size))
-            corrected_runner = flows._build_runner(corrected_estimator, method, False, noisy, True)
-            zero = tf.constant(0, tf.int32)
-            moved, bad_corrected, _, scale_corrected, _ = corrected_runner(
-                part, c_sigmas, c_etas, n_corrected, steps, noise_scale=scale_noise, seed=key,
-                offset=offset, step_offset=zero, bound=_default_bound(part, c_sigmas[0]), max_backoffs=backoffs)
-            result, bad_plain, _, scale_plain, _ = plain_runner(
-                moved, p_sigmas, p_etas, n_plain, steps, noise_scale=scale_noise, seed=key,
-                offset=offset, step_offset=n_corrected * steps, bound=_default_bound(moved, p_sigmas[0]), max_backoffs=backoffs)
-            return result, tf.stack([bad_corrected, bad_plain]), tf.stack([scale_corrected, scale_plain])
-
-        return replica_fn
-
-    key = ("refine", method, noisy, str(block_size), id(gan_flow))
-    program = _program(strategy, gan_flow.estimator, key, build)
-    bar = None
-    if verbose:
-        print("refining in data space (distributed, drift-corrected)")
-        bar = keras.utils.Progbar(n, unit_name="sample")
-    progress = None if bar is None else (lambda done: bar.update(bounds[done - 1][1]))
-    outputs = _run_rounds(strategy, program, chunk_inputs, empty, shared, progress=progress)
-    for (result, bad_steps, scales), (corrected, plain) in zip(outputs, schedules):
-        for stage, stage_values in ((0, corrected), (1, plain)):
-            if int(bad_steps[stage]) >= 0:
-                stage_sigmas = tf.constant(stage_values, tf.float32)
-                flows._raise_divergence(int(bad_steps[stage]), steps_per_sigma, stage_sigmas,
-                                        step_scale * tf.square(stage_sigmas), float(scales[stage]),
-                                        on_divergence, max_backoffs, stage * len(corrected) * steps_per_sigma)
-    with tf.device("/cpu:0"):
-        return tf.concat([result for result, _, _ in outputs], axis=0)
-
+    Every chunk of ``batch_size`` rows (default ``ceil(n / replicas)``) is refined exactly as on one device
+    (drift-corrected levels with its own starting samples as q₀, then the plain levels), so the result
+    equals ``gan_flow.refine(x, batch_size=batch_size, ...)``, noise included.
+    """
+    return gan_flow.refine(x, strategy=strategy, **options)

@@ -15,6 +15,8 @@ Reference: shared/SD_FLOW.md; Tweedie's formula ∇log p_σ(x) = (D_p(x, σ) −
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -33,6 +35,10 @@ __all__ = [
     "drift_corrected",
     "ReweightedPriorScore",
     "kernel_denoise",
+    "checked_block_size",
+    "kernel_samples",
+    "kernel_score_difference",
+    "KernelSamples",
     "auto_block_size",
     "smooth",
 ]
@@ -120,7 +126,7 @@ def kernel_denoise(x, samples, sigma, *, block_size="auto", samples_half_sq_norm
         total = tf.reduce_sum(weights, axis=1, keepdims=True)
         return tf.matmul(weights, samples) / total
 
-    block_size = _block_size(block_size)
+    block_size = checked_block_size(block_size)
     if block_size == "auto":
         block_size = auto_block_size(x.shape[0], samples.shape[0])
     n_static = x.shape[0]
@@ -144,12 +150,60 @@ def kernel_denoise(x, samples, sigma, *, block_size="auto", samples_half_sq_norm
     return tf.reshape(outputs.stack(), [n_blocks * block_size, dim])[:n]
 
 
-def _block_size(value):
+def checked_block_size(value):
+    """``block_size`` checked: a positive int, "auto" or None."""
     if value is None or (isinstance(value, str) and value == "auto"):
         return value
     if isinstance(value, str):
         raise ValueError(f"`block_size` must be a positive int, 'auto' or None, got {value!r}.")
     return _checks.positive_int(value, "block_size")
+
+
+class KernelSamples(NamedTuple):
+    """A sample set prepared for :func:`kernel_score_difference`: flattened, centred, with ½‖y_j‖².
+
+    ``center`` [D] is subtracted from queries and samples alike (the kernel weights are
+    shift-invariant; smaller coordinates keep x·y − ½‖y‖² accurate in float32).
+    """
+
+    center: tf.Tensor
+    samples: tf.Tensor
+    half_sq_norm: tf.Tensor
+
+
+def kernel_samples(samples, center=None):
+    """:class:`KernelSamples` of ``samples`` [M, ...] (tensors, usable inside compiled loops), centred
+    on ``center`` (default: their mean)."""
+    flat = _flatten(tf.convert_to_tensor(samples, tf.float32))
+    center = tf.reduce_mean(flat, axis=0) if center is None else center
+    centered = flat - center
+    return KernelSamples(center, centered, 0.5 * tf.reduce_sum(tf.square(centered), axis=1))
+
+
+def kernel_score_difference(x, target, source, sigma, *, block_size="auto"):
+    """(D̂_target(x, σ) − D̂_source(x, σ)) / σ², shaped like x: the kernel SD between two sample sets (§3.1).
+
+    The one place this arithmetic lives: :class:`KernelScoreDifference` and the drift correction of the
+    flows (``FlowPlan(drift_correction=True)``) both call it.
+
+    Args:
+        x: queries [N, ...].
+        target: :class:`KernelSamples` of p's samples.
+        source: :class:`KernelSamples` of q's samples, or None: the queries themselves (the particles are
+            the source), centred on ``target.center``.
+        sigma: scalar noise level > 0.
+        block_size: query rows per block (see :func:`kernel_denoise`).
+    """
+    sigma = _sigma_tensor(sigma)
+    flat = _flatten(x) - target.center
+    target_mean = kernel_denoise(flat, target.samples, sigma, block_size=block_size,
+                                 samples_half_sq_norm=target.half_sq_norm)
+    if source is None:
+        source_mean = kernel_denoise(flat, flat, sigma, block_size=block_size)
+    else:
+        source_mean = kernel_denoise(flat, source.samples, sigma, block_size=block_size,
+                                     samples_half_sq_norm=source.half_sq_norm)
+    return tf.reshape((target_mean - source_mean) / tf.square(sigma), tf.shape(x))
 
 
 class KernelScoreDifference:
@@ -200,7 +254,7 @@ class KernelScoreDifference:
             self._source_half_sq = tf.Variable(
                 0.5 * tf.reduce_sum(tf.square(flat_source), axis=1), trainable=False, name="source_half_sq"
             )
-        self.block_size = _block_size(block_size)
+        self.block_size = checked_block_size(block_size)
 
     def assign_target(self, target):
         """Replace the target samples by new ones of the same shape, reusing compiled flows.
@@ -239,18 +293,9 @@ class KernelScoreDifference:
     def __call__(self, x, sigma):
         x = tf.convert_to_tensor(x, tf.float32)
         self._check_x(x)
-        sigma = _sigma_tensor(sigma)
-        flat = _flatten(x) - self._center
-        target_mean = kernel_denoise(
-            flat, self._target, sigma, block_size=self.block_size, samples_half_sq_norm=self._target_half_sq
-        )
-        if self._source is None:
-            source_mean = kernel_denoise(flat, flat, sigma, block_size=self.block_size)
-        else:
-            source_mean = kernel_denoise(
-                flat, self._source, sigma, block_size=self.block_size, samples_half_sq_norm=self._source_half_sq
-            )
-        return tf.reshape((target_mean - source_mean) / tf.square(sigma), tf.shape(x))
+        target = KernelSamples(self._center, self._target, self._target_half_sq)
+        source = None if self._source is None else KernelSamples(self._center, self._source, self._source_half_sq)
+        return kernel_score_difference(x, target, source, sigma, block_size=self.block_size)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,36 +1,55 @@
-"""Integrators of the score-difference flow dx/dt = v_σ(x) over a decreasing σ schedule.
+"""The flow engine: a *plan* of score-difference flow steps, one compiled loop that runs it, and executors.
 
-One call shape for every integrator (as k-diffusion's samplers):
+    x = gan2flow.flow(x, estimator, sigmas, step_scale=0.5, steps_per_sigma=1, method="euler", ...)
 
-    flow(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
-         noise_scale=0.0, seed=None, callback=None, jit_compile=True, ...) -> x
+is shorthand for building a :class:`FlowPlan` (what to do) and running it (how):
 
-Per level k the step size is η_k = step_scale · σ_k² (shared/SD_FLOW.md §2): by Tweedie's formula
-σ² v_σ = D_p − D_q is a displacement in data units, so ``step_scale`` is dimensionless. All steps run
-inside one compiled ``tf.while_loop`` (XLA when ``jit_compile``); σ's and η's are tensors, so new values
-never retrace, and compiled programs are cached per estimator and per input shape.
+    plan = gan2flow.flows.make_plan(x, estimator, sigmas, step_scale=0.5, ...)   # validated, named
+    x, _ = gan2flow.flows.run(plan, x, batch_size=None, progress=None)          # chunks, segments, bar
 
-Numerical blow-ups (NaN/Inf, or a state that leaves ``divergence_bound``) stop the flow with a
+For each level σ_k of the plan (``steps_per_sigma`` times):
+
+    euler:  x ← x + η_k v_{σ_k}(x)
+    heun:   x̃ = x + η_k v(x);  x ← x + η_k (v(x) + v(x̃)) / 2       (same σ_k in both evaluations)
+    noise:  x ← x + sqrt(2 η_k) · noise_scale · n,  n ~ N(0, I)     (Langevin form, when noise_scale > 0)
+
+with η_k = step_scale · σ_k² unless explicit step sizes are given (shared/SD_FLOW.md §2: by Tweedie's
+formula σ² v_σ = D_p − D_q is a displacement in data units, so ``step_scale`` is dimensionless). With
+``drift_correction`` the plan adds the kernel term ∇log q_start,σ − ∇log q_t,σ from the batch's starting
+samples (§7), so a fixed estimator against q_start follows the SD of the current particles.
+
+All steps of a plan run inside one compiled ``tf.while_loop`` (:func:`run_batch`; XLA when
+``jit_compile``); σ's and η's are tensors padded to a power-of-two bucket, so new values never retrace.
+Everything else is a way of *executing* plans: :func:`run` cuts rows into chunks (``batch_size``) and
+levels into progress-bar segments; ``gan2flow.distribute`` deals the chunks to the replicas of a
+``tf.distribute`` strategy; ``GANFlow.refine`` runs two phases (drift-corrected levels, then plain ones).
+Noise is keyed by (seed, global step, global row) through the plan's ``step_offset`` and ``row_offset``
+(``gan2flow.noise``), so every way of cutting a plan draws the noise of one uninterrupted run.
+
+Numerical blow-ups (NaN/Inf, or a state beyond the plan's ``divergence_bound``) stop the flow with a
 :class:`FlowDivergenceError` naming the step and σ, or, with ``on_divergence="backoff"``, halve the step
 and retry; non-finite samples are never returned.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import weakref
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks
+from gan2flow import _checks, estimators, noise
 from gan2flow import sigmas as _sigmas
 
-__all__ = ["flow", "trajectory", "FlowDivergenceError", "METHODS", "trace_count"]
+__all__ = ["flow", "trajectory", "FlowDivergenceError", "METHODS", "ON_DIVERGENCE", "trace_count", "FlowPlan",
+           "make_plan", "resolve_seed", "default_divergence_bound", "run", "run_batch", "compiled_loop",
+           "padded_schedule", "schedule_bucket", "raise_divergence"]
 
 METHODS = ("euler", "heun")
-_ON_DIVERGENCE = ("raise", "backoff")
+ON_DIVERGENCE = ("raise", "backoff")
 _TRACES = {"count": 0}
-_RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class FlowDivergenceError(FloatingPointError):
@@ -57,142 +76,128 @@ def trace_count():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Counter-based Gaussian noise: element (sample index, coordinate, step) always gets the same value,
-# however the batch is split into chunks or shards. Integer mixing in int64 (valid under XLA).
-
-_MASK32 = 0xFFFFFFFF
+# The plan
 
 
-def _mix32(value):
-    """lowbias32 integer hash on the low 32 bits of an int64 tensor."""
-    value = tf.bitwise.bitwise_xor(value, tf.bitwise.right_shift(value, 16))
-    value = tf.bitwise.bitwise_and(value * 0x7FEB352D, _MASK32)
-    value = tf.bitwise.bitwise_xor(value, tf.bitwise.right_shift(value, 15))
-    value = tf.bitwise.bitwise_and(value * 0x846CA68B, _MASK32)
-    return tf.bitwise.bitwise_xor(value, tf.bitwise.right_shift(value, 16))
+@dataclasses.dataclass(frozen=True, eq=False)
+class FlowPlan:
+    """Everything a flow does to a batch, validated and named (build one with :func:`make_plan`).
 
-
-def _counter_hash(shape, seed, step, offset):
-    """One 32-bit hash (in an int64 tensor [rows, width]) per element of rows ``offset ..``."""
-    rows = shape[0]
-    width = tf.reduce_prod(shape[1:])
-    row_index = tf.cast(offset, tf.int64) + tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)
-    element = row_index[:, None] * tf.cast(width, tf.int64) + tf.range(tf.cast(width, tf.int64), dtype=tf.int64)[None, :]
-    key = _mix32(tf.bitwise.bitwise_and(
-        tf.cast(seed, tf.int64) * 0x9E3779B1 + tf.cast(step, tf.int64) * 0x85EBCA77 + 0x165667B1, _MASK32
-    ))
-    low = tf.bitwise.bitwise_and(element, _MASK32)
-    high = tf.bitwise.right_shift(element, 32)
-    return _mix32(tf.bitwise.bitwise_xor(_mix32(tf.bitwise.bitwise_xor(low, key)), high))
-
-
-def counter_normal(shape, seed, step, offset):
-    """Standard normal noise for rows ``offset .. offset + shape[0]`` of a flow at ``step``.
-
-    Deterministic in (seed, step, global row index, coordinate): chunked and sharded flows draw the
-    same noise as a single pass. Box–Muller on two 32-bit hashes.
+    Attributes:
+        estimator: callable (x, sigma) -> v shaped like x.
+        sigmas: float32 [levels], non-increasing noise levels.
+        step_sizes: float32 [levels], η_k per level.
+        steps_per_sigma: steps taken at each level.
+        method: ``"euler"`` or ``"heun"``.
+        noise_scale: ≥ 0, Langevin noise sqrt(2η)·noise_scale·n per step.
+        seed: integer noise seed.
+        row_offset: global index of the batch's first row (keys the noise).
+        step_offset: global index of the plan's first step (keys the noise; counts in error messages).
+        divergence_bound: largest |coordinate| accepted (inf: only non-finite values diverge).
+        on_divergence: ``"raise"`` or ``"backoff"`` (halve the step and retry).
+        max_backoffs: halvings allowed with ``"backoff"``.
+        drift_correction: add the kernel term ∇log q_start,σ − ∇log q_t,σ, where q_start is the batch as it
+            was when the plan (or its first segment) started (shared/SD_FLOW.md §7).
+        kernel_block_size: query block of that kernel term.
     """
-    first = _counter_hash(shape, seed, step, offset)
-    second = _mix32(tf.bitwise.bitwise_xor(first, 0x68E31DA4))
-    scale = 1.0 / 4294967296.0
-    uniform_1 = (tf.cast(first, tf.float32) + 0.5) * scale
-    uniform_2 = (tf.cast(second, tf.float32) + 0.5) * scale
-    normal = tf.sqrt(-2.0 * tf.math.log(uniform_1)) * tf.cos(2.0 * math.pi * uniform_2)
-    return tf.reshape(normal, shape)
+
+    estimator: object
+    sigmas: np.ndarray
+    step_sizes: np.ndarray
+    steps_per_sigma: int = 1
+    method: str = "euler"
+    noise_scale: float = 0.0
+    seed: int = 0
+    row_offset: int = 0
+    step_offset: int = 0
+    divergence_bound: float = float("inf")
+    on_divergence: str = "raise"
+    max_backoffs: int = 8
+    drift_correction: bool = False
+    kernel_block_size: object = "auto"
+
+    @property
+    def n_levels(self):
+        return int(len(self.sigmas))
+
+    def levels(self, start, stop=None):
+        """The plan restricted to levels ``start:stop``, its steps keeping their global indices."""
+        stop = self.n_levels if stop is None else stop
+        return dataclasses.replace(self, sigmas=self.sigmas[start:stop], step_sizes=self.step_sizes[start:stop],
+                                   step_offset=self.step_offset + int(start) * self.steps_per_sigma)
+
+    def rows(self, start):
+        """The plan for a batch whose first row is row ``start`` of this plan's batch."""
+        return dataclasses.replace(self, row_offset=self.row_offset + int(start))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
 
-def counter_uniform(shape, seed, step, offset):
-    """Uniform noise on (0, 1) with the keying of :func:`counter_normal` (seed, step, global row, coordinate).
+def resolve_seed(seed, noise_scale):
+    """The integer noise seed of a flow: ``seed`` checked, or a fresh random one when None and noisy."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
+    return int(seed)
 
-    24-bit resolution, so every value is exact in float32 and strictly inside (0, 1). Used where draws
-    must not depend on how a batch is split (``SDGAN(replica_invariant_noise=True)``).
+
+def default_divergence_bound(x, sigma_max):
+    """The default divergence bound, 1000·(1 + max|x| + 10·σ_max), for a batch x (eager or in-graph)."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    largest = tf.cond(tf.size(x) > 0, lambda: tf.reduce_max(tf.abs(x)), lambda: tf.constant(0.0))
+    return 1e3 * (1.0 + largest + 10.0 * tf.cast(sigma_max, tf.float32))
+
+
+def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
+              noise_scale=0.0, seed=None, on_divergence="raise", max_backoffs=8, divergence_bound=None,
+              drift_correction=False, kernel_block_size="auto"):
+    """Validate a flow's arguments into a :class:`FlowPlan` for the batch ``x`` (see :func:`flow`).
+
+    ``x`` is used for its shape (the estimator is probed once on its first rows) and for the default
+    divergence bound, 1000·(1 + max|x| + 10·σ_max).
+
+    Raises:
+        ValueError: a bad argument (named in the message), or an estimator that does not return one
+            float32 v shaped like x.
     """
-    first = _counter_hash(shape, seed, step, offset)
-    uniform = (tf.cast(tf.bitwise.right_shift(first, 8), tf.float32) + 0.5) * (1.0 / 16777216.0)
-    return tf.reshape(uniform, shape)
-
-
-# ---------------------------------------------------------------------------------------------------
-
-
-def _build_runner(estimator, method, record, noisy, jit_compile):
-    def step_once(x, sigma, eta):
-        velocity = estimator(x, sigma)
-        if method == "euler":
-            return x + eta * velocity, velocity
-        predicted = x + eta * velocity
-        corrected = estimator(predicted, sigma)
-        mean_velocity = 0.5 * (velocity + corrected)
-        return x + eta * mean_velocity, mean_velocity
-
-    def run(x, sigmas, etas, n_levels, steps_per_sigma, noise_scale, seed, offset, step_offset, bound,
-            max_backoffs):
-        # sigmas/etas are padded to a bucket length (see _pad_schedule); n_levels is the real length.
-        _TRACES["count"] += 1
-        n_steps = n_levels * steps_per_sigma
-        shape = tf.shape(x)
-        if record:
-            history = tf.zeros(tf.concat([[tf.shape(sigmas)[0] + 1], shape], axis=0), x.dtype)
-            history = tf.tensor_scatter_nd_update(history, [[0]], x[None])
-        else:
-            history = tf.zeros([0], x.dtype)
-
-        def cond(i, x, scale, bad_step, backoffs, history):
-            return tf.logical_and(i < n_steps, bad_step < 0)
-
-        def body(i, x, scale, bad_step, backoffs, history):
-            level = i // steps_per_sigma
-            sigma = sigmas[level]
-            eta = etas[level] * scale
-            proposal, _ = step_once(x, sigma, eta)
-            if noisy:
-                noise = counter_normal(shape, seed, step_offset + i, offset)
-                proposal = proposal + tf.sqrt(2.0 * eta) * noise_scale * noise
-            accepted = tf.logical_and(
-                tf.reduce_all(tf.math.is_finite(proposal)), tf.reduce_max(tf.abs(proposal)) <= bound
+    if not callable(estimator):
+        raise ValueError(f"`estimator` must be a callable (x, sigma) -> v, got {type(estimator).__name__}.")
+    x = _checks.as_float_tensor(x, "x", min_rank=2)
+    sigmas = _sigmas.validate(sigmas, "sigmas")
+    method = _checks.one_of(method, "method", METHODS)
+    on_divergence = _checks.one_of(on_divergence, "on_divergence", ON_DIVERGENCE)
+    steps_per_sigma = _checks.positive_int(steps_per_sigma, "steps_per_sigma")
+    noise_scale = _checks.positive_float(noise_scale, "noise_scale", allow_zero=True)
+    max_backoffs = _checks.positive_int(max_backoffs, "max_backoffs", allow_zero=True)
+    if step_sizes is None:
+        step_scale = _checks.positive_float(step_scale, "step_scale")
+        etas = step_scale * tf.square(sigmas)
+    else:
+        etas = _checks.as_float_tensor(step_sizes, "step_sizes", rank=1)
+        if etas.shape[0] != sigmas.shape[0]:
+            raise ValueError(
+                f"`step_sizes` must have one entry per sigma level ({sigmas.shape[0]}), got {etas.shape[0]}."
             )
-            can_back_off = backoffs < max_backoffs
-            x = tf.where(accepted, proposal, x)
-            rejected_retry = tf.logical_and(tf.logical_not(accepted), can_back_off)
-            scale = tf.where(rejected_retry, 0.5 * scale, scale)
-            backoffs = backoffs + tf.cast(rejected_retry, tf.int32)
-            failed = tf.logical_and(tf.logical_not(accepted), tf.logical_not(can_back_off))
-            bad_step = tf.where(failed, i, bad_step)
-            if record:
-                history = tf.tensor_scatter_nd_update(history, [[level + 1]], x[None])
-            i = i + tf.cast(accepted, tf.int32)
-            return i, x, scale, bad_step, backoffs, history
-
-        i, x, scale, bad_step, backoffs, history = tf.while_loop(
-            cond,
-            body,
-            (tf.constant(0), x, tf.constant(1.0), tf.constant(-1), tf.constant(0), history),
-            parallel_iterations=1,
-        )
-        return x, bad_step, backoffs, scale, history
-
-    return tf.function(run, jit_compile=bool(jit_compile), reduce_retracing=False)
-
-
-def _pad_schedule(values, length, fill):
-    """Pad a per-level schedule to ``length`` so schedules of similar length share one program."""
-    return tf.concat([values, tf.fill([length - int(values.shape[0])], tf.constant(fill, tf.float32))], axis=0)
-
-
-def _bucket(n_levels):
-    """Schedule lengths are padded to a power of two (at least 8): few programs, little waste."""
-    return max(8, 1 << (int(n_levels) - 1).bit_length())
-
-
-def _runner(estimator, method, record, noisy, jit_compile):
-    key = (method, record, noisy, bool(jit_compile))
-    try:
-        cache = _RUNNERS.setdefault(estimator, {})
-    except TypeError:  # not weak-referenceable: compile without caching
-        return _build_runner(estimator, method, record, noisy, jit_compile)
-    if key not in cache:
-        cache[key] = _build_runner(estimator, method, record, noisy, jit_compile)
-    return cache[key]
+        if bool(tf.reduce_any(etas < 0)):
+            raise ValueError(f"`step_sizes` must be >= 0, got {etas.numpy().tolist()}.")
+    seed = resolve_seed(seed, noise_scale)
+    sigma_max = float(sigmas[0]) if sigmas.shape[0] else 0.0
+    if divergence_bound is None:
+        divergence_bound = float(default_divergence_bound(x, sigma_max))
+    elif isinstance(divergence_bound, (int, float, np.floating)) and divergence_bound == float("inf"):
+        divergence_bound = float("inf")  # no bound: only non-finite values count as divergence
+    else:
+        divergence_bound = _checks.positive_float(divergence_bound, "divergence_bound")
+    kernel_block_size = estimators.checked_block_size(kernel_block_size)
+    if sigmas.shape[0] and x.shape[0]:
+        _probe(estimator, x, sigma_max)
+    return FlowPlan(estimator=estimator, sigmas=sigmas.numpy(), step_sizes=np.asarray(etas, np.float32),
+                    steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
+                    divergence_bound=divergence_bound, on_divergence=on_divergence, max_backoffs=max_backoffs,
+                    drift_correction=bool(drift_correction), kernel_block_size=kernel_block_size)
 
 
 _PROBE_ROWS = 16
@@ -236,150 +241,261 @@ def _probe(estimator, x, sigma):
     seen.add(key)
 
 
-def _resolve_seed(seed, noise_scale):
-    """The integer noise seed of a flow: ``seed`` checked, or a fresh random one when None and noisy."""
-    if seed is None:
-        return int(np.random.randint(0, 2**31 - 1)) if noise_scale > 0 else 0
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
-    return seed
+# ---------------------------------------------------------------------------------------------------
+# The one compiled loop
 
 
-def _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, method, noise_scale, seed,
-             on_divergence, max_backoffs, divergence_bound, batch_size):
-    if not callable(estimator):
-        raise ValueError(f"`estimator` must be a callable (x, sigma) -> v, got {type(estimator).__name__}.")
-    x = _checks.as_float_tensor(x, "x", min_rank=2)
-    sigmas = _sigmas.validate(sigmas, "sigmas")
-    method = _checks.one_of(method, "method", METHODS)
-    on_divergence = _checks.one_of(on_divergence, "on_divergence", _ON_DIVERGENCE)
-    steps_per_sigma = _checks.positive_int(steps_per_sigma, "steps_per_sigma")
-    noise_scale = _checks.positive_float(noise_scale, "noise_scale", allow_zero=True)
-    max_backoffs = _checks.positive_int(max_backoffs, "max_backoffs", allow_zero=True)
-    if step_sizes is None:
-        step_scale = _checks.positive_float(step_scale, "step_scale")
-        etas = step_scale * tf.square(sigmas)
-    else:
-        etas = _checks.as_float_tensor(step_sizes, "step_sizes", rank=1)
-        if etas.shape[0] != sigmas.shape[0]:
-            raise ValueError(
-                f"`step_sizes` must have one entry per sigma level ({sigmas.shape[0]}), got {etas.shape[0]}."
+def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
+    """The compiled loop for one static structure; ``drift_block`` is the kernel block size of the drift
+    correction, or False for none."""
+    def run_loop(x, reference, sigmas, etas, n_levels, steps_per_sigma, noise_scale, seed, offset, step_offset,
+                 bound, max_backoffs):
+        # sigmas/etas are padded to a bucket length (see padded_schedule); n_levels is the real length.
+        _TRACES["count"] += 1
+        if drift_block is not False:
+            start = estimators.kernel_samples(reference)
+
+            def velocity_at(x, sigma):
+                return estimator(x, sigma) + estimators.kernel_score_difference(
+                    x, start, None, sigma, block_size=drift_block)
+        else:
+            velocity_at = estimator
+
+        def step_once(x, sigma, eta):
+            velocity = velocity_at(x, sigma)
+            if method == "euler":
+                return x + eta * velocity
+            corrected = velocity_at(x + eta * velocity, sigma)
+            return x + eta * 0.5 * (velocity + corrected)
+
+        n_steps = n_levels * steps_per_sigma
+        shape = tf.shape(x)
+        if record:
+            history = tf.zeros(tf.concat([[tf.shape(sigmas)[0] + 1], shape], axis=0), x.dtype)
+            history = tf.tensor_scatter_nd_update(history, [[0]], x[None])
+        else:
+            history = tf.zeros([0], x.dtype)
+
+        def cond(i, x, scale, bad_step, backoffs, history):
+            return tf.logical_and(i < n_steps, bad_step < 0)
+
+        def body(i, x, scale, bad_step, backoffs, history):
+            level = i // steps_per_sigma
+            sigma = sigmas[level]
+            eta = etas[level] * scale
+            proposal = step_once(x, sigma, eta)
+            if noisy:
+                proposal = proposal + tf.sqrt(2.0 * eta) * noise_scale * noise.counter_normal(
+                    shape, seed, step_offset + i, offset)
+            accepted = tf.logical_and(
+                tf.reduce_all(tf.math.is_finite(proposal)), tf.reduce_max(tf.abs(proposal)) <= bound
             )
-        if bool(tf.reduce_any(etas < 0)):
-            raise ValueError(f"`step_sizes` must be >= 0, got {etas.numpy().tolist()}.")
-    seed = _resolve_seed(seed, noise_scale)
-    if batch_size is not None:
-        batch_size = _checks.positive_int(batch_size, "batch_size")
-    if divergence_bound is None:
-        scale = float(tf.reduce_max(tf.abs(x))) if int(tf.size(x)) else 0.0
-        sigma_max = float(sigmas[0]) if sigmas.shape[0] else 0.0
-        divergence_bound = 1e3 * (1.0 + scale + 10.0 * sigma_max)
-    elif isinstance(divergence_bound, (int, float, np.floating)) and divergence_bound == float("inf"):
-        divergence_bound = float("inf")  # no bound: only non-finite values count as divergence
-    else:
-        divergence_bound = _checks.positive_float(divergence_bound, "divergence_bound")
-    if sigmas.shape[0] and x.shape[0]:
-        _probe(estimator, x, float(sigmas[0]))
-    return (x, sigmas, etas, steps_per_sigma, method, noise_scale, int(seed), on_divergence, max_backoffs,
-            divergence_bound, batch_size)
+            can_back_off = backoffs < max_backoffs
+            x = tf.where(accepted, proposal, x)
+            rejected_retry = tf.logical_and(tf.logical_not(accepted), can_back_off)
+            scale = tf.where(rejected_retry, 0.5 * scale, scale)
+            backoffs = backoffs + tf.cast(rejected_retry, tf.int32)
+            failed = tf.logical_and(tf.logical_not(accepted), tf.logical_not(can_back_off))
+            bad_step = tf.where(failed, i, bad_step)
+            if record:
+                history = tf.tensor_scatter_nd_update(history, [[level + 1]], x[None])
+            i = i + tf.cast(accepted, tf.int32)
+            return i, x, scale, bad_step, backoffs, history
+
+        i, x, scale, bad_step, backoffs, history = tf.while_loop(
+            cond,
+            body,
+            (tf.constant(0), x, tf.constant(1.0), tf.constant(-1), tf.constant(0), history),
+            parallel_iterations=1,
+        )
+        return x, bad_step, scale, history
+
+    return tf.function(run_loop, jit_compile=bool(jit_compile), reduce_retracing=False)
 
 
-def _raise_divergence(bad_step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs, step_offset=0):
-    """Raise FlowDivergenceError for step ``bad_step`` of ``sigmas``; the step and level reported count
-    from the start of the whole flow when this piece began at step ``step_offset`` (a multiple of
-    steps_per_sigma)."""
-    local_level = bad_step // steps_per_sigma
-    sigma = float(sigmas[local_level])
-    step_size = float(etas[local_level]) * scale
-    bad_step += step_offset
-    level = local_level + step_offset // steps_per_sigma
+def compiled_loop(plan, *, record=False, jit_compile=True):
+    """The compiled ``tf.function`` running plans of ``plan``'s structure (estimator, method, noise on/off,
+    drift correction); cached per estimator. Its arguments are :func:`loop_inputs`-style tensors:
+    ``(x, reference, **padded_schedule(plan, bucket), **plan tensors)``. Used by :func:`run_batch` and by
+    ``gan2flow.distribute`` (which runs it on every replica)."""
+    drift_block = plan.kernel_block_size if plan.drift_correction else False
+    key = (plan.method, bool(record), plan.noise_scale > 0, str(drift_block), bool(jit_compile))
+    try:
+        cache = _LOOPS.setdefault(plan.estimator, {})
+    except TypeError:  # not weak-referenceable: compile without caching
+        cache = {}
+    if key not in cache:
+        cache[key] = _build_loop(plan.estimator, plan.method, bool(record), plan.noise_scale > 0, drift_block,
+                                 jit_compile)
+    return cache[key]
+
+
+def schedule_bucket(n_levels):
+    """Schedule lengths are padded to a power of two (at least 8): few programs, little waste."""
+    return max(8, 1 << (int(n_levels) - 1).bit_length())
+
+
+def padded_schedule(plan, bucket=None, scale=1.0):
+    """The plan's per-call tensors: σ's and η's (times ``scale``) padded to ``bucket`` (default: the plan's
+    power-of-two bucket, ≥ 8), the level count, and the scalars; a dict of the loop's keyword arguments."""
+    n_levels = plan.n_levels
+    bucket = schedule_bucket(n_levels) if bucket is None else bucket
+    fill = float(plan.sigmas[-1]) if n_levels else 1.0
+    sigmas = np.full(bucket, fill, np.float32)
+    etas = np.zeros(bucket, np.float32)
+    sigmas[:n_levels] = plan.sigmas
+    etas[:n_levels] = plan.step_sizes * np.float32(scale)
+    return dict(
+        sigmas=tf.constant(sigmas), etas=tf.constant(etas), n_levels=tf.constant(n_levels, tf.int32),
+        steps_per_sigma=tf.constant(plan.steps_per_sigma, tf.int32),
+        noise_scale=tf.constant(plan.noise_scale, tf.float32), seed=tf.constant(plan.seed, tf.int64),
+        offset=tf.constant(plan.row_offset, tf.int64), step_offset=tf.constant(plan.step_offset, tf.int32),
+        bound=tf.constant(plan.divergence_bound, tf.float32),
+        max_backoffs=tf.constant(plan.max_backoffs if plan.on_divergence == "backoff" else 0, tf.int32),
+    )
+
+
+def raise_divergence(plan, bad_step, scale):
+    """Raise :class:`FlowDivergenceError` for the plan's local step ``bad_step`` (reported globally)."""
+    local_level = bad_step // plan.steps_per_sigma
+    sigma = float(plan.sigmas[local_level])
+    step_size = float(plan.step_sizes[local_level]) * scale
+    step = bad_step + plan.step_offset
+    level = local_level + plan.step_offset // plan.steps_per_sigma
     hint = (
         "lower step_scale, use method='heun', or pass on_divergence='backoff'"
-        if on_divergence == "raise"
-        else f"still diverging after {max_backoffs} step halvings; lower step_scale or check the estimator"
+        if plan.on_divergence == "raise"
+        else f"still diverging after {plan.max_backoffs} step halvings; lower step_scale or check the estimator"
     )
     raise FlowDivergenceError(
-        f"flow diverged at step {bad_step} (level {level}, sigma={sigma:.6g}, step size={step_size:.6g}): "
+        f"flow diverged at step {step} (level {level}, sigma={sigma:.6g}, step size={step_size:.6g}): "
         f"non-finite or exploding values; {hint}.",
-        step=bad_step, level=level, sigma=sigma, step_size=step_size,
+        step=step, level=level, sigma=sigma, step_size=step_size,
     )
 
 
-def _integrate(x, estimator, sigmas, etas, steps_per_sigma, method, noise_scale, seed, on_divergence,
-               max_backoffs, divergence_bound, batch_size, jit_compile, record, callback, offset=0, step_offset=0):
-    """Run the compiled loop over chunks of x; returns (x, history or None).
+def run_batch(plan, x, *, reference=None, record=False, callback=None, jit_compile=True):
+    """Run ``plan`` on one batch ``x`` in one compiled loop; returns (x, history or None).
 
-    ``offset`` and ``step_offset`` are added to the global row and step indices that key the noise, so a
-    flow run in pieces (rows or levels) draws exactly the noise of one uninterrupted run."""
+    Args:
+        plan: a :class:`FlowPlan`.
+        x: float32 [batch, ...].
+        reference: the starting samples of the drift correction (default: x).
+        record: also return the states at every level boundary, [levels + 1, batch, ...].
+        callback: called after every step with ``{step, level, sigma, step_size, x, chunk_start}``; the
+            steps are then compiled one at a time.
+
+    Raises:
+        FlowDivergenceError: a non-finite or exploding state, with the step and σ.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    reference = x if reference is None else reference
+    if plan.n_levels == 0 or int(x.shape[0]) == 0:
+        return tf.identity(x), (x[None] if record else None)
+    if callback is not None:
+        return _run_stepwise(plan, x, reference, record, callback, jit_compile)
+    loop = compiled_loop(plan, record=record, jit_compile=jit_compile)
+    result, bad_step, scale, history = loop(x, reference, **padded_schedule(plan))
+    if int(bad_step) >= 0:
+        raise_divergence(plan, int(bad_step), float(scale))
+    return result, (history[:plan.n_levels + 1] if record else None)
+
+
+def _run_stepwise(plan, x, reference, record, callback, jit_compile):
+    """:func:`run_batch` one compiled step at a time, so that ``callback`` sees every step."""
+    loop = compiled_loop(plan, record=False, jit_compile=jit_compile)
+    states = [x] if record else None
+    scale = 1.0
+    step = 0
+    for level in range(plan.n_levels):
+        one_level = plan.levels(level, level + 1)
+        for _ in range(plan.steps_per_sigma):
+            single = one_level.replace(steps_per_sigma=1, step_offset=plan.step_offset + step)
+            x, bad_step, used, _ = loop(x, reference, **padded_schedule(single, 8, scale))
+            scale *= float(used)
+            if int(bad_step) >= 0:
+                raise_divergence(plan, step, scale)
+            callback({
+                "step": plan.step_offset + step, "level": level + plan.step_offset // plan.steps_per_sigma,
+                "sigma": float(plan.sigmas[level]), "step_size": float(plan.step_sizes[level]) * scale, "x": x,
+                "chunk_start": plan.row_offset,
+            })
+            step += 1
+        if record:
+            states.append(x)
+    return x, (tf.stack(states) if record else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executing plans on one device: chunks of rows, phases, progress-bar segments
+
+
+def run(plan, x, *, phases=None, batch_size=None, record=False, callback=None, jit_compile=True, progress=None,
+        segments=10):
+    """Execute ``plan`` on ``x``: rows in chunks of ``batch_size``, levels in progress-bar segments.
+
+    Args:
+        plan: a :class:`FlowPlan` for the whole batch (its ``row_offset`` is the batch's first row).
+        x: float32 [n, ...].
+        phases: optional callable ``(chunk_plan, chunk) -> [plan, ...]``: the plans to run one after the
+            other on each chunk (e.g. drift-corrected levels then plain ones); default: ``[chunk_plan]``.
+            The drift correction's starting samples are the chunk as it was before its first phase.
+        batch_size: rows per chunk (None: one chunk). Chunks are independent unless the plan couples rows
+            (drift correction, kernel estimators using the particles as the source).
+        record: return the states at every level boundary (one phase only).
+        callback: per-step callback (see :func:`run_batch`).
+        progress: a label: print it and show a ``keras.utils.Progbar`` over levels, running each phase in
+            ``segments`` pieces (the result does not change: noise keeps its global keys; with
+            ``on_divergence="backoff"`` a halved step lasts to the end of its segment). None: no bar.
+
+    Returns:
+        (x, history): history is None unless ``record``.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    n = int(x.shape[0])
     if callback is not None and not callable(callback):
         raise ValueError(f"`callback` must be callable (a dict of step values) -> None, got {type(callback).__name__}.")
-    n = int(x.shape[0])
-    if sigmas.shape[0] == 0 or n == 0:
-        history = x[None] if record else None
-        return tf.identity(x), history
-    allowed = max_backoffs if on_divergence == "backoff" else 0
-    noisy = noise_scale > 0
-    runner = _runner(estimator, method, record and callback is None, noisy, jit_compile)
-    constants = dict(
-        noise_scale=tf.constant(noise_scale, tf.float32),
-        seed=tf.constant(seed, tf.int64),
-        bound=tf.constant(divergence_bound, tf.float32),
-        max_backoffs=tf.constant(allowed, tf.int32),
-    )
-    n_levels = int(sigmas.shape[0])
-    bucket = _bucket(n_levels)
-    padded_sigmas = _pad_schedule(sigmas, bucket, float(sigmas[-1]))
-    padded_etas = _pad_schedule(etas, bucket, 0.0)
-    chunk = n if batch_size is None else min(batch_size, n)
+    chunk = n if batch_size is None else min(_checks.positive_int(batch_size, "batch_size"), max(n, 1))
+    starts = list(range(0, n, chunk)) if n else [0]
+    chunk_phases = [(start, x[start:start + chunk], plan.rows(start)) for start in starts]
+    chunk_phases = [(start, part, [chunk_plan] if phases is None else phases(chunk_plan, part))
+                    for start, part, chunk_plan in chunk_phases]
+    if record and any(len(plans) != 1 for _, _, plans in chunk_phases):
+        raise ValueError("`record` needs a single phase.")
+    bar = None
+    if progress is not None:
+        total = sum(p.n_levels for _, _, plans in chunk_phases for p in plans)
+        if total:
+            print(progress)
+            bar = keras.utils.Progbar(total, unit_name="level", stateful_metrics=["sigma"])
+    done = 0
     outputs, histories = [], []
-    for start in range(0, n, chunk):
-        part = x[start:start + chunk]
-        row_offset = tf.constant(offset + start, tf.int64)
-        if callback is None:
-            result, bad_step, _, scale, history = runner(
-                part, padded_sigmas, padded_etas, tf.constant(n_levels, tf.int32),
-                tf.constant(steps_per_sigma, tf.int32), offset=row_offset,
-                step_offset=tf.constant(step_offset, tf.int32), **constants,
-            )
-            if int(bad_step) >= 0:
-                _raise_divergence(int(bad_step), steps_per_sigma, sigmas, etas, float(scale), on_divergence,
-                                  max_backoffs, step_offset)
-            outputs.append(result)
+    for _, part, plans in chunk_phases:
+        start_samples = part
+        for phase in plans:
+            pieces = 1 if bar is None else max(1, min(segments, phase.n_levels))
+            bounds = np.unique(np.linspace(0, phase.n_levels, pieces + 1).astype(int))
+            path = [part[None]] if record else None
+            for first, stop in zip(bounds[:-1], bounds[1:]):
+                part, history = run_batch(phase.levels(first, stop), part, reference=start_samples, record=record,
+                                          callback=callback, jit_compile=jit_compile)
+                if record:
+                    path.append(history[1:])
+                done += int(stop - first)
+                if bar is not None:
+                    bar.update(done, values=[("sigma", float(phase.sigmas[stop - 1]))])
             if record:
-                histories.append(history[:n_levels + 1])
-            continue
-        # With a callback: one compiled step at a time, so Python sees every step.
-        states = [part] if record else None
-        step = 0
-        scale = 1.0
-        for level in range(int(sigmas.shape[0])):
-            for _ in range(steps_per_sigma):
-                part, bad_step, _, step_scale_used, _ = runner(
-                    part, _pad_schedule(sigmas[level:level + 1], 8, float(sigmas[level])),
-                    _pad_schedule(etas[level:level + 1] * scale, 8, 0.0),
-                    tf.constant(1, tf.int32), tf.constant(1, tf.int32), offset=row_offset,
-                    step_offset=tf.constant(step_offset + step, tf.int32), **constants,
-                )
-                scale *= float(step_scale_used)
-                if int(bad_step) >= 0:
-                    _raise_divergence(step, steps_per_sigma, sigmas, etas, scale, on_divergence, max_backoffs,
-                                      step_offset)
-                callback({
-                    "step": step_offset + step, "level": level + step_offset // steps_per_sigma,
-                    "sigma": float(sigmas[level]), "step_size": float(etas[level]) * scale, "x": part,
-                    "chunk_start": offset + start,
-                })
-                step += 1
-            if record:
-                states.append(part)
+                histories.append(tf.concat(path, axis=0))
         outputs.append(part)
-        if record:
-            histories.append(tf.stack(states))
     result = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=0)
     history = None
     if record:
         history = histories[0] if len(histories) == 1 else tf.concat(histories, axis=1)
     return result, history
+
+
+# ---------------------------------------------------------------------------------------------------
+# The public one-call flow
 
 
 def flow(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
@@ -438,11 +554,11 @@ def flow(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sig
         >>> est = gan2flow.KernelScoreDifference(target=data)
         >>> x = gan2flow.flow(noise, est, gan2flow.sigmas.geometric(3.0, 0.05, 40), step_scale=0.5)
     """
-    prepared = _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, method, noise_scale,
-                        seed, on_divergence, max_backoffs, divergence_bound, batch_size)
-    result, _ = _integrate(prepared[0], estimator, *prepared[1:], jit_compile=jit_compile, record=False,
-                           callback=callback)
-    return result
+    x = _checks.as_float_tensor(x, "x", min_rank=2)
+    plan = make_plan(x, estimator, sigmas, step_scale=step_scale, step_sizes=step_sizes,
+                     steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
+                     on_divergence=on_divergence, max_backoffs=max_backoffs, divergence_bound=divergence_bound)
+    return run(plan, x, batch_size=batch_size, callback=callback, jit_compile=jit_compile)[0]
 
 
 def trajectory(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
@@ -455,8 +571,8 @@ def trajectory(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_p
         (its last entry equals ``flow(...)`` with the same arguments). Memory grows with the number of
         levels; use ``callback`` for finer or lighter tracing.
     """
-    prepared = _prepare(x, estimator, sigmas, step_scale, step_sizes, steps_per_sigma, method, noise_scale,
-                        seed, on_divergence, max_backoffs, divergence_bound, batch_size)
-    _, history = _integrate(prepared[0], estimator, *prepared[1:], jit_compile=jit_compile, record=True,
-                            callback=callback)
-    return history
+    x = _checks.as_float_tensor(x, "x", min_rank=2)
+    plan = make_plan(x, estimator, sigmas, step_scale=step_scale, step_sizes=step_sizes,
+                     steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
+                     on_divergence=on_divergence, max_backoffs=max_backoffs, divergence_bound=divergence_bound)
+    return run(plan, x, batch_size=batch_size, record=True, callback=callback, jit_compile=jit_compile)[1]

@@ -50,7 +50,7 @@ import tensorflow as tf
 
 from gan2flow import _checks, adapters
 from gan2flow import estimators as _estimators
-from gan2flow import flows as _flows
+from gan2flow import noise as _noise
 from gan2flow import losses as _losses
 
 __all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES"]
@@ -437,14 +437,14 @@ class SDGAN(keras.Model):
         """N(0, I) draws for the local rows, which start at global row ``offset`` of the batch."""
         if self.replica_invariant_noise:
             state = self._seed_generator.next()
-            return _flows.counter_normal(shape, state[0], state[1], offset)
+            return _noise.counter_normal(shape, state[0], state[1], offset)
         return tf.random.stateless_normal(shape, seed=self._next_seed(), dtype=tf.float32)
 
     def _uniform(self, shape, offset=0):
         """U(0, 1) draws for the local rows (as :meth:`_normal`)."""
         if self.replica_invariant_noise:
             state = self._seed_generator.next()
-            return _flows.counter_uniform(shape, state[0], state[1], offset)
+            return _noise.counter_uniform(shape, state[0], state[1], offset)
         return tf.random.stateless_uniform(shape, seed=self._next_seed(), dtype=tf.float32)
 
     def _latents(self, batch, offset=0):

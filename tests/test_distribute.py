@@ -86,16 +86,20 @@ def test_divergence_is_reported_like_flow():
                         jit_compile=False)
 
 
-def test_drift_term_is_the_kernel_estimators_arithmetic():
-    # _DriftTerm holds the starting samples as tensors (per replica) instead of variables; it must
-    # compute exactly what drift_corrected's KernelScoreDifference(initial, source=None) does.
+def test_drift_correction_of_a_plan_is_the_kernel_estimators_arithmetic():
+    # A plan with drift_correction adds the kernel term from the batch's starting samples (held as tensors,
+    # so it runs per replica); one Euler step must be exactly what drift_corrected's
+    # KernelScoreDifference(initial, source=None) gives.
     rng = np.random.default_rng(3)
     initial = rng.normal(size=(40, 2)).astype(np.float32)
     x = initial + 0.3 * rng.normal(size=(40, 2)).astype(np.float32)
     reference = estimators.KernelScoreDifference(initial, source=None, block_size=16)
-    term = distribute._DriftTerm(tf.constant(initial), 16)
+    zero = lambda x, sigma: tf.zeros_like(x)  # noqa: E731
     for sigma in (0.1, 1.0):
-        np.testing.assert_allclose(term(x, sigma), reference(x, sigma), rtol=1e-5, atol=1e-5)
+        plan = gan2flow.flows.make_plan(x, zero, [sigma], step_sizes=[1.0], drift_correction=True,
+                                        kernel_block_size=16)
+        moved, _ = gan2flow.flows.run_batch(plan, x, reference=tf.constant(initial), jit_compile=False)
+        np.testing.assert_allclose(moved - x, reference(x, sigma), rtol=1e-4, atol=1e-5)
 
 
 def _gan_flow(seed=0):

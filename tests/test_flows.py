@@ -187,10 +187,9 @@ def test_divergence_is_reported_with_step_and_sigma():
     assert info.value.step == 2 and info.value.level == 2
     # Run in segments behind a progress bar (level 0, level 1, levels 2-3), the step and level still count
     # from the start of the whole flow.
-    from gan2flow import _progress
-
+    plan = gan2flow.flows.make_plan(x, exploding, [1.0, 0.8, 0.4, 0.2], steps_per_sigma=2)
     with pytest.raises(gan2flow.FlowDivergenceError, match=r"step 4 .*sigma=0\.4") as info:
-        _progress.flow_with_progress(x, exploding, [1.0, 0.8, 0.4, 0.2], steps_per_sigma=2, segments=3, verbose=True)
+        gan2flow.flows.run(plan, x, segments=3, progress="flow")
     assert info.value.step == 4 and info.value.level == 2
 
 

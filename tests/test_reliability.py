@@ -637,25 +637,24 @@ def test_noisy_flows_repeat_bit_for_bit_with_a_seed(kit):
 def test_progress_bar_segments_draw_the_noise_of_one_flow(kit):
     """verbose=True runs the schedule in segments; they keep the global step index of the noise, so the
     result is the uninterrupted flow's, bit for bit (same chunk shapes), with and without a trajectory."""
-    from gan2flow import _progress
-
     sigmas = schedules.geometric(1.0, 0.1, 7)
-    options = dict(noise_scale=1.0, seed=5, steps_per_sigma=2, jit_compile=False)
-    whole = gan2flow.flow(kit["x"], _pull, sigmas, **options)
+    options = dict(noise_scale=1.0, seed=5, steps_per_sigma=2)
+    whole = gan2flow.flow(kit["x"], _pull, sigmas, jit_compile=False, **options)
+    plan = flows.make_plan(kit["x"], _pull, sigmas, **options)
     for record in (False, True):
-        segmented, path = _progress.flow_with_progress(kit["x"], _pull, sigmas, segments=3, verbose=True,
-                                                       record=record, **options)
+        segmented, path = flows.run(plan, kit["x"], segments=3, progress="flow", record=record, jit_compile=False)
         assert _same_bits(segmented, whole)
-    assert _same_bits(path, gan2flow.trajectory(kit["x"], _pull, sigmas, **options))
-    # A piece that starts later in the schedule draws that later noise: levels 0-2, then 3-6 with
-    # step_offset=6 is the whole flow again.
-    first, _ = _progress.flow_with_progress(kit["x"], _pull, sigmas[:3], verbose=False, **options)
-    rest, _ = _progress.flow_with_progress(first, _pull, sigmas[3:], verbose=False, step_offset=6, **options)
+    assert _same_bits(path, gan2flow.trajectory(kit["x"], _pull, sigmas, jit_compile=False, **options))
+    # A piece that starts later in the schedule draws that later noise: levels 0-2, then levels 3-6 (whose
+    # plan starts at global step 6) is the whole flow again.
+    first, _ = flows.run(plan.levels(0, 3), kit["x"], jit_compile=False)
+    assert plan.levels(3).step_offset == 6
+    rest, _ = flows.run(plan.levels(3), first, jit_compile=False)
     assert _same_bits(rest, whole)
     # A callback sees every step once, numbered from the start of the whole flow, through the segments.
     seen = []
-    with_callback, _ = _progress.flow_with_progress(kit["x"], _pull, sigmas, segments=3, verbose=True,
-                                                    callback=seen.append, **options)
+    with_callback, _ = flows.run(plan, kit["x"], segments=3, progress="flow", callback=seen.append,
+                                 jit_compile=False)
     assert [d["step"] for d in seen] == list(range(14))
     assert [d["level"] for d in seen] == list(np.repeat(np.arange(7), 2))
     np.testing.assert_allclose([d["sigma"] for d in seen], np.repeat(sigmas.numpy(), 2))
