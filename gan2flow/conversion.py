@@ -199,7 +199,7 @@ class GANFlow(keras.Model):
                 raise ValueError("`callback` is not supported under a strategy; refine on one device to trace steps.")
             return distribute.run(plan, x, strategy=strategy, phases=phases, batch_size=batch_size, verbose=verbose)
         return flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback,
-                         progress="refining in data space" if verbose else None)[0]
+                         progress="refining in data space" if verbose else None).x
 
     def jacobian_scale(self, n=256, seed=0):
         """RMS stretch of the generator, sqrt(E‖J_G(z) u‖²) for z ~ p₀ and random unit u (data units per
@@ -258,7 +258,7 @@ class GANFlow(keras.Model):
                                  "step); use gan2flow.flow on one device to trace a flow step by step.")
             return distribute.run(plan, z, strategy=strategy, batch_size=batch_size)
         return flows.run(plan, z, batch_size=batch_size, callback=callback,
-                         progress="refining in latent space" if verbose else None)[0]
+                         progress="refining in latent space" if verbose else None).x
 
     # density ratio -----------------------------------------------------------------------------
     def log_ratio(self, x, sigma=None):

@@ -60,7 +60,7 @@ def kernel_demo(out_dir="gan2flow-out/kernel-demo", *, n=2000, n_target=4000, le
     estimator = estimators.KernelScoreDifference(target, block_size=1024)
     sigmas = schedules.geometric(sigma_max, sigma_min, levels)
     plan = flows.make_plan(x0, estimator, sigmas, step_scale=step_scale, steps_per_sigma=steps_per_sigma)
-    final, path = flows.run(plan, x0, record=True, progress="kernel SD flow N(0, I) -> grid25" if verbose else None)
+    final, path = flows.run(plan, x0, record=True, progress="kernel SD flow N(0, I) -> grid25" if verbose else None)[:2]
     final, path = final.numpy(), path.numpy()
     rows = {
         "before (N(0, I))": metrics.summarize(x0, held_out, centers=centers, std=stds, seed=seed),

@@ -188,7 +188,7 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
             reference = part
             bad_steps, scales = [], []
             for loop, schedule in zip(loops, schedules):
-                part, bad_step, scale, _ = loop(part, reference, **schedule)
+                part, bad_step, scale, _, _ = loop(part, reference, **schedule)
                 bad_steps.append(bad_step)
                 scales.append(scale)
             return part, tf.stack(bad_steps), tf.stack(scales)

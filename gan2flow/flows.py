@@ -5,7 +5,7 @@
 is shorthand for building a :class:`FlowPlan` (what to do) and running it (how):
 
     plan = gan2flow.flows.make_plan(x, estimator, sigmas, step_scale=0.5, ...)   # validated, named
-    x, _ = gan2flow.flows.run(plan, x, batch_size=None, progress=None)          # chunks, segments, bar
+    x = gan2flow.flows.run(plan, x, batch_size=None, progress=None).x           # chunks, segments, bar
 
 For each level σ_k of the plan (``steps_per_sigma`` times):
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -43,7 +44,7 @@ from gan2flow import _checks, estimators, noise
 from gan2flow import sigmas as _sigmas
 
 __all__ = ["flow", "trajectory", "FlowDivergenceError", "METHODS", "ON_DIVERGENCE", "trace_count", "FlowPlan",
-           "make_plan", "resolve_seed", "default_divergence_bound", "run", "run_batch", "compiled_loop",
+           "FlowResult", "make_plan", "resolve_seed", "default_divergence_bound", "run", "run_batch", "compiled_loop",
            "padded_schedule", "schedule_bucket", "raise_divergence"]
 
 METHODS = ("euler", "heun")
@@ -99,6 +100,12 @@ class FlowPlan:
         drift_correction: add the kernel term ∇log q_start,σ − ∇log q_t,σ, where q_start is the batch as it
             was when the plan (or its first segment) started (shared/SD_FLOW.md §7).
         kernel_block_size: query block of that kernel term.
+        max_displacement: the Tweedie bound (shared/SD_FLOW.md §9.2): σ²·v_σ(x) = E_p[y|x] − E_q[y|x] is a
+            difference of two posterior means of data points, so its norm never exceeds the data's diameter.
+            Each sample's velocity is scaled down so that σ²‖v‖ ≤ max_displacement (inf: never); clipped
+            evaluations are counted (:class:`FlowResult`).
+        box: None, or (low, high) arrays broadcastable to one sample: after every step the state is projected
+            onto the box (e.g. the data's range); projected values are counted.
     """
 
     estimator: object
@@ -115,6 +122,8 @@ class FlowPlan:
     max_backoffs: int = 8
     drift_correction: bool = False
     kernel_block_size: object = "auto"
+    max_displacement: float = float("inf")
+    box: object = None
 
     @property
     def n_levels(self):
@@ -153,7 +162,7 @@ def default_divergence_bound(x, sigma_max):
 
 def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
               noise_scale=0.0, seed=None, on_divergence="raise", max_backoffs=8, divergence_bound=None,
-              drift_correction=False, kernel_block_size="auto"):
+              drift_correction=False, kernel_block_size="auto", max_displacement=None, box=None):
     """Validate a flow's arguments into a :class:`FlowPlan` for the batch ``x`` (see :func:`flow`).
 
     ``x`` is used for its shape (the estimator is probed once on its first rows) and for the default
@@ -192,12 +201,32 @@ def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_pe
     else:
         divergence_bound = _checks.positive_float(divergence_bound, "divergence_bound")
     kernel_block_size = estimators.checked_block_size(kernel_block_size)
+    max_displacement = (float("inf") if max_displacement is None
+                        else _checks.positive_float(max_displacement, "max_displacement"))
+    box = _checked_box(box, tuple(x.shape[1:]))
     if sigmas.shape[0] and x.shape[0]:
         _probe(estimator, x, sigma_max)
     return FlowPlan(estimator=estimator, sigmas=sigmas.numpy(), step_sizes=np.asarray(etas, np.float32),
                     steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
                     divergence_bound=divergence_bound, on_divergence=on_divergence, max_backoffs=max_backoffs,
-                    drift_correction=bool(drift_correction), kernel_block_size=kernel_block_size)
+                    drift_correction=bool(drift_correction), kernel_block_size=kernel_block_size,
+                    max_displacement=max_displacement, box=box)
+
+
+def _checked_box(box, sample_shape):
+    """``box`` as (low, high) float32 arrays of one sample's shape, low ≤ high; or None."""
+    if box is None:
+        return None
+    try:
+        low, high = box
+        low = np.broadcast_to(np.asarray(low, np.float32), sample_shape).copy()
+        high = np.broadcast_to(np.asarray(high, np.float32), sample_shape).copy()
+    except (TypeError, ValueError):
+        raise ValueError(f"`box` must be (low, high) broadcastable to a sample of shape {sample_shape}, got "
+                         f"{box!r}.") from None
+    if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
+        raise ValueError("`box` must be (low, high) with low <= high everywhere and no NaN.")
+    return low, high
 
 
 _PROBE_ROWS = 16
@@ -249,7 +278,7 @@ def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
     """The compiled loop for one static structure; ``drift_block`` is the kernel block size of the drift
     correction, or False for none."""
     def run_loop(x, reference, sigmas, etas, n_levels, steps_per_sigma, noise_scale, seed, offset, step_offset,
-                 bound, max_backoffs):
+                 bound, max_backoffs, max_displacement, low, high):
         # sigmas/etas are padded to a bucket length (see padded_schedule); n_levels is the real length.
         _TRACES["count"] += 1
         if drift_block is not False:
@@ -261,12 +290,20 @@ def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
         else:
             velocity_at = estimator
 
-        def step_once(x, sigma, eta):
+        def bounded_velocity(x, sigma):
+            """v with σ²‖v‖ ≤ max_displacement per sample (the Tweedie bound), and how many were scaled down."""
             velocity = velocity_at(x, sigma)
+            displacement = tf.square(sigma) * tf.norm(tf.reshape(velocity, [tf.shape(x)[0], -1]), axis=1)
+            factor = tf.minimum(1.0, max_displacement / tf.maximum(displacement, 1e-30))
+            factor = tf.reshape(factor, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
+            return velocity * factor, tf.reduce_sum(tf.cast(displacement > max_displacement, tf.int32))
+
+        def step_once(x, sigma, eta):
+            velocity, clipped = bounded_velocity(x, sigma)
             if method == "euler":
-                return x + eta * velocity
-            corrected = velocity_at(x + eta * velocity, sigma)
-            return x + eta * 0.5 * (velocity + corrected)
+                return x + eta * velocity, clipped
+            corrected, _ = bounded_velocity(x + eta * velocity, sigma)
+            return x + eta * 0.5 * (velocity + corrected), clipped
 
         n_steps = n_levels * steps_per_sigma
         shape = tf.shape(x)
@@ -276,17 +313,20 @@ def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
         else:
             history = tf.zeros([0], x.dtype)
 
-        def cond(i, x, scale, bad_step, backoffs, history):
+        def cond(i, x, scale, bad_step, backoffs, clipped, projected, history):
             return tf.logical_and(i < n_steps, bad_step < 0)
 
-        def body(i, x, scale, bad_step, backoffs, history):
+        def body(i, x, scale, bad_step, backoffs, clipped, projected, history):
             level = i // steps_per_sigma
             sigma = sigmas[level]
             eta = etas[level] * scale
-            proposal = step_once(x, sigma, eta)
+            proposal, clipped_now = step_once(x, sigma, eta)
             if noisy:
                 proposal = proposal + tf.sqrt(2.0 * eta) * noise_scale * noise.counter_normal(
                     shape, seed, step_offset + i, offset)
+            inside = tf.clip_by_value(proposal, low, high)
+            projected_now = tf.reduce_sum(tf.cast(tf.not_equal(inside, proposal), tf.int32))
+            proposal = inside
             accepted = tf.logical_and(
                 tf.reduce_all(tf.math.is_finite(proposal)), tf.reduce_max(tf.abs(proposal)) <= bound
             )
@@ -299,16 +339,19 @@ def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
             bad_step = tf.where(failed, i, bad_step)
             if record:
                 history = tf.tensor_scatter_nd_update(history, [[level + 1]], x[None])
+            clipped = clipped + tf.where(accepted, clipped_now, 0)
+            projected = projected + tf.where(accepted, projected_now, 0)
             i = i + tf.cast(accepted, tf.int32)
-            return i, x, scale, bad_step, backoffs, history
+            return i, x, scale, bad_step, backoffs, clipped, projected, history
 
-        i, x, scale, bad_step, backoffs, history = tf.while_loop(
+        zero = tf.constant(0)
+        i, x, scale, bad_step, backoffs, clipped, projected, history = tf.while_loop(
             cond,
             body,
-            (tf.constant(0), x, tf.constant(1.0), tf.constant(-1), tf.constant(0), history),
+            (zero, x, tf.constant(1.0), tf.constant(-1), zero, zero, zero, history),
             parallel_iterations=1,
         )
-        return x, bad_step, scale, history
+        return x, bad_step, scale, tf.stack([clipped, projected]), history
 
     return tf.function(run_loop, jit_compile=bool(jit_compile), reduce_retracing=False)
 
@@ -352,6 +395,9 @@ def padded_schedule(plan, bucket=None, scale=1.0):
         offset=tf.constant(plan.row_offset, tf.int64), step_offset=tf.constant(plan.step_offset, tf.int32),
         bound=tf.constant(plan.divergence_bound, tf.float32),
         max_backoffs=tf.constant(plan.max_backoffs if plan.on_divergence == "backoff" else 0, tf.int32),
+        max_displacement=tf.constant(plan.max_displacement, tf.float32),
+        low=tf.constant(-np.inf if plan.box is None else plan.box[0], tf.float32),
+        high=tf.constant(np.inf if plan.box is None else plan.box[1], tf.float32),
     )
 
 
@@ -374,8 +420,24 @@ def raise_divergence(plan, bad_step, scale):
     )
 
 
+class FlowResult(NamedTuple):
+    """What running a plan gives back.
+
+    Attributes:
+        x: the moved samples, float32 shaped like the input.
+        history: the states at every level boundary [levels + 1, batch, ...] when recorded, else None.
+        clipped: velocity evaluations scaled down to the plan's ``max_displacement`` (Tweedie bound).
+        projected: coordinates projected back onto the plan's ``box``.
+    """
+
+    x: tf.Tensor
+    history: object = None
+    clipped: int = 0
+    projected: int = 0
+
+
 def run_batch(plan, x, *, reference=None, record=False, callback=None, jit_compile=True):
-    """Run ``plan`` on one batch ``x`` in one compiled loop; returns (x, history or None).
+    """Run ``plan`` on one batch ``x`` in one compiled loop; returns a :class:`FlowResult`.
 
     Args:
         plan: a :class:`FlowPlan`.
@@ -391,14 +453,15 @@ def run_batch(plan, x, *, reference=None, record=False, callback=None, jit_compi
     x = tf.convert_to_tensor(x, tf.float32)
     reference = x if reference is None else reference
     if plan.n_levels == 0 or int(x.shape[0]) == 0:
-        return tf.identity(x), (x[None] if record else None)
+        return FlowResult(tf.identity(x), x[None] if record else None)
     if callback is not None:
         return _run_stepwise(plan, x, reference, record, callback, jit_compile)
     loop = compiled_loop(plan, record=record, jit_compile=jit_compile)
-    result, bad_step, scale, history = loop(x, reference, **padded_schedule(plan))
+    result, bad_step, scale, counts, history = loop(x, reference, **padded_schedule(plan))
     if int(bad_step) >= 0:
         raise_divergence(plan, int(bad_step), float(scale))
-    return result, (history[:plan.n_levels + 1] if record else None)
+    clipped, projected = (int(c) for c in counts)
+    return FlowResult(result, history[:plan.n_levels + 1] if record else None, clipped, projected)
 
 
 def _run_stepwise(plan, x, reference, record, callback, jit_compile):
@@ -407,12 +470,15 @@ def _run_stepwise(plan, x, reference, record, callback, jit_compile):
     states = [x] if record else None
     scale = 1.0
     step = 0
+    clipped = projected = 0
     for level in range(plan.n_levels):
         one_level = plan.levels(level, level + 1)
         for _ in range(plan.steps_per_sigma):
             single = one_level.replace(steps_per_sigma=1, step_offset=plan.step_offset + step)
-            x, bad_step, used, _ = loop(x, reference, **padded_schedule(single, 8, scale))
+            x, bad_step, used, counts, _ = loop(x, reference, **padded_schedule(single, 8, scale))
             scale *= float(used)
+            clipped += int(counts[0])
+            projected += int(counts[1])
             if int(bad_step) >= 0:
                 raise_divergence(plan, step, scale)
             callback({
@@ -423,7 +489,7 @@ def _run_stepwise(plan, x, reference, record, callback, jit_compile):
             step += 1
         if record:
             states.append(x)
-    return x, (tf.stack(states) if record else None)
+    return FlowResult(x, tf.stack(states) if record else None, clipped, projected)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,7 +515,7 @@ def run(plan, x, *, phases=None, batch_size=None, record=False, callback=None, j
             ``on_divergence="backoff"`` a halved step lasts to the end of its segment). None: no bar.
 
     Returns:
-        (x, history): history is None unless ``record``.
+        A :class:`FlowResult` (x, history (None unless ``record``), clipped and projected counts).
     """
     x = tf.convert_to_tensor(x, tf.float32)
     n = int(x.shape[0])
@@ -468,7 +534,7 @@ def run(plan, x, *, phases=None, batch_size=None, record=False, callback=None, j
         if total:
             print(progress)
             bar = keras.utils.Progbar(total, unit_name="level", stateful_metrics=["sigma"])
-    done = 0
+    done = clipped = projected = 0
     outputs, histories = [], []
     for _, part, plans in chunk_phases:
         start_samples = part
@@ -477,10 +543,13 @@ def run(plan, x, *, phases=None, batch_size=None, record=False, callback=None, j
             bounds = np.unique(np.linspace(0, phase.n_levels, pieces + 1).astype(int))
             path = [part[None]] if record else None
             for first, stop in zip(bounds[:-1], bounds[1:]):
-                part, history = run_batch(phase.levels(first, stop), part, reference=start_samples, record=record,
-                                          callback=callback, jit_compile=jit_compile)
+                result = run_batch(phase.levels(first, stop), part, reference=start_samples, record=record,
+                                   callback=callback, jit_compile=jit_compile)
+                part = result.x
+                clipped += result.clipped
+                projected += result.projected
                 if record:
-                    path.append(history[1:])
+                    path.append(result.history[1:])
                 done += int(stop - first)
                 if bar is not None:
                     bar.update(done, values=[("sigma", float(phase.sigmas[stop - 1]))])
@@ -491,7 +560,7 @@ def run(plan, x, *, phases=None, batch_size=None, record=False, callback=None, j
     history = None
     if record:
         history = histories[0] if len(histories) == 1 else tf.concat(histories, axis=1)
-    return result, history
+    return FlowResult(result, history, clipped, projected)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -558,7 +627,7 @@ def flow(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sig
     plan = make_plan(x, estimator, sigmas, step_scale=step_scale, step_sizes=step_sizes,
                      steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
                      on_divergence=on_divergence, max_backoffs=max_backoffs, divergence_bound=divergence_bound)
-    return run(plan, x, batch_size=batch_size, callback=callback, jit_compile=jit_compile)[0]
+    return run(plan, x, batch_size=batch_size, callback=callback, jit_compile=jit_compile).x
 
 
 def trajectory(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
@@ -575,4 +644,4 @@ def trajectory(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_p
     plan = make_plan(x, estimator, sigmas, step_scale=step_scale, step_sizes=step_sizes,
                      steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
                      on_divergence=on_divergence, max_backoffs=max_backoffs, divergence_bound=divergence_bound)
-    return run(plan, x, batch_size=batch_size, record=True, callback=callback, jit_compile=jit_compile)[1]
+    return run(plan, x, batch_size=batch_size, record=True, callback=callback, jit_compile=jit_compile).history

@@ -642,19 +642,19 @@ def test_progress_bar_segments_draw_the_noise_of_one_flow(kit):
     whole = gan2flow.flow(kit["x"], _pull, sigmas, jit_compile=False, **options)
     plan = flows.make_plan(kit["x"], _pull, sigmas, **options)
     for record in (False, True):
-        segmented, path = flows.run(plan, kit["x"], segments=3, progress="flow", record=record, jit_compile=False)
+        segmented, path = flows.run(plan, kit["x"], segments=3, progress="flow", record=record, jit_compile=False)[:2]
         assert _same_bits(segmented, whole)
     assert _same_bits(path, gan2flow.trajectory(kit["x"], _pull, sigmas, jit_compile=False, **options))
     # A piece that starts later in the schedule draws that later noise: levels 0-2, then levels 3-6 (whose
     # plan starts at global step 6) is the whole flow again.
-    first, _ = flows.run(plan.levels(0, 3), kit["x"], jit_compile=False)
+    first = flows.run(plan.levels(0, 3), kit["x"], jit_compile=False).x
     assert plan.levels(3).step_offset == 6
-    rest, _ = flows.run(plan.levels(3), first, jit_compile=False)
+    rest = flows.run(plan.levels(3), first, jit_compile=False).x
     assert _same_bits(rest, whole)
     # A callback sees every step once, numbered from the start of the whole flow, through the segments.
     seen = []
-    with_callback, _ = flows.run(plan, kit["x"], segments=3, progress="flow", callback=seen.append,
-                                 jit_compile=False)
+    with_callback = flows.run(plan, kit["x"], segments=3, progress="flow", callback=seen.append,
+                              jit_compile=False).x
     assert [d["step"] for d in seen] == list(range(14))
     assert [d["level"] for d in seen] == list(np.repeat(np.arange(7), 2))
     np.testing.assert_allclose([d["sigma"] for d in seen], np.repeat(sigmas.numpy(), 2))
