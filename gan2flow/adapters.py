@@ -9,7 +9,10 @@ inputs counted, its σ-conditioning inferred and its output normalised the same 
 - :func:`model_arity`, :func:`input_sample_shape`: what a model takes;
 - :func:`sigma_conditioning`: whether a discriminator takes ``[x, sigma]`` (given, inferred, or contradicted);
 - :func:`latent_shape`: a generator's latent shape (given or inferred);
-- :func:`output_column`: a discriminator's raw output as ``[batch, 1]``.
+- :func:`output_column`: a discriminator's raw output as ``[batch, 1]``;
+- conventions noticed instead of calibrated through silently: :func:`ends_in_sigmoid` (a discriminator
+  that outputs probabilities, keras-io style, not logits) and :func:`check_ranges` (data in 0..255 for a
+  tanh generator, say).
 
 Each raises ``ValueError`` (``FileNotFoundError`` for a missing file) naming the argument.
 """
@@ -25,7 +28,7 @@ import tensorflow as tf
 from gan2flow import _checks
 
 __all__ = ["load_model", "load_array", "model_arity", "input_sample_shape", "sigma_conditioning", "latent_shape",
-           "output_column"]
+           "output_column", "final_activation", "ends_in_sigmoid", "check_ranges"]
 
 
 def load_model(value, name):
@@ -165,3 +168,52 @@ def output_column(output, name):
     raise ValueError(
         f"`{name}` must return one raw output per sample, shape [batch, 1] or [batch]; got shape "
         f"{tuple(output.shape)}.")
+
+
+def final_activation(model):
+    """The name of the activation a Keras model's last layer applies (``"sigmoid"``, ``"tanh"``, ...), looking
+    into nested models; None where it cannot tell (a subclassed model without layers)."""
+    layers = getattr(model, "layers", None) or []
+    while layers and getattr(layers[-1], "layers", None):  # a nested model: look inside it
+        layers = layers[-1].layers
+    if not layers:
+        return None
+    activation = getattr(layers[-1], "activation", None)
+    return getattr(activation, "__name__", None)
+
+
+def ends_in_sigmoid(model):
+    """Whether a Keras model's last layer squashes its output through a sigmoid (it outputs probabilities:
+    ``Dense(1, activation="sigmoid")`` or ``Activation("sigmoid")``, keras-io style)."""
+    return final_activation(model) == "sigmoid"
+
+
+_BOUNDED = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+
+
+def check_ranges(real, fake, *, generator=None, real_name="real_data", fake_name="generator"):
+    """Refuse data and generator samples on different scales (uint8 images in 0..255 for a tanh generator):
+    ``ValueError`` naming both ranges.
+
+    Two checks, both on the 0.1 %–99.9 % quantiles of all values: a generator whose last activation bounds
+    its output (tanh: [−1, 1], sigmoid: [0, 1]) cannot reach data beyond that bound by more than a quarter
+    of its width; and at least half of the generator's values must lie within the data's range widened by
+    half its span on each side. (A generator whose samples are merely narrower than the data, e.g. a
+    mode-collapsed one, passes.)
+    """
+    real_low, real_high = (float(v) for v in np.quantile(np.asarray(real, np.float64), [0.001, 0.999]))
+    fake = np.asarray(fake, np.float64)
+    fake_low, fake_high = (float(v) for v in np.quantile(fake, [0.001, 0.999]))
+    message = (f"`{real_name}` and `{fake_name}` samples live on different scales: `{real_name}` values span "
+               f"[{real_low:.4g}, {real_high:.4g}], `{fake_name}` samples [{fake_low:.4g}, {fake_high:.4g}]")
+    advice = " Pass the data the way the GAN was trained on it (e.g. images scaled to [-1, 1] for a tanh generator)."
+    bound = _BOUNDED.get(final_activation(generator)) if generator is not None else None
+    if bound is not None:
+        margin = 0.25 * (bound[1] - bound[0])
+        if real_low < bound[0] - margin or real_high > bound[1] + margin:
+            raise ValueError(f"{message}, and the generator ends in {final_activation(generator)} (outputs in "
+                             f"[{bound[0]:g}, {bound[1]:g}]).{advice}")
+    span = max(real_high - real_low, 1e-12)
+    inside = np.mean((fake >= real_low - 0.5 * span) & (fake <= real_high + 0.5 * span))
+    if inside < 0.5:
+        raise ValueError(f"{message}: only {inside:.0%} of the generator's values fall near the data's range.{advice}")

@@ -359,6 +359,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             raise ValueError(f"`discriminator` could not be called on samples of shape {tuple(real.shape[1:])}: "
                              f"{error}") from None
         adapters.output_column(out, "discriminator")
+    adapters.check_ranges(real, generator(tf.random.stateless_normal((256,) + tuple(latent_shape), seed=[seed, 3]),
+                                          training=False), generator=generator)
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(real))
@@ -409,12 +411,24 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     flow.diagnostics = diagnose(flow, train, heldout, seed=seed)
     flow.diagnostics.update({"steps": steps, "batch_size": global_batch, "sigma_range": list(sigma_range),
                              "reused_discriminator": bool(given is not None and reuse_discriminator),
-                             "given_loss": loss, "n_train": len(train), "n_heldout": len(heldout)})
+                             "given_loss": loss, "n_train": len(train), "n_heldout": len(heldout),
+                             "given_output": _given_output(calibrator)})
     if verbose:
         print(format_diagnostics(flow.diagnostics))
     if backup_dir is not None:
         _remove_backup(backup_dir)
     return flow
+
+
+def _given_output(calibrator):
+    """How the given discriminator's output was read (for the report), or None when it is not reused."""
+    try:
+        feature = calibrator.get_layer("given_discriminator")
+    except ValueError:
+        return None
+    if feature.probability:
+        return "probability (the model ends in a sigmoid): its logit log D - log(1 - D) is used"
+    return "raw output" if feature.loss_name is None else f"output through the {feature.loss_name} link"
 
 
 _BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",

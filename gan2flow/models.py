@@ -347,9 +347,12 @@ class FrozenFeature(keras.layers.Layer):
     """The given discriminator's output as a standardised, frozen feature: (link(D(x)) − mean) / std.
 
     ``link`` is the given loss's link when it has one (a log-ratio estimate at σ = 0), else identity.
+    With ``probability`` (a discriminator ending in a sigmoid, keras-io style), the output D ∈ (0, 1) is
+    first mapped back to its logit log D − log(1 − D) (clipped to D ∈ [1e-6, 1 − 1e-6]).
     """
 
-    def __init__(self, discriminator, *, loss=None, sigma_conditioned=False, mean=0.0, std=1.0, **kwargs):
+    def __init__(self, discriminator, *, loss=None, sigma_conditioned=False, mean=0.0, std=1.0, probability=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.discriminator = discriminator
         self.discriminator.trainable = False
@@ -357,10 +360,14 @@ class FrozenFeature(keras.layers.Layer):
         self.sigma_conditioned = bool(sigma_conditioned)
         self.mean = float(mean)
         self.std = float(std)
+        self.probability = bool(probability)
 
     def raw(self, x, sigma):
         inputs = [x, sigma] if self.sigma_conditioned else x
         output = tf.reshape(tf.cast(self.discriminator(inputs, training=False), tf.float32), [-1, 1])
+        if self.probability:
+            clipped = tf.clip_by_value(output, 1e-6, 1.0 - 1e-6)
+            output = tf.math.log(clipped) - tf.math.log1p(-clipped)
         if self.loss_name is not None and losses.get(self.loss_name).sd_consistent:
             output = losses.get(self.loss_name).log_ratio(output)
         return output
@@ -377,7 +384,7 @@ class FrozenFeature(keras.layers.Layer):
         config.update({
             "discriminator": keras.saving.serialize_keras_object(self.discriminator),
             "loss": self.loss_name, "sigma_conditioned": self.sigma_conditioned,
-            "mean": self.mean, "std": self.std,
+            "mean": self.mean, "std": self.std, "probability": self.probability,
         })
         return config
 
@@ -463,7 +470,11 @@ def calibration_discriminator(sample_shape, *, given=None, given_loss=None, refe
         features.append(FourierFeatures(fourier_features, *fourier_scales, name="fourier_features")([x, sigma]))
     if given is not None:
         conditioned = adapters.model_arity(given) == 2
-        feature = FrozenFeature(given, loss=given_loss, sigma_conditioned=conditioned, name="given_discriminator")
+        # A discriminator ending in a sigmoid outputs D = σ(logit): use its logit, except for the least-squares
+        # loss, whose link log T − log(1 − T) already expects T ∈ (0, 1).
+        probability = adapters.ends_in_sigmoid(given) and given_loss != "least_squares"
+        feature = FrozenFeature(given, loss=given_loss, sigma_conditioned=conditioned, probability=probability,
+                                name="given_discriminator")
         if reference is not None:
             reference = tf.convert_to_tensor(reference, tf.float32)
             raw = feature.raw(reference, tf.zeros([tf.shape(reference)[0], 1])).numpy()

@@ -136,3 +136,43 @@ def test_convert_rejects_bad_inputs(tmp_path):
     generator.save(plain)
     with pytest.raises(ValueError, match="not a gan2flow GANFlow"):
         gan2flow.load(plain)
+
+
+# Foreign conventions: noticed, not calibrated through silently (issue 13, item 3) --------------------
+
+
+def test_a_discriminator_ending_in_a_sigmoid_is_read_through_its_logit():
+    """keras-io writes ``Dense(1, activation="sigmoid")``: the output is D = σ(l), so the frozen feature must
+    be l = log D − log(1 − D), which for the logistic link is the log-ratio itself (checked on hand values)."""
+    x = keras.Input((2,))
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    probability_model = keras.Model(x, dense(x))
+    dense.set_weights([np.array([[1.0], [-2.0]], np.float32), np.array([0.5], np.float32)])
+    assert gan2flow.adapters.ends_in_sigmoid(probability_model)
+    assert not gan2flow.adapters.ends_in_sigmoid(models.mlp_discriminator((2,), sigma_conditioned=False))
+    feature = models.FrozenFeature(probability_model, loss="logistic", probability=True)
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, -1.0]], np.float32)
+    expected = points @ np.array([1.0, -2.0]) + 0.5  # the pre-sigmoid logit
+    np.testing.assert_allclose(feature.raw(points, tf.zeros([3, 1]))[:, 0], expected, rtol=1e-4, atol=1e-4)
+    calibrator = models.calibration_discriminator((2,), given=probability_model, given_loss="logistic", hidden=(4,))
+    assert calibrator.get_layer("given_discriminator").probability
+    # the least-squares link already expects T in (0, 1): no double mapping
+    calibrator = models.calibration_discriminator((2,), given=probability_model, given_loss="least_squares",
+                                                  hidden=(4,))
+    assert not calibrator.get_layer("given_discriminator").probability
+
+
+def test_convert_names_both_ranges_when_data_and_generator_live_on_different_scales():
+    """uint8-style images in 0..255 with a tanh generator in [−1, 1] are refused before any training."""
+    z = keras.Input((4,))
+    generator = keras.Model(z, keras.layers.Dense(16, activation="tanh")(z))
+    real = np.random.default_rng(0).integers(0, 256, size=(200, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"`real_data` values span \[0, 255\].*`generator` samples \[.*tanh"):
+        gan2flow.convert(generator, None, real, steps=1, verbose=0)
+    samples = generator(np.random.default_rng(1).normal(size=(256, 4)).astype(np.float32)).numpy()
+    # the same generator with data on its own scale passes, and so does a collapsed one (narrower, inside)
+    gan2flow.adapters.check_ranges(real / 127.5 - 1.0, samples, generator=generator)
+    gan2flow.adapters.check_ranges(real / 127.5 - 1.0, 0.01 * samples, generator=generator)
+    # an unbounded generator whose samples sit far from the data is refused on the second check
+    with pytest.raises(ValueError, match=r"only 0% of the generator's values"):
+        gan2flow.adapters.check_ranges(real, samples - 1000.0)
