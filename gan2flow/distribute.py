@@ -130,7 +130,7 @@ def _split_gathered(stacked, round_inputs, replicas):
 def _structure(plans, jit_compile):
     """What must be the same for every chunk of a sharded run: one compiled loop per phase."""
     return tuple((plan.method, plan.noise_scale > 0, plan.drift_correction, str(plan.kernel_block_size),
-                  bool(jit_compile)) for plan in plans)
+                  plan.source_weight, bool(jit_compile)) for plan in plans)
 
 
 def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, verbose=False):

@@ -180,8 +180,11 @@ def kernel_samples(samples, center=None):
     return KernelSamples(center, centered, 0.5 * tf.reduce_sum(tf.square(centered), axis=1))
 
 
-def kernel_score_difference(x, target, source, sigma, *, block_size="auto"):
+def kernel_score_difference(x, target, source, sigma, *, block_size="auto", source_weight=1.0):
     """(D̂_target(x, σ) − D̂_source(x, σ)) / σ², shaped like x: the kernel SD between two sample sets (§3.1).
+
+    With ``source_weight`` w ≠ 1: ∇log p̂_σ − w ∇log q̂_σ = (D̂_target − x)/σ² − w (D̂_source − x)/σ², the drift
+    that makes Langevin noise of scale s = sqrt(1 − w) leave p, not a tempered p, stationary (§9.4).
 
     The one place this arithmetic lives: :class:`KernelScoreDifference` and the drift correction of the
     flows (``FlowPlan(drift_correction=True)``) both call it.
@@ -193,6 +196,7 @@ def kernel_score_difference(x, target, source, sigma, *, block_size="auto"):
             the source), centred on ``target.center``.
         sigma: scalar noise level > 0.
         block_size: query rows per block (see :func:`kernel_denoise`).
+        source_weight: a Python float w (1: the plain score difference).
     """
     sigma = _sigma_tensor(sigma)
     flat = _flatten(x) - target.center
@@ -203,7 +207,11 @@ def kernel_score_difference(x, target, source, sigma, *, block_size="auto"):
     else:
         source_mean = kernel_denoise(flat, source.samples, sigma, block_size=block_size,
                                      samples_half_sq_norm=source.half_sq_norm)
-    return tf.reshape((target_mean - source_mean) / tf.square(sigma), tf.shape(x))
+    if source_weight == 1.0:
+        difference = target_mean - source_mean
+    else:
+        difference = (target_mean - flat) - source_weight * (source_mean - flat)
+    return tf.reshape(difference / tf.square(sigma), tf.shape(x))
 
 
 class KernelScoreDifference:
@@ -217,6 +225,8 @@ class KernelScoreDifference:
     Args:
         target: samples of p, array [M, ...].
         source: samples of q, array [M', ...] with the same trailing shape, or None (use x itself).
+        source_weight: w in ∇log p_σ − w·∇log q_σ (1: the score difference; flows with Langevin noise s
+            use 1 − s², see :meth:`with_source_weight`).
         block_size: query rows per block; memory is O(block_size · M). ``"auto"`` (default): about
             16 MiB of logits per block (:func:`auto_block_size`), the fastest measured on CPU
             (docs/performance.md). None: one block (memory O(N · M)).
@@ -231,7 +241,8 @@ class KernelScoreDifference:
     Caution (§8): with small σ and few target samples the flow collapses onto the target samples.
     """
 
-    def __init__(self, target, source=None, block_size="auto"):
+    def __init__(self, target, source=None, block_size="auto", *, source_weight=1.0):
+        self.source_weight = float(source_weight)
         target = _as_sample_variable(target, "target")
         self.event_shape = tuple(target.shape[1:])
         flat_target = tf.reshape(target, [target.shape[0], -1])
@@ -295,7 +306,22 @@ class KernelScoreDifference:
         self._check_x(x)
         target = KernelSamples(self._center, self._target, self._target_half_sq)
         source = None if self._source is None else KernelSamples(self._center, self._source, self._source_half_sq)
-        return kernel_score_difference(x, target, source, sigma, block_size=self.block_size)
+        return kernel_score_difference(x, target, source, sigma, block_size=self.block_size,
+                                       source_weight=self.source_weight)
+
+    def with_source_weight(self, weight):
+        """The same estimator for ∇log p_σ − weight·∇log q_σ (sharing the samples; see §9.4).
+
+        ``gan2flow.flow(..., noise_scale=s)`` uses it with weight = 1 − s², so that Langevin noise added to
+        this explicit-source drift leaves p stationary instead of the tempered p^{1/(1+s²)}.
+        """
+        twins = self.__dict__.setdefault("_twins", {})
+        if float(weight) not in twins:  # one object per weight: compiled flows are cached per estimator object
+            twin = object.__new__(type(self))
+            twin.__dict__.update(self.__dict__)
+            twin.source_weight = float(weight)
+            twins[float(weight)] = twin
+        return twins[float(weight)]
 
 
 # --------------------------------------------------------------------------------------------------

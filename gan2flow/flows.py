@@ -106,6 +106,8 @@ class FlowPlan:
             evaluations are counted (:class:`FlowResult`).
         box: None, or (low, high) arrays broadcastable to one sample: after every step the state is projected
             onto the box (e.g. the data's range); projected values are counted.
+        source_weight: w in the drift correction's ∇log q_start − w·∇log q_t (1 − noise_scale² with noise:
+            shared/SD_FLOW.md §9.4).
     """
 
     estimator: object
@@ -124,6 +126,7 @@ class FlowPlan:
     kernel_block_size: object = "auto"
     max_displacement: float = float("inf")
     box: object = None
+    source_weight: float = 1.0
 
     @property
     def n_levels(self):
@@ -162,11 +165,18 @@ def default_divergence_bound(x, sigma_max):
 
 def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
               noise_scale=0.0, seed=None, on_divergence="raise", max_backoffs=8, divergence_bound=None,
-              drift_correction=False, kernel_block_size="auto", max_displacement=None, box=None):
+              drift_correction=False, kernel_block_size="auto", max_displacement=None, box=None,
+              noise_correction=True):
     """Validate a flow's arguments into a :class:`FlowPlan` for the batch ``x`` (see :func:`flow`).
 
     ``x`` is used for its shape (the estimator is probed once on its first rows) and for the default
     divergence bound, 1000·(1 + max|x| + 10·σ_max).
+
+    Noise and the source term (shared/SD_FLOW.md §9.4): with Langevin noise of scale s, the drift
+    ∇log p − ∇log q_t plus noise has the stationary law p^{1/(1+s²)}, not p. Where the source term is
+    explicit — an estimator with ``with_source_weight`` (``KernelScoreDifference``) and the drift
+    correction's kernel term — ``noise_correction`` (default) follows ∇log p − (1 − s²)∇log q_t instead,
+    whose stationary law is p. Where the source is implicit (a discriminator), noise tempers the target.
 
     Raises:
         ValueError: a bad argument (named in the message), or an estimator that does not return one
@@ -193,6 +203,9 @@ def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_pe
         if bool(tf.reduce_any(etas < 0)):
             raise ValueError(f"`step_sizes` must be >= 0, got {etas.numpy().tolist()}.")
     seed = resolve_seed(seed, noise_scale)
+    source_weight = 1.0 - noise_scale**2 if (noise_correction and noise_scale > 0) else 1.0
+    if source_weight != 1.0 and hasattr(estimator, "with_source_weight"):
+        estimator = estimator.with_source_weight(source_weight)
     sigma_max = float(sigmas[0]) if sigmas.shape[0] else 0.0
     if divergence_bound is None:
         divergence_bound = float(default_divergence_bound(x, sigma_max))
@@ -210,7 +223,7 @@ def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_pe
                     steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
                     divergence_bound=divergence_bound, on_divergence=on_divergence, max_backoffs=max_backoffs,
                     drift_correction=bool(drift_correction), kernel_block_size=kernel_block_size,
-                    max_displacement=max_displacement, box=box)
+                    max_displacement=max_displacement, box=box, source_weight=source_weight)
 
 
 def _checked_box(box, sample_shape):
@@ -274,7 +287,7 @@ def _probe(estimator, x, sigma):
 # The one compiled loop
 
 
-def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
+def _build_loop(estimator, method, record, noisy, drift_block, source_weight, jit_compile):
     """The compiled loop for one static structure; ``drift_block`` is the kernel block size of the drift
     correction, or False for none."""
     def run_loop(x, reference, sigmas, etas, n_levels, steps_per_sigma, noise_scale, seed, offset, step_offset,
@@ -286,7 +299,7 @@ def _build_loop(estimator, method, record, noisy, drift_block, jit_compile):
 
             def velocity_at(x, sigma):
                 return estimator(x, sigma) + estimators.kernel_score_difference(
-                    x, start, None, sigma, block_size=drift_block)
+                    x, start, None, sigma, block_size=drift_block, source_weight=source_weight)
         else:
             velocity_at = estimator
 
@@ -362,14 +375,15 @@ def compiled_loop(plan, *, record=False, jit_compile=True):
     ``(x, reference, **padded_schedule(plan, bucket), **plan tensors)``. Used by :func:`run_batch` and by
     ``gan2flow.distribute`` (which runs it on every replica)."""
     drift_block = plan.kernel_block_size if plan.drift_correction else False
-    key = (plan.method, bool(record), plan.noise_scale > 0, str(drift_block), bool(jit_compile))
+    source_weight = plan.source_weight if plan.drift_correction else 1.0
+    key = (plan.method, bool(record), plan.noise_scale > 0, str(drift_block), source_weight, bool(jit_compile))
     try:
         cache = _LOOPS.setdefault(plan.estimator, {})
     except TypeError:  # not weak-referenceable: compile without caching
         cache = {}
     if key not in cache:
         cache[key] = _build_loop(plan.estimator, plan.method, bool(record), plan.noise_scale > 0, drift_block,
-                                 jit_compile)
+                                 source_weight, jit_compile)
     return cache[key]
 
 
