@@ -34,6 +34,7 @@ __all__ = [
     "ScoreDifferenceSum",
     "drift_corrected",
     "ReweightedPriorScore",
+    "StagedScoreDifference",
     "kernel_denoise",
     "checked_block_size",
     "kernel_samples",
@@ -663,3 +664,57 @@ class ReweightedPriorScore:
             x = tf.cast(self.generator(z, training=False), tf.float32)
             value = tf.reduce_sum(self.estimator.log_ratio(x, sigma))
         return tape.gradient(value, z) - self.prior_weight * z
+
+
+# --------------------------------------------------------------------------------------------------
+# A family of fields, one per σ stage
+
+
+class StagedScoreDifference:
+    """A σ-indexed family of discriminator SD estimators: v_σ(x) = ∇ₓ link(T_k(x, σ)), k the stage nearest σ.
+
+    Stage k's discriminator T_k was calibrated at σ_k against the samples *as they are at stage k* of a
+    flow (shared/SD_FLOW.md §9.2): its gradient is ∇log p_σk − ∇log q_k,σk, the SD of the current particles,
+    with no drift correction. Flowing with the schedule ``sigmas`` therefore uses each stage at its own
+    level; the stage is chosen in-graph (``tf.switch_case`` on the nearest σ_k in log scale), so one compiled
+    flow loop holds every stage.
+
+    Args:
+        discriminators: K Keras models, each ``[x, sigma] -> [batch, 1]`` (or x -> output).
+        sigmas: the K stage levels σ_k.
+        loss: the loss they were trained with (its link maps outputs to log-ratios).
+
+    Raises:
+        ValueError: no discriminators, or not one σ per discriminator.
+    """
+
+    def __init__(self, discriminators, sigmas, loss="logistic"):
+        discriminators = list(discriminators)
+        sigmas = np.asarray(sigmas, np.float64).reshape(-1)
+        if not discriminators:
+            raise ValueError("`discriminators` must hold at least one model, got none.")
+        if len(sigmas) != len(discriminators) or np.any(sigmas <= 0):
+            raise ValueError(f"`sigmas` must give one positive σ per discriminator ({len(discriminators)}), got "
+                             f"{sigmas.tolist()}.")
+        self.discriminators = discriminators
+        self.sigmas = sigmas
+        self.stages = [DiscriminatorScoreDifference(model, loss=loss) for model in discriminators]
+        self._log_sigmas = tf.constant(np.log(sigmas), tf.float32)
+
+    def stage_index(self, sigma):
+        """The index of the stage whose σ_k is nearest ``sigma`` (in log scale), an int32 scalar tensor."""
+        distance = tf.abs(self._log_sigmas - tf.math.log(_sigma_tensor(sigma)))
+        return tf.cast(tf.argmin(distance), tf.int32)
+
+    def _dispatch(self, method, x, sigma):
+        index = self.stage_index(sigma)
+        if tf.executing_eagerly():
+            return getattr(self.stages[int(index)], method)(x, sigma)
+        return tf.switch_case(index, [lambda stage=stage: getattr(stage, method)(x, sigma) for stage in self.stages])
+
+    def log_ratio(self, x, sigma):
+        """link(T_k(x, σ)): the estimated log p_σ(x)/q_k,σ(x), shape [batch]."""
+        return self._dispatch("log_ratio", tf.convert_to_tensor(x, tf.float32), sigma)
+
+    def __call__(self, x, sigma):
+        return self._dispatch("__call__", tf.convert_to_tensor(x, tf.float32), sigma)

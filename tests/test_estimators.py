@@ -201,3 +201,26 @@ def test_drift_correction_telescopes_exactly(rng):
     corrected = gan2flow.drift_corrected(base, initial)
     direct = gan2flow.KernelScoreDifference(target, None)
     np.testing.assert_allclose(corrected(x, 0.5), direct(x, 0.5), rtol=1e-4, atol=1e-4)
+
+
+def test_staged_score_difference_uses_the_stage_nearest_sigma_eagerly_and_under_xla():
+    """Stage k's discriminator T_k(x) = c_k · x₀ (a linear logit) has gradient (c_k, 0): at σ the field must be
+    the gradient of the stage whose σ_k is nearest in log scale (the switch between 1 and 0.3 is at their
+    geometric mean 0.548), the same eagerly and inside one XLA program."""
+    def linear(c):
+        x = keras.Input((2,))
+        sigma = keras.Input((1,))
+        dense = keras.layers.Dense(1, use_bias=False)
+        out = dense(x) + 0.0 * sigma
+        dense.set_weights([np.array([[c], [0.0]], np.float32)])
+        return keras.Model([x, sigma], out)
+
+    staged = gan2flow.estimators.StagedScoreDifference([linear(1.0), linear(2.0), linear(3.0)], [1.0, 0.3, 0.1])
+    x = np.ones((4, 2), np.float32)
+    compiled = tf.function(lambda x, sigma: staged(x, sigma), jit_compile=True)
+    for sigma, expected in ((2.0, 1.0), (0.6, 1.0), (0.5, 2.0), (0.2, 2.0), (0.15, 3.0), (0.01, 3.0)):
+        np.testing.assert_allclose(staged(x, sigma)[:, 0], expected)
+        np.testing.assert_allclose(compiled(x, tf.constant(sigma))[:, 0], expected)
+        np.testing.assert_allclose(staged.log_ratio(x, sigma), expected)
+    with pytest.raises(ValueError, match="one positive σ per discriminator"):
+        gan2flow.estimators.StagedScoreDifference([linear(1.0)], [1.0, 0.5])
