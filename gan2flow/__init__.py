@@ -5,7 +5,8 @@ v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x) shaped like x. Estimators produce it
 discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and docs/.
 """
 from gan2flow import compare, digits, distribute, image_metrics, losses, metrics, models, sigmas, toys, training
-from gan2flow.conversion import GANFlow, convert, load
+from gan2flow.conversion import convert
+from gan2flow.ganflow import GANFlow, load
 from gan2flow.estimators import (
     AnalyticScoreDifference,
     DenoiserScoreDifference,

@@ -1,0 +1,276 @@
+"""``GANFlow``: a generator with its calibrated discriminators — sample, refine, reweight; a ``.keras`` file.
+
+    flow = gan2flow.convert(generator, discriminator, real_data)    # gan2flow.conversion
+    x = flow.sample(1000, seed=0)                                   # refined in data space
+    z = flow.refine_latent(flow.latents(1000, seed=0))              # or in latent space
+    flow.save("my_flow.keras");  flow = gan2flow.load("my_flow.keras")
+
+Refinement builds flow plans (``gan2flow.flows``) and executes them on one device or, with
+``strategy=``, on the replicas of a ``tf.distribute`` strategy (``gan2flow.distribute``).
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gan2flow import _checks, adapters, distribute, estimators, flows, metrics
+from gan2flow import sigmas as schedules
+
+__all__ = ["GANFlow", "load"]
+
+_MAX_LATENT_STEP = 0.5
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class GANFlow(keras.Model):
+    """A generator with a calibrated discriminator: sample, refine, reweight; saveable as ``.keras``.
+
+    Args:
+        generator: Keras model z -> x, z ~ N(0, I) of shape ``latent_shape``.
+        discriminator: calibrated σ-conditioned Keras model [x, sigma] -> logit (logistic loss:
+            logit = log p_σ/q_σ at the optimum, q the generator's distribution).
+        sigma_range: (sigma_min, sigma_max) the discriminator was calibrated on.
+        latent_shape: the generator's input shape (without batch).
+        diagnostics: the calibration report (JSON-able dict), kept in the saved file.
+    """
+
+    def __init__(self, generator, discriminator, *, sigma_range, latent_shape, diagnostics=None, name="gan_flow",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
+        self.latent_shape = tuple(int(d) for d in latent_shape)
+        self.diagnostics = diagnostics or {}
+        self.estimator = estimators.DiscriminatorScoreDifference(discriminator, loss="logistic",
+                                                                 sigma_conditioned=True)
+        self._latent_estimators = {}
+        self.built = True
+
+    # keras plumbing ----------------------------------------------------------------------------
+    def call(self, z, training=False):
+        """``generator(z)``."""
+        return self.generator(z, training=False)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "generator": keras.saving.serialize_keras_object(self.generator),
+            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
+            "sigma_range": list(self.sigma_range),
+            "latent_shape": list(self.latent_shape),
+            "diagnostics": self.diagnostics,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
+        config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
+        return cls(**config)
+
+    def save(self, filepath, overwrite=True, **kwargs):
+        """``keras.Model.save``; to a local ``.keras`` path atomically (a temporary file in the same folder,
+        then ``os.replace``), so that an interrupted save never leaves a half-written file behind."""
+        path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else None
+        if path is None or not path.endswith(".keras") or "://" in path or (not overwrite and os.path.exists(path)):
+            return super().save(filepath, overwrite=overwrite, **kwargs)
+        from gan2flow import _io
+
+        _io._atomic(path, lambda temporary: super(GANFlow, self).save(temporary, overwrite=True, **kwargs), ".keras")
+
+    @property
+    def sample_shape(self):
+        return tuple(self.generator.output_shape[1:])
+
+    # sampling ----------------------------------------------------------------------------------
+    def latents(self, n, seed=None):
+        """z ~ N(0, I), [n, *latent_shape]; reproducible for an integer seed (stateless Philox)."""
+        n = _checks.positive_int(n, "n")
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        seed = _checks.positive_int(seed, "seed", allow_zero=True)
+        return tf.random.stateless_normal((n,) + self.latent_shape, seed=[seed, 0], alg="philox")
+
+    def generate(self, z, batch_size=4096):
+        """G(z) in batches, float32."""
+        z = _checks.as_float_tensor(z, "z", min_rank=2)
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], got {tuple(z.shape)}.")
+        parts = [tf.cast(self.generator(z[i:i + batch_size], training=False), tf.float32)
+                 for i in range(0, int(z.shape[0]), batch_size)]
+        return tf.concat(parts, axis=0)
+
+    def sample(self, n, *, refine=True, space="data", seed=None, **options):
+        """Draw n samples: G(z), then refined in data space (``refine``) or latent space (``refine_latent``).
+
+        Args:
+            n: number of samples.
+            refine: False gives the raw generator samples.
+            space: ``"data"`` or ``"latent"``.
+            seed: integer seed for z and any noise: the same seed gives the same samples.
+            **options: passed to :meth:`refine` or :meth:`refine_latent` (``strategy=`` shards the refinement).
+
+        Returns:
+            float32 tensor [n, *sample_shape].
+        """
+        _checks.one_of(space, "space", ("data", "latent"))
+        z = self.latents(n, seed)
+        if refine and space == "latent":
+            z = self.refine_latent(z, seed=seed, **options)
+        x = self.generate(z)
+        if refine and space == "data":
+            x = self.refine(x, seed=seed, **options)
+        return x
+
+    def default_sigmas(self, levels=40):
+        """The refinement schedule: geometric over the calibrated σ range."""
+        return schedules.geometric(self.sigma_range[1], self.sigma_range[0], levels)
+
+    def refine(self, x, *, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.5, drift_correction=True,
+               drift_min_sigma=None, method="euler", noise_scale=0.0, seed=None, batch_size=None,
+               kernel_block_size=1024, verbose=False, callback=None, on_divergence="raise", strategy=None):
+        """Refine samples in data space along the calibrated SD with a decreasing σ schedule.
+
+        With ``drift_correction`` (default) the flow follows ∇log p_σ − ∇log q_t,σ for the *current*
+        samples: the discriminator's term against the generator plus a kernel estimate of
+        ∇log q₀,σ − ∇log q_t,σ from the starting samples and the current ones (shared/SD_FLOW.md §7).
+        That kernel term is only trustworthy while σ exceeds the spacing of the samples: below it each
+        kernel sees a handful of points and pulls particles onto individual starting samples (the
+        memorisation caution of §8). It is therefore applied for σ ≥ ``drift_min_sigma`` (default: twice
+        the median nearest-neighbour distance of the starting samples); below, the discriminator's field
+        alone finishes the flow, by which time mode weights are settled. The kernel term couples the
+        samples of one batch: pass a ``batch_size`` of a few thousand for very large n.
+
+        Args:
+            x: samples [n, *sample_shape] (e.g. ``generate(z)``).
+            sigmas: schedule (default: :meth:`default_sigmas` with ``levels``).
+            levels, steps_per_sigma, step_scale, method, noise_scale, seed, batch_size, callback,
+            on_divergence: as :func:`gan2flow.flow`.
+            drift_correction: keep the source term current (recommended).
+            drift_min_sigma: smallest σ at which the drift correction is applied (None: automatic).
+            kernel_block_size: block size of the kernel term.
+            verbose: show a progress bar.
+            strategy: a ``tf.distribute`` strategy: chunks of ``batch_size`` (default n / replicas) are
+                refined in parallel on its replicas (:func:`gan2flow.distribute.refine`); the result equals
+                this method's on one device with the same ``batch_size``. No ``callback`` then.
+
+        Returns:
+            float32 tensor shaped like x.
+        """
+        x = _checks.as_float_tensor(x, "x", min_rank=2)
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"`x` must have shape [batch, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}.")
+        sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
+        if drift_min_sigma is not None:
+            drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
+        plan = flows.make_plan(x, self.estimator, sigmas, step_scale=step_scale, steps_per_sigma=steps_per_sigma,
+                               method=method, noise_scale=noise_scale, seed=seed, on_divergence=on_divergence,
+                               kernel_block_size=kernel_block_size)
+        phases = None
+        if drift_correction:
+            def phases(chunk_plan, part):
+                """Drift-corrected levels σ ≥ the threshold (the chunk's starting samples as q₀), then plain ones."""
+                threshold = (2.0 * metrics.median_neighbour_distance(part.numpy()) if drift_min_sigma is None
+                             else drift_min_sigma)
+                corrected = int(np.sum(chunk_plan.sigmas >= threshold))
+                return [chunk_plan.levels(0, corrected).replace(drift_correction=True), chunk_plan.levels(corrected)]
+        if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
+            if callback is not None:
+                raise ValueError("`callback` is not supported under a strategy; refine on one device to trace steps.")
+            return distribute.run(plan, x, strategy=strategy, phases=phases, batch_size=batch_size, verbose=verbose)
+        return flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback,
+                         progress="refining in data space" if verbose else None).x
+
+    def jacobian_scale(self, n=256, seed=0):
+        """RMS stretch of the generator, sqrt(E‖J_G(z) u‖²) for z ~ p₀ and random unit u (data units per
+        latent unit): converts data-space step sizes into latent ones. Cached after the first call."""
+        if getattr(self, "_jacobian_scale", None) is None:
+            z = self.latents(n, seed=seed)
+            directions = tf.random.stateless_normal(tf.shape(z), seed=[seed, 1])
+            directions = directions / tf.norm(tf.reshape(directions, [n, -1]), axis=1)[:, None]
+            with tf.autodiff.ForwardAccumulator(z, directions) as accumulator:
+                x = tf.cast(self.generator(z, training=False), tf.float32)
+            jvp = tf.reshape(accumulator.jvp(x), [n, -1])
+            self._jacobian_scale = float(tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(jvp), axis=1))))
+        return self._jacobian_scale
+
+    def refine_latent(self, z, *, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.2, noise_scale=1.0,
+                      prior_weight=1.0, seed=None, batch_size=None, verbose=False, callback=None,
+                      on_divergence="raise", strategy=None):
+        """Refine latents: z ← z + η_k ∇_z[link(T(G(z), σ_k)) + log p₀(z)] + sqrt(2η_k)·noise_scale·n.
+
+        Annealed over the same σ schedule as :meth:`refine`, with η_k = step_scale·σ_k² / s² where s is
+        :meth:`jacobian_scale`, so that a latent step moves G(z) about as far as a data-space step would.
+        η_k is capped at 0.5 (stability of the prior term). With noise_scale = 1 this is annealed Langevin dynamics whose stationary law at level σ is
+        p₀(z)·p_σ(G(z))/q_σ(G(z)): the prior reweighted by the density ratio, which needs no drift
+        correction; with noise_scale = 0 it is mode-seeking ascent. Outputs stay on G's range.
+
+        Args:
+            z: latents [n, *latent_shape].
+            sigmas, levels, steps_per_sigma, step_scale, noise_scale, seed, batch_size, callback,
+            on_divergence: as :meth:`refine` / :func:`gan2flow.flow`.
+            prior_weight: weight of log p₀(z) = −‖z‖²/2.
+            verbose: show a progress bar.
+            strategy: a ``tf.distribute`` strategy to shard the latents over (:func:`gan2flow.distribute.flow`;
+                the same latents as on one device (with ``verbose=False`` when ``on_divergence="backoff"``);
+                no ``callback`` or progress bar then).
+
+        Returns:
+            The refined latents (pass them to :meth:`generate`).
+        """
+        z = _checks.as_float_tensor(z, "z", min_rank=2)
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], got {tuple(z.shape)}.")
+        sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
+        step_scale = _checks.positive_float(step_scale, "step_scale")
+        prior_weight = _checks.positive_float(prior_weight, "prior_weight", allow_zero=True)
+        if prior_weight not in self._latent_estimators:
+            self._latent_estimators[prior_weight] = estimators.ReweightedPriorScore(self.generator, self.estimator, prior_weight)
+        estimator = self._latent_estimators[prior_weight]
+        # Capped at 0.5: beyond η = 2 the prior term alone (z ← (1 − η) z) is unstable, and unadjusted Langevin
+        # is biased well before that; a generator that barely stretches its latent would otherwise get huge steps.
+        step_sizes = tf.minimum(step_scale * tf.square(sigmas) / self.jacobian_scale() ** 2, _MAX_LATENT_STEP)
+        plan = flows.make_plan(z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma,
+                               noise_scale=noise_scale, seed=seed, on_divergence=on_divergence)
+        if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
+            if callback is not None:
+                raise ValueError("`callback` is not supported under a strategy (it would stop every replica at every "
+                                 "step); use gan2flow.flow on one device to trace a flow step by step.")
+            return distribute.run(plan, z, strategy=strategy, batch_size=batch_size)
+        return flows.run(plan, z, batch_size=batch_size, callback=callback,
+                         progress="refining in latent space" if verbose else None).x
+
+    # density ratio -----------------------------------------------------------------------------
+    def log_ratio(self, x, sigma=None):
+        """Estimated log p_σ(x)/q_σ(x) (the calibrated logit), [batch]; σ defaults to the smallest."""
+        x = _checks.as_float_tensor(x, "x", min_rank=2)
+        sigma = self.sigma_range[0] if sigma is None else _checks.positive_float(sigma, "sigma")
+        return self.estimator.log_ratio(x, sigma)
+
+    def importance_weights(self, x, sigma=None, normalize=True):
+        """Density-ratio weights r(x) = exp(log_ratio(x)) for generator samples x (reweighting, rejection).
+
+        With ``normalize`` they are divided by their mean (self-normalised importance weights, mean 1).
+        """
+        log_r = self.log_ratio(x, sigma)
+        if normalize:
+            return tf.exp(log_r - tf.reduce_logsumexp(log_r) + tf.math.log(tf.cast(tf.size(log_r), tf.float32)))
+        return tf.exp(log_r)
+
+
+def load(path):
+    """Load a :class:`GANFlow` saved with ``flow.save(path)`` (a ``.keras`` file).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable ``.keras`` file, or a file holding another kind of model.
+    """
+    model = adapters.load_model(path, "path")
+    if not isinstance(model, GANFlow):
+        raise ValueError(f"`path`: {os.fspath(path)!r} holds a {type(model).__name__}, not a gan2flow GANFlow "
+                         "(save one with GANFlow.save or `gan2flow convert`).")
+    return model
