@@ -7,7 +7,6 @@ import pytest
 
 from gan2flow import adapters
 
-
 # --------------------------------------------------------------------------------------------------
 # Reliability (issue 8): bad input to the model adapter.
 # Every row of ``BAD_CALLS`` must raise the given error *before any work is done*, with a message that names

@@ -19,8 +19,8 @@ from gan2flow import cli, models
 
 # Each subcommand's --help must mention these options (and carry examples).
 HELP_OPTIONS = {
-    "train": ["--data", "--toy", "--loss", "--objective", "--epochs", "--batch-size", "--latent-dim", "--d-learning-rate",
-              "--sigma-min", "--sigma-max", "--out", "--seed"],
+    "train": ["--data", "--toy", "--loss", "--objective", "--epochs", "--batch-size", "--latent-dim",
+              "--d-learning-rate", "--sigma-min", "--sigma-max", "--out", "--seed"],
     "convert": ["--generator", "--discriminator", "--data", "--loss", "--steps", "--out", "--output", "--seed"],
     "refine": ["--flow", "--n", "--out", "--space", "--no-refine", "--seed", "--batch-size", "--levels",
                "--step-scale"],
@@ -229,7 +229,7 @@ def test_a_killed_training_run_resumes_to_the_same_result(tmp_path):
     for name in ("generator", "discriminator"):
         whole = gan2flow.adapters.load_model(str(tmp_path / f"whole/{name}.keras"), name)
         killed = gan2flow.adapters.load_model(str(tmp_path / f"killed/{name}.keras"), name)
-        for a, b in zip(whole.get_weights(), killed.get_weights()):
+        for a, b in zip(whole.get_weights(), killed.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     whole_history = json.loads((tmp_path / "whole/history.json").read_text())["history"]
     killed_history = json.loads((tmp_path / "killed/history.json").read_text())["history"]
@@ -303,7 +303,8 @@ def test_command_line_errors_are_one_line_naming_the_flag(cli_files, argv, flag,
 
 def test_traceback_flag_shows_the_original_error(cli_files):
     with pytest.raises(ValueError, match="NaN"):
-        cli.main(["--traceback", "convert", "--generator", cli_files["generator_keras"], "--data", cli_files["nan_npy"]])
+        cli.main(["--traceback", "convert", "--generator", cli_files["generator_keras"],
+                  "--data", cli_files["nan_npy"]])
 
 
 def test_unexpected_errors_are_one_line_with_status_1(monkeypatch, capsys):

@@ -93,7 +93,7 @@ COUPLED = {"kernel_particles", "drift_corrected"}
 PER_SAMPLE = [name for name in ESTIMATORS if name not in COUPLED]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _estimator(name):
     """One estimator object per name for the whole module (compiled flows are cached per object)."""
     return _FACTORIES[name]()
@@ -267,7 +267,7 @@ def test_batch_size_chunks_equal_one_pass_for_per_sample_estimators(name, method
 def _by_hand(x, sigmas, etas, steps_per_sigma, method):
     """The integrators' update equations (gan2flow.flow's docstring) in float64 over the exact SD."""
     states = [x]
-    for sigma, eta in zip(sigmas, etas):
+    for sigma, eta in zip(sigmas, etas, strict=True):
         for _ in range(steps_per_sigma):
             v = _exact_sd(x, sigma)
             if method == "euler":

@@ -10,8 +10,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import gan2flow
-from _helpers import Interrupted, Recorder, same_bits, small_convert, two_output_discriminator
 from gan2flow import demo, metrics, models, toys
+
+from _helpers import Interrupted, Recorder, same_bits, small_convert, two_output_discriminator
 
 tfd = tfp.distributions
 
@@ -232,7 +233,8 @@ BAD_CALLS = [
      r"`path`: .*generator.keras' holds a Functional, not a gan2flow GANFlow"),
     ("load-h5", lambda k: gan2flow.load(k["files"]["model.h5"]), ValueError, r"`path` must be a .keras model file"),
     ("ganflow-sample-n", lambda k: k["flow"].sample(0, seed=0), ValueError, r"`n` must be an integer >= 1, got 0"),
-    ("ganflow-sample-seed", lambda k: k["flow"].sample(4, seed=-1), ValueError, r"`seed` must be an integer >= 0, got -1"),
+    ("ganflow-sample-seed", lambda k: k["flow"].sample(4, seed=-1), ValueError,
+     r"`seed` must be an integer >= 0, got -1"),
     ("ganflow-sample-space", lambda k: k["flow"].sample(4, seed=0, space="pixel"), ValueError,
      r"`space` must be one of \['data', 'latent'\], got 'pixel'"),
     ("ganflow-refine-shape", lambda k: k["flow"].refine(np.zeros((4, 3), np.float32)), ValueError,
@@ -346,7 +348,7 @@ def test_interrupted_conversion_resumes_from_its_backup(kit, tmp_path):
     resumed = Recorder()
     flow = small_convert(kit, callbacks=[resumed], **options)
     assert resumed.epochs == [1] and resumed.iterations_at_start == 200
-    for restored, saved in zip(resumed.at_start, first.after_epoch[0]):
+    for restored, saved in zip(resumed.at_start, first.after_epoch[0], strict=True):
         np.testing.assert_array_equal(restored, saved)
     assert np.all(np.isfinite(flow.log_ratio(kit["real"])))
     assert not os.path.exists(backup_dir), "a finished conversion removes its backup"

@@ -50,7 +50,7 @@ def _expected_report(stub, train, heldout, *, n, seed, levels):
     fake_train = stub.generate(stub.latents(len(train), seed + 7920)).numpy().astype(np.float64)
     rows = []
     for sigma in np.geomspace(1.0, 0.1, levels):
-        def logit(a, k):
+        def logit(a, k, sigma=sigma):
             noised = (a + sigma * np.random.default_rng([seed, k]).normal(size=a.shape)).astype(np.float32)
             return 2.0 * noised[:, 0].astype(np.float64) / (1.0 + sigma**2) + stub.offset
 
@@ -82,7 +82,7 @@ def test_diagnose_reproduces_hand_computed_losses_accuracy_and_kls():
     report = diagnostics.diagnose(stub, TRAIN, HELDOUT, n=1200, levels=3, seed=4)  # all held-out, part of training
     expected = _expected_report(stub, TRAIN, HELDOUT, n=1200, seed=4, levels=3)
     assert [row["sigma"] for row in report["levels"]] == pytest.approx([1.0, math.sqrt(0.1), 0.1], rel=1e-12)
-    for got, want in zip(report["levels"], expected):
+    for got, want in zip(report["levels"], expected, strict=True):
         # The report's logits are float32 (as here) and its softplus/means run in float32: a few ulps of O(1)
         # values, relative 1e-5. Accuracy counts signs of the same float32 logits: exact.
         assert got["accuracy"] == want["accuracy"]

@@ -8,8 +8,16 @@ from hypothesis import given
 from hypothesis.extra import numpy as hnp
 
 import gan2flow
-from _helpers import QUICK, any_float32, constant_discriminator, pull, three_input_discriminator, two_output_discriminator
 from gan2flow import losses
+
+from _helpers import (
+    QUICK,
+    any_float32,
+    constant_discriminator,
+    pull,
+    three_input_discriminator,
+    two_output_discriminator,
+)
 
 tfd = tfp.distributions
 
@@ -278,8 +286,10 @@ BAD_CALLS = [
     ("analytic-distribution", lambda k: gan2flow.AnalyticScoreDifference(tfd.Laplace(0.0, 1.0), None), ValueError,
      r"`target` must be a Gaussian or Gaussian mixture"),
     ("sum-empty", lambda k: gan2flow.ScoreDifferenceSum(), ValueError, r"`estimators` must name at least one"),
-    ("sum-not-callable", lambda k: gan2flow.ScoreDifferenceSum(pull, 3), ValueError, r"`estimators\[1\]` must be callable"),
-    ("denoiser-none", lambda k: gan2flow.DenoiserScoreDifference(None), ValueError, r"`target_denoiser` must be a callable"),
+    ("sum-not-callable", lambda k: gan2flow.ScoreDifferenceSum(pull, 3), ValueError,
+     r"`estimators\[1\]` must be callable"),
+    ("denoiser-none", lambda k: gan2flow.DenoiserScoreDifference(None), ValueError,
+     r"`target_denoiser` must be a callable"),
 ]
 
 

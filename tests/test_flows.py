@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gan2flow
-from _helpers import TRACED, one_nan, pull, same_bits
 from gan2flow import flows, metrics
 from gan2flow import sigmas as schedules
+
+from _helpers import TRACED, one_nan, pull, same_bits
 
 tfd = tfp.distributions
 

@@ -6,8 +6,9 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _helpers import QUICK, any_float32, finite_positive
 from gan2flow import sigmas
+
+from _helpers import QUICK, any_float32, finite_positive
 
 
 @pytest.mark.parametrize("schedule", [sigmas.geometric, sigmas.linear, sigmas.karras])
@@ -105,7 +106,8 @@ def test_bad_calls_table_has_unique_ids():
                  st.lists(finite_positive, max_size=10).map(lambda v: sorted(v, reverse=True)),
                  st.lists(st.sampled_from([2.0, 1.0, 0.5, 0.0, -1.0]), max_size=6)))
 def test_validate_accepts_exactly_the_nonincreasing_positive_finite_sequences(values):
-    acceptable = all(np.isfinite(v) and v > 0 for v in values) and all(a >= b for a, b in zip(values, values[1:]))
+    acceptable = all(np.isfinite(v) and v > 0 for v in values) and all(
+        a >= b for a, b in zip(values, values[1:], strict=False))
     if acceptable:
         np.testing.assert_array_equal(sigmas.validate(values).numpy(), np.float32(values).reshape(-1))
     else:

@@ -27,8 +27,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import gan2flow
-from _helpers import Interrupted, Recorder, one_nan
 from gan2flow import estimators, models, training
+
+from _helpers import Interrupted, Recorder, one_nan
 
 tfd = tfp.distributions
 RTOL, ATOL = 1e-5, 1e-6
@@ -112,10 +113,10 @@ def test_discriminator_only_freezes_generator_and_trains_discriminator():
     generator_before = [w.numpy().copy() for w in gan.generator.weights]
     discriminator_before = [w.numpy().copy() for w in gan.discriminator.weights]
     gan.fit(_real(), batch_size=32, epochs=1, verbose=0)
-    for before, after in zip(generator_before, gan.generator.weights):
+    for before, after in zip(generator_before, gan.generator.weights, strict=True):
         np.testing.assert_array_equal(before, after.numpy())
     after = [w.numpy() for w in gan.discriminator.weights]
-    assert any(not np.array_equal(b, a) for b, a in zip(discriminator_before, after))
+    assert any(not np.array_equal(b, a) for b, a in zip(discriminator_before, after, strict=True))
     assert gan.g_optimizer is None
 
 
@@ -247,7 +248,7 @@ def test_reported_d_loss_matches_hand_computation_without_noise(loss):
         assert set(logs) == {"d_loss", "d_accuracy"}
         expected = np.mean(_softplus(-real_out)) + np.mean(_softplus(fake_out))
         np.testing.assert_allclose(logs["d_loss"], expected, rtol=RTOL, atol=ATOL)
-        for before, after in zip(weights, discriminator.weights):
+        for before, after in zip(weights, discriminator.weights, strict=True):
             np.testing.assert_array_equal(before, after.numpy())
 
 
@@ -283,10 +284,10 @@ def test_same_seed_same_training():
         getattr(second, model).set_weights(getattr(first, model).get_weights())
     for gan in (first, second):
         gan.fit(_real(64), batch_size=32, epochs=1, verbose=0, shuffle=False)
-    for a, b in zip(first.weights, second.weights):
+    for a, b in zip(first.weights, second.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     initial = [w.numpy() for w in _small_gan(None, seed=5).discriminator.weights]
-    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(initial, first.discriminator.weights))
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(initial, first.discriminator.weights, strict=True))
 
 
 def test_callbacks_and_weights_round_trip(tmp_path):
@@ -310,7 +311,7 @@ def test_callbacks_and_weights_round_trip(tmp_path):
     restored = _small_gan("logit", seed=9)
     restored.load_weights(str(checkpoint))
     for model in ("generator", "discriminator"):
-        for a, b in zip(getattr(gan, model).weights, getattr(restored, model).weights):
+        for a, b in zip(getattr(gan, model).weights, getattr(restored, model).weights, strict=True):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(NotImplementedError, match="weights"):
         gan.get_config()
@@ -517,7 +518,7 @@ def test_mirrored_strategy_matches_single_device():
     (history_one, weights_one), (history_two, weights_two) = json.loads(line[len("RESULT"):])
     for key in ("d_loss", "d_accuracy", "penalty"):
         np.testing.assert_allclose(history_two[key], history_one[key], rtol=1e-5, atol=1e-6)
-    for a, b in zip(weights_one, weights_two):
+    for a, b in zip(weights_one, weights_two, strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-5)
 
 
@@ -617,7 +618,7 @@ def test_interrupted_training_resumes_from_its_last_backup(kit, tmp_path):
     history = fit(resumed_gan, resumed, backup_dir)
     assert resumed.epochs == [2, 3], "the resumed run must continue at the first unfinished epoch"
     assert len(history.history["d_loss"]) == 2
-    for restored, saved in zip(resumed.at_start, first.after_epoch[1]):
+    for restored, saved in zip(resumed.at_start, first.after_epoch[1], strict=True):
         np.testing.assert_array_equal(restored, saved)
     assert resumed.iterations_at_start == 2 * 2  # the optimizer state came back too
     assert int(resumed_gan.d_optimizer.iterations.numpy()) == 4 * 2
@@ -626,7 +627,7 @@ def test_interrupted_training_resumes_from_its_last_backup(kit, tmp_path):
     fallback = Recorder()
     fit(_resumable_gan(2), fallback, corrupted_dir)
     assert fallback.epochs == [1, 2, 3], "one epoch lost, not the run"
-    for restored, saved in zip(fallback.at_start, first.after_epoch[0]):
+    for restored, saved in zip(fallback.at_start, first.after_epoch[0], strict=True):
         np.testing.assert_array_equal(restored, saved)
 
 
