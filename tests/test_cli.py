@@ -1,4 +1,5 @@
-"""The command line: ``--help`` texts, a tiny train → convert → refine run, reproducibility, one-line errors.
+"""The command line: ``--help`` texts, a tiny train → convert → refine run, reproducibility, one-line errors
+(``BAD_COMMAND_LINES``: one line on stderr, status 2, the flag named, no traceback, no output written).
 
 Commands run in-process through ``gan2flow.cli.main`` (no interpreter start-up, TensorFlow imported
 once); one test starts ``python -m gan2flow --help`` in a subprocess to check the module entry point.
@@ -18,8 +19,8 @@ from gan2flow import cli, models
 
 # Each subcommand's --help must mention these options (and carry examples).
 HELP_OPTIONS = {
-    "train": ["--data", "--toy", "--loss", "--objective", "--epochs", "--batch-size", "--latent-dim", "--d-learning-rate",
-              "--sigma-min", "--sigma-max", "--out", "--seed"],
+    "train": ["--data", "--toy", "--loss", "--objective", "--epochs", "--batch-size", "--latent-dim",
+              "--d-learning-rate", "--sigma-min", "--sigma-max", "--out", "--seed"],
     "convert": ["--generator", "--discriminator", "--data", "--loss", "--steps", "--out", "--output", "--seed"],
     "refine": ["--flow", "--n", "--out", "--space", "--no-refine", "--seed", "--batch-size", "--levels",
                "--step-scale"],
@@ -228,8 +229,107 @@ def test_a_killed_training_run_resumes_to_the_same_result(tmp_path):
     for name in ("generator", "discriminator"):
         whole = gan2flow.adapters.load_model(str(tmp_path / f"whole/{name}.keras"), name)
         killed = gan2flow.adapters.load_model(str(tmp_path / f"killed/{name}.keras"), name)
-        for a, b in zip(whole.get_weights(), killed.get_weights()):
+        for a, b in zip(whole.get_weights(), killed.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     whole_history = json.loads((tmp_path / "whole/history.json").read_text())["history"]
     killed_history = json.loads((tmp_path / "killed/history.json").read_text())["history"]
     assert whole_history == killed_history
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: one line on stderr, status 2, no traceback, for bad files and values (the flag checks above)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    paths = {name.replace(".", "_"): str(root / name) for name in
+             ("points.npy", "nan.npy", "empty.npy", "generator.keras", "discriminator3.keras", "folder.keras",
+              "points.keras")}
+    rng = np.random.default_rng(0)
+    np.save(paths["points_npy"], rng.normal(size=(64, 2)).astype(np.float32))
+    np.save(paths["nan_npy"], np.full((64, 2), np.nan, np.float32))
+    np.save(paths["empty_npy"], np.zeros((0, 2), np.float32))
+    models.mlp_generator(4, (2,), hidden=(8,)).save(paths["generator_keras"])
+    models.mlp_discriminator((3,), hidden=(8,), sigma_conditioned=False).save(paths["discriminator3_keras"])
+    os.makedirs(paths["folder_keras"])
+    with open(paths["points_keras"], "wb") as handle:          # an .npy array under a .keras name
+        np.save(handle, np.zeros((4, 2), np.float32))
+    paths["out"] = str(root / "out")
+    paths["stale"] = str(root / "stale")
+    os.makedirs(os.path.join(paths["stale"], "backup"))
+    with open(os.path.join(paths["stale"], "backup", "settings.json"), "w") as handle:
+        json.dump({"steps": 1}, handle)
+    with open(os.path.join(paths["stale"], "backup", "latest.weights.h5"), "wb") as handle:
+        handle.write(b"\x89HDF")
+    return paths
+
+
+BAD_COMMAND_LINES = [
+    # (argv with {placeholders} for cli_files, the flag the one-line message must name)
+    ("train --data {nan_npy} --out {out}", "--data"),
+    ("train --data {empty_npy} --out {out}", "--data"),
+    ("train --toy grid25 --batch-size 0 --out {out}", "--batch-size"),
+    ("train --toy grid25 --learning-rate -1 --out {out}", "--learning-rate"),
+    ("train --toy grid25 --d-learning-rate 0 --out {out}", "--d-learning-rate"),
+    ("train --toy grid25 --seed -1 --out {out}", "--seed"),
+    ("convert --generator {generator_keras} --data {nan_npy} --out {out}", "--data"),
+    ("convert --generator {generator_keras} --data {empty_npy} --out {out}", "--data"),
+    ("convert --generator {points_npy} --data {points_npy} --out {out}", "--generator"),
+    ("convert --generator {points_keras} --data {points_npy} --out {out}", "--generator"),
+    ("convert --generator {folder_keras} --data {points_npy} --out {out}", "--generator"),
+    ("convert --generator {generator_keras} --discriminator {discriminator3_keras} --data {points_npy} --out {out}",
+     "--discriminator"),
+    ("convert --generator {generator_keras} --data {points_npy} --sigma-min 0 --out {out}", "--sigma-min"),
+    ("convert --generator {generator_keras} --data {points_npy} --learning-rate 0 --out {out}", "--learning-rate"),
+    ("convert --generator {generator_keras} --data {points_npy} --steps 1 --out {stale}", "--out"),
+    ("refine --flow {folder_keras} --n 4 --out {out}/x.npy", "--flow"),
+    ("refine --flow {points_keras} --n 4 --out {out}/x.npy", "--flow"),
+    ("refine --flow {generator_keras} --n 4 --seed -2 --out {out}/x.npy", "--seed"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_COMMAND_LINES, ids=[argv for argv, _ in BAD_COMMAND_LINES])
+def test_command_line_errors_are_one_line_naming_the_flag(cli_files, argv, flag, capsys):
+    status = cli.main([word.format(**cli_files) for word in argv.split()])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith("gan2flow: error: "), err
+    assert f"`{flag}`" in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not os.path.exists(cli_files["out"]), "a rejected command must not write outputs"
+
+
+def test_traceback_flag_shows_the_original_error(cli_files):
+    with pytest.raises(ValueError, match="NaN"):
+        cli.main(["--traceback", "convert", "--generator", cli_files["generator_keras"],
+                  "--data", cli_files["nan_npy"]])
+
+
+def test_unexpected_errors_are_one_line_with_status_1(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("disk controller on fire\nsecond line")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_handler(parser(), broken))
+    status = cli.main(["demo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1
+    assert err[0] == ("gan2flow: error: RuntimeError: disk controller on fire (rerun with --traceback for "
+                      "details)")
+
+
+def _with_handler(parser, handler):
+    for action in parser._subparsers._group_actions:
+        for subparser in action.choices.values():
+            subparser.set_defaults(handler=handler)
+    return parser
+
+
+def test_errors_raised_while_tracing_show_their_own_line():
+    # TensorFlow prefixes errors raised inside traced code with "in user code:" and the stack.
+    traced = ValueError("in user code:\n\n    File \"a.py\", line 3, in f\n\n    ValueError: `x` is bad\n")
+    assert cli._one_line(traced) == "ValueError: `x` is bad"
+    assert cli._one_line(ValueError("first\nsecond")) == "first"
+    assert cli._one_line(ValueError("")) == "ValueError"

@@ -7,7 +7,6 @@ import pytest
 
 from gan2flow import digits, image_metrics
 
-
 # ----------------------------------------------------------------------------------------------------
 # Fréchet distance: closed forms
 
@@ -110,7 +109,7 @@ def test_classifier_cache_round_trip_and_seed_determinism(tmp_path):
     data = digits.load()
     retrained = image_metrics.train_digit_classifier(data["train"], data["train_labels"], epochs=1, seed=3)
     # Same seed, same data, same CPU kernels: the same weights (float32 round-off only).
-    for a, b in zip(retrained.get_weights(), first.get_weights()):
+    for a, b in zip(retrained.get_weights(), first.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 

@@ -31,7 +31,7 @@ import pytest
 import tensorflow as tf
 
 import gan2flow
-from gan2flow import distribute, estimators, flows, models, training
+from gan2flow import distribute, estimators, models, training
 
 TRAIN_ATOL = 1e-6
 FLOW_ATOL = 1e-5
@@ -191,8 +191,8 @@ _SCRIPT = textwrap.dedent(
     out["train_history"] = {k: [h1[k][0], hr[k][0]] for k in h1}
 
     # Sharded flows with noise. A per-sample estimator (a discriminator; 33 rows in chunks of 5, so the
-    # last chunk is short and the last round leaves a replica idle) against the unchunked flow; the kernel flow with the particles as
-    # source (coupled within a chunk) against flow with the same chunks.
+    # last chunk is short and the last round leaves a replica idle) against the unchunked flow; the kernel
+    # flow with the particles as source (coupled within a chunk) against flow with the same chunks.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(33, 2)).astype("float32")
     sigmas = gan2flow.sigmas.geometric(2.0, 0.05, 6)
@@ -363,7 +363,7 @@ def test_two_workers_train_and_flow_like_one_device():
     reference = json.loads([r for r in single.stdout.splitlines() if r.startswith("RESULT")][-1][len("RESULT"):])
     for output in outputs:  # every worker holds the same weights and the whole flow
         assert output["replicas"] == 2
-        for a, b in zip(output["weights"], reference["weights"]):
+        for a, b in zip(output["weights"], reference["weights"], strict=True):
             np.testing.assert_allclose(np.array(a), np.array(b), atol=TRAIN_ATOL)
         for key, value in reference["history"].items():
             np.testing.assert_allclose(output["history"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)

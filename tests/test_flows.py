@@ -1,12 +1,18 @@
-"""The flow integrators: closed forms, contract suite, compilation, divergence handling."""
+"""The flow integrators: closed forms, contract suite, compilation, divergence handling, bad input, seeds."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import gan2flow
 from gan2flow import flows, metrics
+from gan2flow import sigmas as schedules
+
+from _helpers import TRACED, one_nan, pull, same_bits
 
 tfd = tfp.distributions
 
@@ -263,3 +269,190 @@ def test_langevin_noise_on_an_explicit_source_leaves_p_stationary_not_a_tempered
         stds[corrected] = float(np.std(flows.run(plan, x0).x))
     assert abs(stds[True] - np.sqrt(1.09)) < 0.08, stds
     assert stds[False] > 1.3, stds
+# --------------------------------------------------------------------------------------------------
+# Reliability (issue 8): bad input to gan2flow.flow / trajectory.
+# Every row of ``BAD_CALLS`` must raise the given error *before any work is done*, with a message that names
+# the argument and says what was found; ``kit`` (tests/conftest.py) holds the small models and files they use.
+
+# (id, call on the kit, error type, regex the message must match: the argument and what was found)
+BAD_CALLS = [
+    ("flow-x-nan", lambda k: gan2flow.flow(one_nan(k["x"]), pull, k["sigmas"]), ValueError,
+     r"`x` must be finite, found 1 NaN/Inf value\(s\) in shape \(8, 2\)"),
+    ("flow-x-inf", lambda k: gan2flow.flow(k["x"] * np.inf, pull, k["sigmas"]), ValueError, r"`x` must be finite"),
+    ("flow-x-rank-1", lambda k: gan2flow.flow(k["x"][0], pull, k["sigmas"]), ValueError,
+     r"`x` must have rank >= 2.*got shape \(2,\)"),
+    ("flow-x-strings", lambda k: gan2flow.flow(np.array([["a", "b"]]), pull, k["sigmas"]), ValueError,
+     r"`x` must be a numeric array, got dtype <U1"),
+    ("flow-x-complex", lambda k: gan2flow.flow(k["x"] + 1j, pull, k["sigmas"]), ValueError,
+     r"`x` must be real-valued"),
+    ("flow-x-none", lambda k: gan2flow.flow(None, pull, k["sigmas"]), ValueError, r"`x` must be an array.*None"),
+    ("trajectory-x-nan", lambda k: gan2flow.trajectory(k["x"] * np.nan, pull, k["sigmas"]), ValueError,
+     r"`x` must be finite"),
+    ("flow-sigma-zero", lambda k: gan2flow.flow(k["x"], pull, [1.0, 0.0]), ValueError,
+     r"`sigmas` must be > 0.*sigmas\[1\] = 0"),
+    ("flow-sigma-negative", lambda k: gan2flow.flow(k["x"], pull, [-1.0]), ValueError, r"`sigmas` must be > 0"),
+    ("flow-sigma-increasing", lambda k: gan2flow.flow(k["x"], pull, [0.5, 1.0]), ValueError,
+     r"`sigmas` must be non-increasing.*sigmas\[0\] = 0.5 then sigmas\[1\] = 1"),
+    ("flow-sigma-nan", lambda k: gan2flow.flow(k["x"], pull, [1.0, np.nan]), ValueError, r"`sigmas` must be finite"),
+    ("flow-sigma-2d", lambda k: gan2flow.flow(k["x"], pull, [[1.0, 0.5]]), ValueError, r"`sigmas` must have rank 1"),
+    ("flow-step-scale-zero", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], step_scale=0), ValueError,
+     r"`step_scale` must be a positive finite number, got 0"),
+    ("flow-step-sizes-length", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], step_sizes=[0.1]), ValueError,
+     r"`step_sizes` must have one entry per sigma level \(4\), got 1"),
+    ("flow-step-sizes-negative", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], step_sizes=[0.1, -1, 0.1, 0.1]),
+     ValueError, r"`step_sizes` must be >= 0"),
+    ("flow-method", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], method="rk4"), ValueError,
+     r"`method` must be one of \['euler', 'heun'\], got 'rk4'"),
+    ("flow-on-divergence", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], on_divergence="ignore"), ValueError,
+     r"`on_divergence` must be one of"),
+    ("flow-steps-per-sigma", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], steps_per_sigma=0), ValueError,
+     r"`steps_per_sigma` must be an integer >= 1, got 0"),
+    ("flow-steps-per-sigma-float", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], steps_per_sigma=1.5),
+     ValueError, r"`steps_per_sigma` must be an integer, got 1.5"),
+    ("flow-noise-scale", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], noise_scale=-1), ValueError,
+     r"`noise_scale` must be a non-negative finite number, got -1"),
+    ("flow-seed", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], seed="zero"), ValueError,
+     r"`seed` must be an integer or None, got 'zero'"),
+    ("flow-batch-size", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], batch_size=0), ValueError,
+     r"`batch_size` must be an integer >= 1, got 0"),
+    ("flow-divergence-bound-nan", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], divergence_bound=np.nan),
+     ValueError, r"`divergence_bound` must be a positive finite number, got nan"),
+    ("flow-divergence-bound-text", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], divergence_bound="big"),
+     ValueError, r"`divergence_bound` must be a positive number, got 'big'"),
+    ("flow-callback", lambda k: gan2flow.flow(k["x"], pull, k["sigmas"], callback="print"), ValueError,
+     r"`callback` must be callable"),
+    ("flow-estimator-not-callable", lambda k: gan2flow.flow(k["x"], "kernel", k["sigmas"]), ValueError,
+     r"`estimator` must be a callable \(x, sigma\) -> v, got str"),
+    ("flow-estimator-column", lambda k: gan2flow.flow(k["x"], lambda x, s: x[:, :1], k["sigmas"]), ValueError,
+     r"`estimator` must return v shaped like x: got shape \(8, 1\) for x of shape \(8, 2\)"),
+    ("flow-estimator-float64", lambda k: gan2flow.flow(k["x"], lambda x, s: tf.cast(x, tf.float64), k["sigmas"]),
+     ValueError, r"`estimator` must return float32 .*float64"),
+    ("flow-estimator-list", lambda k: gan2flow.flow(k["x"], lambda x, s: [x, x], k["sigmas"]), ValueError,
+     r"`estimator` must return one tensor v shaped like x, got a list of 2"),
+    ("flow-estimator-none", lambda k: gan2flow.flow(k["x"], lambda x, s: None, k["sigmas"]), ValueError,
+     r"`estimator` must return one tensor v shaped like x, got None"),
+    ("flow-kernel-other-shape", lambda k: gan2flow.flow(np.zeros((3, 3), np.float32), k["kernel"], k["sigmas"]),
+     ValueError, r"`x` must be a batch of samples of shape \(2,\).*got shape \(3, 3\)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
+def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
+    with pytest.raises(error, match=message):
+        call(kit)
+
+
+def test_bad_calls_table_has_unique_ids():
+    ids = [row[0] for row in BAD_CALLS]
+    assert len(ids) == len(set(ids))
+
+
+@TRACED
+@given(shape=hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=3), levels=st.integers(0, 5),
+       steps_per_sigma=st.integers(1, 2), batch_size=st.one_of(st.none(), st.integers(1, 3)))
+def test_flow_keeps_shape_and_chunking_changes_nothing(shape, levels, steps_per_sigma, batch_size):
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    sigmas = schedules.geometric(1.0, 0.1, levels) if levels >= 2 else schedules.constant(1.0, levels) \
+        if levels else tf.zeros([0])
+    out = gan2flow.flow(x, pull, sigmas, steps_per_sigma=steps_per_sigma, batch_size=batch_size, jit_compile=False)
+    assert out.shape == x.shape and out.dtype == tf.float32 and np.all(np.isfinite(out))
+    if levels == 0:
+        np.testing.assert_array_equal(out, x)  # the empty schedule is the identity
+    if batch_size is not None:
+        whole = gan2flow.flow(x, pull, sigmas, steps_per_sigma=steps_per_sigma, jit_compile=False)
+        np.testing.assert_array_equal(out, whole)  # per-sample estimator: chunks give the same bits
+
+
+# --------------------------------------------------------------------------------------------------
+# Divergence: stop with the step and σ, or back off; never return non-finite samples
+
+
+def _explodes_below(threshold):
+    def estimator(x, sigma):
+        return -x + tf.cast(sigma < threshold, tf.float32) * 1e30 * x
+    return estimator
+
+
+@pytest.mark.parametrize("steps_per_sigma, callback", [(1, None), (2, None), (1, lambda info: None)])
+def test_divergence_names_the_step_and_sigma(kit, steps_per_sigma, callback):
+    # geometric(1, 0.1, 5) = [1, 0.562, 0.316, 0.178, 0.1]: the first level below 0.25 is level 3.
+    sigmas = schedules.geometric(1.0, 0.1, 5)
+    with pytest.raises(gan2flow.FlowDivergenceError, match=r"flow diverged at step \d+ \(level 3, sigma=0.177") as info:
+        gan2flow.flow(kit["x"], _explodes_below(0.25), sigmas, steps_per_sigma=steps_per_sigma, callback=callback)
+    error = info.value
+    assert (error.level, error.step) == (3, 3 * steps_per_sigma)
+    assert error.sigma == pytest.approx(float(sigmas[3]))
+    assert "on_divergence='backoff'" in str(error)
+
+
+def test_backoff_halves_the_step_until_stable_and_returns_finite_samples(kit):
+    # v = −100 x / σ²: an Euler step multiplies x by (1 − 100 ε) = −49 at ε = 0.5, which explodes; five
+    # halvings (ε = 1/64: factor −0.56) make it contract, within the default 8 allowed.
+    def stiff(x, sigma):
+        return -100.0 * x / tf.square(sigma)
+
+    sigmas = schedules.geometric(1.0, 0.1, 6)
+    with pytest.raises(gan2flow.FlowDivergenceError):
+        gan2flow.flow(kit["x"], stiff, sigmas, steps_per_sigma=4)
+    out = gan2flow.flow(kit["x"], stiff, sigmas, steps_per_sigma=4, on_divergence="backoff")
+    bound = 1e3 * (1 + np.max(np.abs(kit["x"])) + 10 * 1.0)  # flow's default divergence bound
+    assert np.all(np.isfinite(out)) and np.max(np.abs(out)) <= bound
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf])
+def test_non_finite_velocities_never_reach_the_caller(kit, poison):
+    def poisoned(x, sigma):
+        return x * poison
+
+    for on_divergence in ("raise", "backoff"):
+        with pytest.raises(gan2flow.FlowDivergenceError, match="non-finite or exploding"):
+            gan2flow.flow(kit["x"], poisoned, kit["sigmas"], on_divergence=on_divergence, max_backoffs=2)
+        with pytest.raises(gan2flow.FlowDivergenceError):
+            gan2flow.trajectory(kit["x"], poisoned, kit["sigmas"], on_divergence=on_divergence, max_backoffs=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reproducibility: same seed, same machine, same bits
+
+
+def test_noisy_flows_repeat_bit_for_bit_with_a_seed(kit):
+    sigmas = schedules.geometric(1.0, 0.1, 5)
+    runs = [gan2flow.flow(kit["x"], kit["kernel"], sigmas, noise_scale=1.0, seed=seed) for seed in (7, 7, 8)]
+    assert same_bits(runs[0], runs[1]) and not same_bits(runs[0], runs[2])
+    # The noise is keyed by sample index, so chunks of a per-sample flow draw the same noise. Same bits
+    # need the same batch_size too: the vectorised and scalar tails of log/cos/sqrt kernels can differ by an
+    # ulp between chunk shapes (measured: 1 ulp on a few entries), hence the float32 tolerance here.
+    whole, chunked = (gan2flow.flow(kit["x"], pull, sigmas, noise_scale=1.0, seed=7, batch_size=size,
+                                    jit_compile=False) for size in (None, 3))
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+    path = [gan2flow.trajectory(kit["x"], pull, sigmas, noise_scale=1.0, seed=3, jit_compile=False)
+            for _ in range(2)]
+    assert same_bits(*path) and same_bits(path[0][-1], gan2flow.flow(
+        kit["x"], pull, sigmas, noise_scale=1.0, seed=3, jit_compile=False))
+
+
+def test_progress_bar_segments_draw_the_noise_of_one_flow(kit):
+    """verbose=True runs the schedule in segments; they keep the global step index of the noise, so the
+    result is the uninterrupted flow's, bit for bit (same chunk shapes), with and without a trajectory."""
+    sigmas = schedules.geometric(1.0, 0.1, 7)
+    options = dict(noise_scale=1.0, seed=5, steps_per_sigma=2)
+    whole = gan2flow.flow(kit["x"], pull, sigmas, jit_compile=False, **options)
+    plan = flows.make_plan(kit["x"], pull, sigmas, **options)
+    for record in (False, True):
+        segmented, path = flows.run(plan, kit["x"], segments=3, progress="flow", record=record, jit_compile=False)[:2]
+        assert same_bits(segmented, whole)
+    assert same_bits(path, gan2flow.trajectory(kit["x"], pull, sigmas, jit_compile=False, **options))
+    # A piece that starts later in the schedule draws that later noise: levels 0-2, then levels 3-6 (whose
+    # plan starts at global step 6) is the whole flow again.
+    first = flows.run(plan.levels(0, 3), kit["x"], jit_compile=False).x
+    assert plan.levels(3).step_offset == 6
+    rest = flows.run(plan.levels(3), first, jit_compile=False).x
+    assert same_bits(rest, whole)
+    # A callback sees every step once, numbered from the start of the whole flow, through the segments.
+    seen = []
+    with_callback = flows.run(plan, kit["x"], segments=3, progress="flow", callback=seen.append,
+                              jit_compile=False).x
+    assert [d["step"] for d in seen] == list(range(14))
+    assert [d["level"] for d in seen] == list(np.repeat(np.arange(7), 2))
+    np.testing.assert_allclose([d["sigma"] for d in seen], np.repeat(sigmas.numpy(), 2))
+    np.testing.assert_allclose(with_callback, whole, rtol=1e-6, atol=1e-6)

@@ -120,13 +120,29 @@ def _pointwise_objective(loss, p, q, outputs):
 # ------------------------------------------------------------------------------------------------
 # Registry
 # ------------------------------------------------------------------------------------------------
-def test_names_contains_required_losses():
-    required = {
-        "logistic", "least_squares", "hinge", "wasserstein", "kl", "reverse_kl",
-        "jensen_shannon", "hellinger", "pearson",
-    }
-    assert required <= set(losses.names())
-    assert losses.names() == losses.names()  # stable order
+# The rows of the link table of shared/SD_FLOW.md §4, written out here in its order: (registry name, the
+# table's "SD-consistent" column). Written by hand from the table, not from the module.
+LINK_TABLE = [
+    ("logistic", True),        # logistic / minimax / non-saturating (BCE on logits)
+    ("least_squares", True),   # least squares, targets 0 fake / 1 real
+    ("kl", True),              # f-GAN KL
+    ("reverse_kl", True),      # f-GAN reverse KL
+    ("jensen_shannon", True),  # f-GAN Jensen–Shannon
+    ("hellinger", True),       # f-GAN squared Hellinger
+    ("pearson", True),         # f-GAN Pearson χ²
+    ("hinge", False),          # saturated sign(p − q): no link
+    ("wasserstein", False),    # a Kantorovich potential: no link
+]
+
+
+def test_names_are_the_rows_of_the_link_table():
+    assert losses.names() == [name for name, _ in LINK_TABLE]
+    assert {name: losses.get(name).sd_consistent for name in losses.names()} == dict(LINK_TABLE)
+    # names() hands out a new list: a caller that edits it cannot change the registry.
+    edited = losses.names()
+    edited.append("mine")
+    edited.remove("logistic")
+    assert losses.names() == [name for name, _ in LINK_TABLE]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -5,14 +5,19 @@ SD flow, the generator updates and the penalties have closed forms; a generator 
 outputs a known constant, so a noise-free (σ = 0) discriminator loss can be computed by hand. float32
 comparisons use rtol=1e-5 / atol=1e-6 (a handful of float32 operations on O(1) values, unit roundoff
 6e-8) unless a test states otherwise.
+
+Reliability at the end: bad input to SDGAN and its ``fit``, and resuming interrupted training.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import keras
@@ -23,6 +28,8 @@ import tensorflow_probability as tfp
 
 import gan2flow
 from gan2flow import estimators, models, training
+
+from _helpers import Interrupted, Recorder, one_nan
 
 tfd = tfp.distributions
 RTOL, ATOL = 1e-5, 1e-6
@@ -106,10 +113,10 @@ def test_discriminator_only_freezes_generator_and_trains_discriminator():
     generator_before = [w.numpy().copy() for w in gan.generator.weights]
     discriminator_before = [w.numpy().copy() for w in gan.discriminator.weights]
     gan.fit(_real(), batch_size=32, epochs=1, verbose=0)
-    for before, after in zip(generator_before, gan.generator.weights):
+    for before, after in zip(generator_before, gan.generator.weights, strict=True):
         np.testing.assert_array_equal(before, after.numpy())
     after = [w.numpy() for w in gan.discriminator.weights]
-    assert any(not np.array_equal(b, a) for b, a in zip(discriminator_before, after))
+    assert any(not np.array_equal(b, a) for b, a in zip(discriminator_before, after, strict=True))
     assert gan.g_optimizer is None
 
 
@@ -241,7 +248,7 @@ def test_reported_d_loss_matches_hand_computation_without_noise(loss):
         assert set(logs) == {"d_loss", "d_accuracy"}
         expected = np.mean(_softplus(-real_out)) + np.mean(_softplus(fake_out))
         np.testing.assert_allclose(logs["d_loss"], expected, rtol=RTOL, atol=ATOL)
-        for before, after in zip(weights, discriminator.weights):
+        for before, after in zip(weights, discriminator.weights, strict=True):
             np.testing.assert_array_equal(before, after.numpy())
 
 
@@ -277,10 +284,10 @@ def test_same_seed_same_training():
         getattr(second, model).set_weights(getattr(first, model).get_weights())
     for gan in (first, second):
         gan.fit(_real(64), batch_size=32, epochs=1, verbose=0, shuffle=False)
-    for a, b in zip(first.weights, second.weights):
+    for a, b in zip(first.weights, second.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     initial = [w.numpy() for w in _small_gan(None, seed=5).discriminator.weights]
-    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(initial, first.discriminator.weights))
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(initial, first.discriminator.weights, strict=True))
 
 
 def test_callbacks_and_weights_round_trip(tmp_path):
@@ -304,7 +311,7 @@ def test_callbacks_and_weights_round_trip(tmp_path):
     restored = _small_gan("logit", seed=9)
     restored.load_weights(str(checkpoint))
     for model in ("generator", "discriminator"):
-        for a, b in zip(getattr(gan, model).weights, getattr(restored, model).weights):
+        for a, b in zip(getattr(gan, model).weights, getattr(restored, model).weights, strict=True):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(NotImplementedError, match="weights"):
         gan.get_config()
@@ -511,5 +518,191 @@ def test_mirrored_strategy_matches_single_device():
     (history_one, weights_one), (history_two, weights_two) = json.loads(line[len("RESULT"):])
     for key in ("d_loss", "d_accuracy", "penalty"):
         np.testing.assert_allclose(history_two[key], history_one[key], rtol=1e-5, atol=1e-6)
-    for a, b in zip(weights_one, weights_two):
+    for a, b in zip(weights_one, weights_two, strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reliability (issue 8): bad input to SDGAN.
+# Every row of ``BAD_CALLS`` must raise the given error *before any work is done*, with a message that names
+# the argument and says what was found; ``kit`` (tests/conftest.py) holds the small models and files they use.
+
+# (id, call on the kit, error type, regex the message must match: the argument and what was found)
+BAD_CALLS = [
+    ("sdgan-generator-kind", lambda k: gan2flow.SDGAN("G.keras", k["plain"]), ValueError,
+     r"`generator` must be a keras.Model, got str"),
+    ("sdgan-shapes-differ", lambda k: gan2flow.SDGAN(models.mlp_generator(4, (3,), hidden=(8,)), k["conditioned"]),
+     ValueError, r"`discriminator` takes samples of shape \(2,\), but `generator` makes samples of shape \(3,\)"),
+    ("sdgan-said-unconditioned", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"], sigma_conditioned=False),
+     ValueError, r"`sigma_conditioned`=False contradicts the discriminator"),
+    ("sdgan-sigma-range-order", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"], sigma_range=(1.0, 0.1)),
+     ValueError, r"`sigma_range` must be \(sigma_min, sigma_max\) with 0 < sigma_min <= sigma_max"),
+    ("sdgan-sigma-range-nan", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"], sigma_range=(np.nan, 1)),
+     ValueError, r"`sigma_range` must be"),
+    ("sdgan-sigma-range-scalar", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"], sigma_range=0.5),
+     ValueError, r"`sigma_range` must be a pair \(sigma_min, sigma_max\), got 0.5"),
+    ("sdgan-objective", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"], generator_objective="wgan"),
+     ValueError, r"`generator_objective` must be one of"),
+    ("sdgan-latent-dim", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"], latent_dim=0), ValueError,
+     r"`latent_dim` must be an integer >= 1, got 0"),
+    ("sdgan-fit-nan", lambda k: k["gan"].fit(one_nan(k["real"]), epochs=1, verbose=0), ValueError,
+     r"`x` must be finite, found 1 NaN/Inf value\(s\) in shape \(64, 2\)"),
+    ("sdgan-fit-shape", lambda k: k["gan"].fit(np.zeros((64, 3), np.float32), epochs=1, verbose=0), ValueError,
+     r"`x` must be real samples \[n, 2\] with n >= 1 \(the generator's sample shape\), got shape \(64, 3\)"),
+    ("sdgan-fit-empty", lambda k: k["gan"].fit(np.zeros((0, 2), np.float32), epochs=1, verbose=0), ValueError,
+     r"`x` must be real samples \[n, 2\] with n >= 1.*got shape \(0, 2\)"),
+    ("sdgan-fit-rank-1", lambda k: k["gan"].fit(np.zeros(64, np.float32), epochs=1, verbose=0), ValueError,
+     r"`x` must be real samples \[n, 2\].*got shape \(64,\)"),
+    ("sdgan-fit-strings", lambda k: k["gan"].fit(np.array([["a", "b"]]), epochs=1, verbose=0), ValueError,
+     r"`x` must be an array of numbers, got dtype <U1"),
+    ("sdgan-fit-dataset-shape", lambda k: k["gan"].fit(
+        tf.data.Dataset.from_tensor_slices(np.zeros((8, 3), np.float32)).batch(4), epochs=1, verbose=0), ValueError,
+     r"`x` must yield batches \[batch, 2\].*got elements of shape \(None, 3\)"),
+    ("sdgan-fit-dataset-unbatched", lambda k: k["gan"].fit(
+        tf.data.Dataset.from_tensor_slices(np.zeros((8, 2), np.float32)), epochs=1, verbose=0), ValueError,
+     r"`x` must yield batches \[batch, 2\].*got elements of shape \(2,\)"),
+    ("sdgan-generate-n", lambda k: k["gan"].generate(-1), ValueError, r"`n` must be an integer >= 0, got -1"),
+    ("sdgan-compile-shared-optimizer", lambda k: gan2flow.SDGAN(k["generator"], k["conditioned"]).compile(
+        *(2 * [keras.optimizers.Adam()])), ValueError, r"`g_optimizer` must be a different optimizer object"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
+def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
+    with pytest.raises(error, match=message):
+        call(kit)
+
+
+def test_bad_calls_table_has_unique_ids():
+    ids = [row[0] for row in BAD_CALLS]
+    assert len(ids) == len(set(ids))
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming interrupted training: an SDGAN ``fit`` interrupted after an epoch's backup resumes from it
+# (in-process, fast), and survives a corrupt latest backup; a ``kill -9``-ed training process resumes
+# (subprocess, slow).
+
+
+def _resumable_gan(seed):
+    keras.utils.set_random_seed(seed)  # a different seed: different initial weights, unless restored
+    gan = gan2flow.SDGAN(models.mlp_generator(4, (2,), hidden=(8,)), models.mlp_discriminator((2,), hidden=(8,)),
+                         seed=seed)
+    # run_eagerly: the same fit loop and callbacks, without a compile that would dominate this test
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+    return gan
+
+
+def test_interrupted_training_resumes_from_its_last_backup(kit, tmp_path):
+    backup_dir, corrupted_dir = str(tmp_path / "backup"), str(tmp_path / "corrupted")
+    real = kit["real"][:32]  # 2 steps per epoch of 16
+
+    def fit(gan, recorder, folder):
+        backup = keras.callbacks.BackupAndRestore(folder, double_checkpoint=True)
+        return gan.fit(real, batch_size=16, epochs=4, verbose=0, shuffle=False, callbacks=[backup, recorder])
+
+    first = Recorder(stop_at=2)
+    with pytest.raises(Interrupted):
+        fit(_resumable_gan(0), first, backup_dir)
+    assert first.epochs == [0, 1]
+    with open(os.path.join(backup_dir, "training_metadata.json")) as handle:
+        assert json.load(handle)["epoch"] == 2
+
+    # A copy whose latest backup was cut short (a kill while writing it): the previous one is used.
+    shutil.copytree(backup_dir, corrupted_dir)
+    with open(os.path.join(corrupted_dir, "latest.weights.h5"), "r+b") as handle:
+        handle.truncate(100)
+
+    # Resume with another initial seed: the weights must come from the backup.
+    resumed_gan, resumed = _resumable_gan(1), Recorder()
+    history = fit(resumed_gan, resumed, backup_dir)
+    assert resumed.epochs == [2, 3], "the resumed run must continue at the first unfinished epoch"
+    assert len(history.history["d_loss"]) == 2
+    for restored, saved in zip(resumed.at_start, first.after_epoch[1], strict=True):
+        np.testing.assert_array_equal(restored, saved)
+    assert resumed.iterations_at_start == 2 * 2  # the optimizer state came back too
+    assert int(resumed_gan.d_optimizer.iterations.numpy()) == 4 * 2
+    assert not os.path.exists(backup_dir), "a finished run removes its backup"
+
+    fallback = Recorder()
+    fit(_resumable_gan(2), fallback, corrupted_dir)
+    assert fallback.epochs == [1, 2, 3], "one epoch lost, not the run"
+    for restored, saved in zip(fallback.at_start, first.after_epoch[0], strict=True):
+        np.testing.assert_array_equal(restored, saved)
+
+
+_TRAINING_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import keras, numpy as np
+    import gan2flow
+    from gan2flow import models
+
+    folder, epochs, init_seed, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    log = open(os.path.join(folder, "log.jsonl"), "a")
+
+    class Log(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.write(event="start", checksum=self.checksum())
+
+        def on_epoch_end(self, epoch, logs=None):  # runs after BackupAndRestore saved this epoch
+            self.write(event="epoch", epoch=epoch, checksum=self.checksum(),
+                       iterations=int(self.model.d_optimizer.iterations.numpy()))
+            time.sleep(pause)  # a window for the parent's kill -9, between two backups
+
+        def checksum(self):
+            return float(sum(np.float64(w).sum() for w in self.model.get_weights()))
+
+        def write(self, **entry):
+            log.write(json.dumps(dict(entry, pid=os.getpid())) + "\\n")
+            log.flush()
+
+    keras.utils.set_random_seed(init_seed)
+    gan = gan2flow.SDGAN(models.mlp_generator(4, (2,), hidden=(8,)), models.mlp_discriminator((2,), hidden=(8,)),
+                         seed=0)
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    real = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    backup = keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True)
+    gan.fit(real, batch_size=16, epochs=epochs, verbose=0, shuffle=False, callbacks=[backup, Log()])
+    print("finished")
+""")
+
+
+def _log_entries(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+@pytest.mark.slow
+def test_training_killed_with_sigkill_resumes_from_its_last_backup(tmp_path):
+    # Two interpreter start-ups with TensorFlow (about 20-40 s each on 2 busy cores): slow.
+    script, log = tmp_path / "train.py", tmp_path / "log.jsonl"
+    script.write_text(_TRAINING_SCRIPT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    epochs, metadata = 5, tmp_path / "backup" / "training_metadata.json"
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(epochs), "0", "5"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if any(entry.get("epoch", -1) >= 1 for entry in _log_entries(log)):
+            break  # epoch 1 is backed up and logged; the run now pauses 5 s before epoch 2
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = json.loads(metadata.read_text())["epoch"]  # epochs completed and backed up
+
+    # The same command again, with another initial seed: the weights must come from the backup.
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), str(epochs), "1", "0"], env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0 and "finished" in resumed.stdout, resumed.stderr[-2000:]
+    entries = _log_entries(log)
+    first, second = ([e for e in entries if e["pid"] == pid] for pid in dict.fromkeys(e["pid"] for e in entries))
+    done = [e["epoch"] for e in first if e["event"] == "epoch"]
+    again = [e["epoch"] for e in second if e["event"] == "epoch"]
+    assert killed_at == max(done) + 1 == 2, (killed_at, done)  # nothing completed was lost
+    assert again == list(range(killed_at, epochs)), again
+    saved = next(e for e in first if e["event"] == "epoch" and e["epoch"] == killed_at - 1)
+    assert second[0]["event"] == "start" and second[0]["checksum"] == saved["checksum"]
+    assert second[1]["iterations"] == saved["iterations"] + 64 // 16  # the optimizer's step count continues
+    assert not metadata.exists(), "a finished run removes its backup"
