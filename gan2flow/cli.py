@@ -20,12 +20,12 @@ def _quiet_tensorflow():
 
 
 def _demo(args):
-    from gan2flow import demo
+    from gan2flow.experiments import demo
 
     if args.dataset == "digits":
         if args.kernel:
             raise _CommandLineError("`--kernel` runs on grid25 only; drop it or `--dataset digits`.")
-        from gan2flow import digits
+        from gan2flow.experiments import digits
 
         digits.run(out_dir=args.out or "gan2flow-out/digits", seed=args.seed, quick=args.quick)
     elif args.kernel:
@@ -99,7 +99,7 @@ def _save_model(model, path):
     """``model.save`` to a ``.keras`` file, atomically (a killed run never leaves half a file)."""
     from gan2flow import _io
 
-    return _io._atomic(path, model.save, ".keras")
+    return _io.atomic_write(path, model.save, ".keras")
 
 
 def _sigma_range(args, real, *, none_for_default=False):
@@ -526,9 +526,8 @@ def _add_pipeline_commands(commands):
 # compare: which GAN losses give score-difference estimators (docs/losses.md, "Measured results")
 
 def _compare(args):
-    from gan2flow import compare
-
     from gan2flow import losses as loss_registry
+    from gan2flow.experiments import compare
 
     def names(text, flag, choices):
         values = [item.strip() for item in text.split(",") if item.strip()]

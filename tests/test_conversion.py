@@ -6,7 +6,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import gan2flow
-from gan2flow import demo, metrics, models, toys
+from gan2flow import metrics, models, toys
+from gan2flow.experiments import demo
 
 tfd = tfp.distributions
 
