@@ -7,6 +7,9 @@ discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and do
 The experiments (loss comparison, digits pipeline, demos) live in :mod:`gan2flow.experiments` and the
 command line in :mod:`gan2flow.cli`; importing the library loads neither.
 """
+# First: run as the `gan2flow` command, this loads TensorFlow with its C++ start-up log hidden
+# (GAN2FLOW_TF_LOG=1 shows it); imported as a library, it does nothing.
+from gan2flow import _startup  # noqa: F401
 from gan2flow import datasets, distribute, image_metrics, losses, metrics, models, sigmas, toys, training
 from gan2flow.conversion import GANFlow, convert, load
 from gan2flow.estimators import (

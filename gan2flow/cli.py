@@ -14,11 +14,6 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-
-
 def _demo(args):
     from gan2flow.experiments import demo
 
@@ -586,6 +581,9 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="gan2flow",
         description="Turn GANs into score-difference flows: train, convert, refine, compare.",
+        epilog="TensorFlow's C++ start-up log (oneDNN and CPU notes, missing CUDA drivers, cuInit) is hidden;\n"
+               "set GAN2FLOW_TF_LOG=1 to see it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -615,7 +613,9 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the ``gan2flow`` console script. Returns the exit status."""
-    _quiet_tensorflow()
+    from gan2flow import _startup
+
+    _startup.quiet_tensorflow_log()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
