@@ -60,6 +60,7 @@ def test_python_dash_m_help_lists_the_subcommands_quietly():
     assert not _TF_LOG_LINE.search(result.stderr), result.stderr
 
 
+@pytest.mark.slow  # the same start-up as python -m gan2flow above (one more TensorFlow import, ~5-15 s)
 def test_console_script_help_is_quiet():
     script = os.path.join(os.path.dirname(sys.executable), "gan2flow")
     if not os.path.exists(script):
