@@ -706,7 +706,7 @@ def format_report(losses_result=None, objectives_result=None):
     if losses_result is not None:
         settings = losses_result["settings"]
         lines += [
-            "Field errors (module docstring of gan2flow.compare): `cosine` is the mean per-point cosine "
+            "Field errors (module docstring of gan2flow.experiments.compare): `cosine` is the mean per-point cosine "
             "between the discriminator's field v̂ (∇ link(T); ∇T for losses without a link) and the exact "
             "SD v; `rel. error` is ‖v̂ − v‖/‖v‖ pooled over the points; `best scale` refits one scalar c* "
             "per σ on an independent sample (an oracle: for measurement only); `calibrated` uses the "
