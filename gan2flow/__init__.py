@@ -38,6 +38,7 @@ class LatentScoreDifference(ReweightedPriorScore):
                       "(the same latent drift under the name of what it is).", DeprecationWarning, stacklevel=2)
         super().__init__(*args, **kwargs)
 
+
 # The experiments moved to gan2flow.experiments, which the library never imports; their old names
 # still resolve (lazily, with a DeprecationWarning) through __getattr__ below.
 _MOVED_EXPERIMENTS = {"compare", "demo", "digits"}
