@@ -6,8 +6,8 @@
 Steps (docs/convert.md explains each one):
 
 1. "Your" GAN: an ordinary Keras GAN (hinge loss, clean data, a discriminator that knows nothing about
-   noise levels), trained with ``gan2flow.demo.train_plain_gan`` on a short budget so that it is visibly
-   imperfect. It is saved as ``generator.keras`` / ``discriminator.keras`` in the output folder and loaded
+   noise levels), trained with ``gan2flow.experiments.demo.train_plain_gan`` on a short budget so that
+   it is visibly imperfect. It is saved as ``generator.keras`` / ``discriminator.keras`` in the output folder and loaded
    from there on the next run (swap in your own files to convert your own GAN).
 2. ``gan2flow.convert``: calibrate a σ-conditioned logistic discriminator against the frozen generator,
    reusing the hinge critic as a feature, and print the diagnostics table.
@@ -23,7 +23,8 @@ import keras
 import numpy as np
 
 import gan2flow
-from gan2flow import demo, metrics, toys
+from gan2flow import metrics, toys
+from gan2flow.experiments import demo
 
 
 def main():

@@ -19,7 +19,7 @@ Steps (docs/digits.md explains each one and shows the pictures):
 """
 import argparse
 
-from gan2flow import digits
+from gan2flow.experiments import digits
 
 
 def main():

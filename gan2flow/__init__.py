@@ -3,8 +3,30 @@
 The central contract is a score-difference estimator, a callable ``(x, sigma) -> v`` returning
 v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x) shaped like x. Estimators produce it (kernel, analytic,
 discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and docs/.
+
+The experiments (loss comparison, digits pipeline, demos) live in :mod:`gan2flow.experiments` and the
+command line in :mod:`gan2flow.cli`; importing the library loads neither.
 """
-from gan2flow import compare, digits, distribute, image_metrics, losses, metrics, models, sigmas, toys, training
+# First: run as the `gan2flow` command, this loads TensorFlow with its C++ start-up log hidden
+# (GAN2FLOW_TF_LOG=1 shows it); imported as a library, it does nothing.
+from gan2flow import _startup  # noqa: F401
+from gan2flow import (
+    adapters,
+    datasets,
+    diagnostics,
+    distribute,
+    estimators,
+    flows,
+    image_metrics,
+    losses,
+    metrics,
+    models,
+    noise,
+    resume,
+    sigmas,
+    toys,
+    training,
+)
 from gan2flow.conversion import convert
 from gan2flow.ganflow import GANFlow, load
 from gan2flow.estimators import (
@@ -14,6 +36,7 @@ from gan2flow.estimators import (
     KernelScoreDifference,
     ReweightedPriorScore,
     ScoreDifferenceSum,
+    StagedScoreDifference,
     drift_corrected,
 )
 from gan2flow.flows import FlowDivergenceError, flow, trajectory
@@ -33,9 +56,32 @@ class LatentScoreDifference(ReweightedPriorScore):
                       "(the same latent drift under the name of what it is).", DeprecationWarning, stacklevel=2)
         super().__init__(*args, **kwargs)
 
+
+# The experiments moved to gan2flow.experiments, which the library never imports; their old names
+# still resolve (lazily, with a DeprecationWarning) through __getattr__ below.
+_MOVED_EXPERIMENTS = {"compare", "demo", "digits"}
+
+
+def __getattr__(name):
+    """``gan2flow.compare``, ``gan2flow.demo``, ``gan2flow.digits``: deprecated names of gan2flow.experiments.*."""
+    if name in _MOVED_EXPERIMENTS:
+        import importlib
+        import warnings
+
+        warnings.warn(f"gan2flow.{name} is deprecated; use gan2flow.experiments.{name} (the experiments live "
+                      "apart from the library, which no longer imports them).", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(f"gan2flow.experiments.{name}")
+    raise AttributeError(f"module 'gan2flow' has no attribute {name!r}")
+
+
 __all__ = [
-    "compare",
-    "digits",
+    "adapters",
+    "datasets",
+    "diagnostics",
+    "estimators",
+    "flows",
+    "noise",
+    "resume",
     "distribute",
     "image_metrics",
     "losses",
@@ -55,6 +101,7 @@ __all__ = [
     "DiscriminatorScoreDifference",
     "KernelScoreDifference",
     "ScoreDifferenceSum",
+    "StagedScoreDifference",
     "drift_corrected",
     "FlowDivergenceError",
     "flow",

@@ -93,3 +93,50 @@ def same_trailing_shape(a, b, name_a, name_b):
             f"`{name_a}` and `{name_b}` must have the same shape after the batch axis, "
             f"got {tuple(a.shape)} and {tuple(b.shape)}."
         )
+
+
+# Float64 NumPy arrays for evaluation code (metrics, image_metrics, toys), outside any graph
+
+
+def as_float64(value, name, *, rank=None, min_rank=None):
+    """Check kind and rank as :func:`as_float_tensor` does, then convert to float64 and check finiteness.
+
+    That check converts to float32; the values used here are taken from ``value`` directly so a
+    float64 input keeps its precision.
+    """
+    try:
+        as_float_tensor(value, name, rank=rank, min_rank=min_rank, check_finite=False)
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        if str(error).startswith(f"`{name}`"):
+            raise
+        raise ValueError(
+            f"`{name}` must be a rectangular numeric array, got {type(value).__name__}: {error}"
+        ) from error
+    finite = np.isfinite(array)
+    if not np.all(finite):
+        bad = int(array.size - np.count_nonzero(finite))
+        raise ValueError(
+            f"`{name}` must be finite, found {bad} NaN/Inf value(s) in shape {array.shape}."
+        )
+    return array
+
+
+def float64_samples(value, name, *, min_points=1):
+    """A sample [n, ...] as a float64 matrix [n, D]."""
+    array = as_float64(value, name, min_rank=2)
+    if array.shape[0] < min_points:
+        raise ValueError(
+            f"`{name}` must hold at least {min_points} sample(s) along axis 0, got shape {array.shape}."
+        )
+    if array.size == 0:
+        raise ValueError(f"`{name}` must have non-empty trailing axes, got shape {array.shape}.")
+    return array.reshape(array.shape[0], -1)
+
+
+def float64_sample_pair(x, y, name_x="x", name_y="y", *, min_points=1):
+    """Two samples [n, ...] and [m, ...] with equal trailing shapes as float64 matrices [n, D], [m, D]."""
+    x_array = as_float64(x, name_x, min_rank=2)
+    y_array = as_float64(y, name_y, min_rank=2)
+    same_trailing_shape(x_array, y_array, name_x, name_y)
+    return float64_samples(x_array, name_x, min_points=min_points), float64_samples(y_array, name_y, min_points=min_points)

@@ -7,10 +7,16 @@ import tempfile
 
 import numpy as np
 
-__all__: list[str] = []
+__all__ = ["atomic_write", "write_json", "write_text", "save_npy"]
 
 
-def _atomic(path, write, suffix):
+def atomic_write(path, write, suffix):
+    """Call ``write(temporary)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A killed process leaves either the old file or the new one, never half a file. ``suffix`` is the
+    temporary file's extension (some writers, e.g. ``keras.Model.save``, insist on one). The folder
+    is created; the file gets the usual permissions (0666 less the umask). Returns the absolute path.
+    """
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -29,13 +35,16 @@ def _atomic(path, write, suffix):
     return path
 
 
+_atomic = atomic_write  # kept for conversion.py until the lead switches it
+
+
 def write_json(path, data):
     """Write ``data`` as indented JSON, atomically."""
     def write(temporary):
         with open(temporary, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=False, default=_to_builtin)
             handle.write("\n")
-    return _atomic(path, write, ".json")
+    return atomic_write(path, write, ".json")
 
 
 def write_text(path, text):
@@ -43,7 +52,7 @@ def write_text(path, text):
     def write(temporary):
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
-    return _atomic(path, write, os.path.splitext(path)[1] or ".txt")
+    return atomic_write(path, write, os.path.splitext(path)[1] or ".txt")
 
 
 def save_npy(path, array):
@@ -51,7 +60,7 @@ def save_npy(path, array):
     def write(temporary):
         with open(temporary, "wb") as handle:
             np.save(handle, np.asarray(array))
-    return _atomic(path, write, ".npy")
+    return atomic_write(path, write, ".npy")
 
 
 def _to_builtin(value):

@@ -2,7 +2,9 @@
 
 Errors in user input print one line (``gan2flow: error: ...``) and exit with status 2 (other failures:
 one line too, status 1); pass ``--traceback`` to see the full trace. ``train`` and ``convert`` back up
-their state in the output folder after every epoch: rerunning the same command after a kill resumes.
+their state in the output folder after every epoch: rerunning the same command after a kill resumes
+(:mod:`gan2flow.resume`). The demos and ``compare`` run the experiments in :mod:`gan2flow.experiments`.
+TensorFlow's C++ start-up log is hidden unless ``GAN2FLOW_TF_LOG=1`` (:mod:`gan2flow._startup`).
 """
 from __future__ import annotations
 
@@ -14,18 +16,13 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-
-
 def _demo(args):
-    from gan2flow import demo
+    from gan2flow.experiments import demo
 
     if args.dataset == "digits":
         if args.kernel:
             raise _CommandLineError("`--kernel` runs on grid25 only; drop it or `--dataset digits`.")
-        from gan2flow import digits
+        from gan2flow.experiments import digits
 
         digits.run(out_dir=args.out or "gan2flow-out/digits", seed=args.seed, quick=args.quick)
     elif args.kernel:
@@ -99,7 +96,7 @@ def _save_model(model, path):
     """``model.save`` to a ``.keras`` file, atomically (a killed run never leaves half a file)."""
     from gan2flow import _io
 
-    return _io._atomic(path, model.save, ".keras")
+    return _io.atomic_write(path, model.save, ".keras")
 
 
 def _sigma_range(args, real, *, none_for_default=False):
@@ -139,59 +136,12 @@ def _training_data(args):
     return np.ascontiguousarray(real), f"{args.data} {real.shape}"
 
 
-def _data_fingerprint(real):
-    import hashlib
-
-    return hashlib.sha1(real.tobytes()).hexdigest()[:16]
-
-
-def _epoch_log(path, noise_state=None):
-    """A Keras callback keeping every epoch's logs in ``path`` (JSON), so they survive a resumed run.
-
-    It runs before ``BackupAndRestore`` at each epoch end: if the run is killed between the two, the
-    epoch is repeated on resume and its entry overwritten, so the log never skips or repeats an epoch.
-    With ``noise_state`` (a variable) it also records its value after each epoch, and
-    ``restore(epoch)`` puts back the value recorded after ``epoch - 1``.
-    """
-    import json
-
-    import keras
-    import numpy as np
-
-    from gan2flow import _io
-
-    class EpochLog(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.epochs = {}
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as handle:
-                    self.epochs = {int(k): v for k, v in json.load(handle).items()}
-
-        def restore(self, epoch):
-            entry = self.epochs.get(epoch - 1, {})
-            if noise_state is not None and "noise_state" in entry:
-                noise_state.assign(np.asarray(entry["noise_state"], noise_state.dtype))
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.epochs = {k: v for k, v in self.epochs.items() if k < epoch}
-            entry = {"logs": {name: float(value) for name, value in (logs or {}).items()}}
-            if noise_state is not None:
-                entry["noise_state"] = np.asarray(noise_state).tolist()
-            self.epochs[epoch] = entry
-            _io.write_json(path, {str(k): v for k, v in sorted(self.epochs.items())})
-
-    return EpochLog()
-
-
 def _train(args):
-    import json
     import time
 
     import keras
-    import tensorflow as tf
 
-    from gan2flow import _io, losses, models, training
+    from gan2flow import _io, losses, models, resume, training
 
     started = time.perf_counter()
     _positive(args.epochs, "--epochs")
@@ -210,7 +160,7 @@ def _train(args):
     batch_size = min(args.batch_size, len(real))
     out = args.out or "gan2flow-out/train"
     settings = {
-        "data": description, "data_sha1": _data_fingerprint(real), "sample_shape": list(sample_shape),
+        "data": description, "data_sha1": resume.content_hash(real), "sample_shape": list(sample_shape),
         "model": "conv" if images else "mlp", "loss": losses.get(args.loss).name, "objective": args.objective,
         "penalty": args.penalty, "latent_dim": latent_dim, "batch_size": batch_size,
         "sigma_range": list(sigma_range), "learning_rate": args.learning_rate, "seed": args.seed,
@@ -219,15 +169,11 @@ def _train(args):
         settings["d_learning_rate"] = d_learning_rate
 
     backup_dir = os.path.join(out, "backup")
-    settings_path = os.path.join(backup_dir, "settings.json")
-    if os.path.exists(settings_path):
-        with open(settings_path, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
-        if changed:
-            raise _CommandLineError(
-                f"`--out`: {backup_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
-                "rerun with the same settings to resume it, or delete that folder to start over.")
+    changed = resume.changed_settings(backup_dir, settings)
+    if changed:
+        raise _CommandLineError(
+            f"`--out`: {backup_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
+            "rerun with the same settings to resume it, or delete that folder to start over.")
 
     keras.utils.set_random_seed(args.seed)
     with _flag_names({"latent_dim": "--latent-dim", "generator_objective": "--objective", "loss": "--loss",
@@ -245,41 +191,28 @@ def _train(args):
 
     # Resume: restore the backup (weights, optimizer states, epoch) before building the data, so that
     # epoch k gets the same shuffle (seeded by (seed, k)) as in an uninterrupted run.
-    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
-    backup.set_model(gan)
-    backup.on_train_begin()
-    start = int(getattr(gan, "_initial_epoch", None) or 0)
-    os.makedirs(backup_dir, exist_ok=True)
-    _io.write_json(settings_path, settings)
+    backup, start = resume.restore_backup(gan, backup_dir)
+    resume.write_settings(backup_dir, settings)
     # SDGAN's noise generator state is not part of its weights file (keras SeedGenerator): the epoch log
     # keeps it, so a resumed run draws the same z, σ and noise as an uninterrupted one.
     noise_state = getattr(getattr(gan, "_seed_generator", None), "state", None)
-    epoch_log = _epoch_log(os.path.join(backup_dir, "epochs.json"), noise_state)
+    epoch_log = resume.EpochLog(os.path.join(backup_dir, "epochs.json"), noise_state)
     if start:
         epoch_log.restore(start)
 
     steps_per_epoch = len(real) // batch_size
-    samples = tf.constant(real)
-
-    def epoch_batches(epoch):
-        order = tf.argsort(tf.random.stateless_uniform([len(real)], seed=tf.stack([tf.constant(args.seed, tf.int64),
-                                                                                    epoch])))
-        shuffled = tf.data.Dataset.from_tensor_slices(tf.gather(samples, order))
-        return shuffled.batch(batch_size, drop_remainder=True)
-
     print(f"training an SDGAN on {description}: {settings['model']} models, latent {latent_dim}, "
           f"loss {settings['loss']}, objective {args.objective}, σ in [{sigma_range[0]:.3g}, {sigma_range[1]:.3g}], "
           f"{args.epochs} epochs × {steps_per_epoch} steps of {batch_size}")
     if start:
         print(f"resuming the interrupted run in {backup_dir} at epoch {start + 1}/{args.epochs}")
     if start < args.epochs:
-        dataset = tf.data.Dataset.range(start, args.epochs).flat_map(epoch_batches).prefetch(2)
+        dataset = resume.epoch_batches(real, batch_size, args.seed, first_epoch=start, epochs=args.epochs)
         gan.fit(dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=[epoch_log, backup],
                 shuffle=False, verbose=1)
     else:
         backup.on_train_end()
-    epochs = [epoch_log.epochs[k]["logs"] for k in sorted(epoch_log.epochs)]
-    history = {name: [entry.get(name) for entry in epochs] for name in (epochs[0] if epochs else {})}
+    history = epoch_log.history()
 
     files = {
         "generator": _save_model(generator, os.path.join(out, "generator.keras")),
@@ -290,7 +223,7 @@ def _train(args):
         data_path = files["data"] = _io.save_npy(os.path.join(out, "data.npy"), real)
     files["history"] = os.path.abspath(os.path.join(out, "history.json"))
     _io.write_json(files["history"], {
-        "history": history, "epochs": len(epochs), "resumed_at_epoch": start or None, "settings": settings,
+        "history": history, "epochs": len(epoch_log.epochs), "resumed_at_epoch": start or None, "settings": settings,
         "seconds": time.perf_counter() - started, "files": files})
     for name, path in files.items():
         print(f"wrote {name}: {path}")
@@ -526,9 +459,8 @@ def _add_pipeline_commands(commands):
 # compare: which GAN losses give score-difference estimators (docs/losses.md, "Measured results")
 
 def _compare(args):
-    from gan2flow import compare
-
     from gan2flow import losses as loss_registry
+    from gan2flow.experiments import compare
 
     def names(text, flag, choices):
         values = [item.strip() for item in text.split(",") if item.strip()]
@@ -587,6 +519,9 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="gan2flow",
         description="Turn GANs into score-difference flows: train, convert, refine, compare.",
+        epilog="TensorFlow's C++ start-up log (oneDNN and CPU notes, missing CUDA drivers, cuInit) is hidden;\n"
+               "set GAN2FLOW_TF_LOG=1 to see it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -616,7 +551,9 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the ``gan2flow`` console script. Returns the exit status."""
-    _quiet_tensorflow()
+    from gan2flow import _startup
+
+    _startup.quiet_tensorflow_log()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,7 +1,7 @@
 """Image metrics in the feature space of a small digit classifier the toolkit trains and caches itself.
 
 FID-style evaluation without downloaded weights, for 8×8 grey-scale digits (scikit-learn's
-``load_digits``, scaled to [−1, 1] as :func:`gan2flow.digits.load` does):
+``load_digits``, scaled to [−1, 1] as :func:`gan2flow.datasets.load_digits` does):
 
 - :func:`digit_classifier`: a small conv classifier, trained in seconds on the digits training split
   with a fixed seed and cached as a ``.keras`` file (``~/.cache/gan2flow`` or a path you pass).
@@ -20,8 +20,8 @@ not comparable across classifier seeds or versions (the cache key holds both).
 
 Example::
 
-    from gan2flow import digits, image_metrics
-    data = digits.load()
+    from gan2flow import datasets, image_metrics
+    data = datasets.load_digits()
     classifier = image_metrics.digit_classifier()                 # trained once, then from the cache
     real = image_metrics.image_features(data["test"], classifier)
     fake = image_metrics.image_features(samples, classifier)
@@ -35,7 +35,7 @@ import weakref
 
 import numpy as np
 
-from gan2flow import _checks, _io
+from gan2flow import _checks, _distances, _io, datasets
 
 __all__ = [
     "CLASSIFIER_VERSION",
@@ -53,13 +53,6 @@ __all__ = [
 CLASSIFIER_VERSION = 1
 _FEATURE_LAYER = "features"
 _BLOCK = 1024  # rows per distance block: a [1024, 1024] float64 block is 8 MiB
-
-
-def _metrics():
-    """gan2flow.metrics, imported on use: it re-exports this module's metrics, so no import at load time."""
-    from gan2flow import metrics
-
-    return metrics
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,7 +115,7 @@ def train_digit_classifier(images, labels, *, epochs=30, batch_size=64, learning
 def digit_classifier(path=None, *, seed=0, epochs=30, verbose=0):
     """The digit feature classifier, loaded from ``path`` (or the cache) or trained and saved there.
 
-    Trained by :func:`train_digit_classifier` on the training split of ``gan2flow.digits.load()`` (the
+    Trained by :func:`train_digit_classifier` on the training split of ``gan2flow.datasets.load_digits()`` (the
     default split, whatever split a pipeline evaluates on: like Inception for FID it is one fixed
     network), in a few seconds on 2 CPU cores. The cache file is
     ``<default_cache_dir()>/digit_classifier-v{CLASSIFIER_VERSION}-seed{seed}-epochs{epochs}.keras``
@@ -150,14 +143,12 @@ def digit_classifier(path=None, *, seed=0, epochs=30, verbose=0):
         if verbose:
             print(f"digit classifier: loading {path}")
         return keras.saving.load_model(path, compile=False)
-    from gan2flow import digits  # data loading lives with the pipeline
-
-    data = digits.load()
+    data = datasets.load_digits()
     if verbose:
         print(f"digit classifier: training ({epochs} epochs, seed {seed}) -> {path}")
     model = train_digit_classifier(data["train"], data["train_labels"], epochs=epochs, seed=seed,
                                    verbose=2 if verbose else 0)
-    _io._atomic(path, model.save, ".keras")
+    _io.atomic_write(path, model.save, ".keras")
     return model
 
 
@@ -178,7 +169,7 @@ def image_features(images, classifier=None, *, batch_size=1024):
     """Penultimate-layer activations of the digit classifier, float64 [n, 64].
 
     Args:
-        images: [n, 8, 8, 1] (or [n, 8, 8]) in the [−1, 1] scale of ``gan2flow.digits.load``.
+        images: [n, 8, 8, 1] (or [n, 8, 8]) in the [−1, 1] scale of ``gan2flow.datasets.load_digits``.
         classifier: the model from :func:`digit_classifier` (None: the default cached one).
         batch_size: images per forward pass.
     """
@@ -220,9 +211,9 @@ def frechet_distance(x, y):
 
         frechet_distance(f, f + [1.0, 0.0])     # 1.0: a pure shift gives ‖μ_x − μ_y‖²
     """
-    x, y = _metrics()._pair(x, y, "x", "y", min_points=2)
+    x, y = _checks.float64_sample_pair(x, y, "x", "y", min_points=2)
     cov_x, cov_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
-    w2 = _metrics().gaussian_w2(x.mean(0), cov_x, y.mean(0), cov_y)  # it symmetrises the covariances
+    w2 = _distances.gaussian_w2(x.mean(0), cov_x, y.mean(0), cov_y)  # it symmetrises the covariances
     return float(w2**2)
 
 
@@ -233,7 +224,7 @@ def _kth_neighbour_radii(points, k):
     radii = np.empty(n)
     for i0 in range(0, n, _BLOCK):
         i1 = min(i0 + _BLOCK, n)
-        squared = _metrics()._squared_distances(points[i0:i1], points, norms[i0:i1], norms)
+        squared = _distances.squared_distances(points[i0:i1], points, norms[i0:i1], norms)
         squared[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf  # not its own neighbour
         radii[i0:i1] = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
     return radii
@@ -247,7 +238,7 @@ def _covered(queries, points, radii):
     inside = np.empty(len(queries), dtype=bool)
     for i0 in range(0, len(queries), _BLOCK):
         i1 = min(i0 + _BLOCK, len(queries))
-        squared = _metrics()._squared_distances(queries[i0:i1], points, query_norms[i0:i1], point_norms)
+        squared = _distances.squared_distances(queries[i0:i1], points, query_norms[i0:i1], point_norms)
         inside[i0:i1] = np.any(squared <= squared_radii[None, :], axis=1)
     return inside
 
@@ -274,8 +265,8 @@ def precision_recall(real, fake, *, k=3):
         ``{"precision": float, "recall": float}``.
     """
     k = _checks.positive_int(k, "k")
-    real, fake = _metrics()._pair(real, fake, "real", "fake", min_points=k + 1)
-    real, fake = _metrics()._centered(real, fake)  # pooled mean: smaller round-off of Gram-form distances
+    real, fake = _checks.float64_sample_pair(real, fake, "real", "fake", min_points=k + 1)
+    real, fake = _distances.centered(real, fake)  # pooled mean: smaller round-off of Gram-form distances
     real_radii = _kth_neighbour_radii(real, k)
     fake_radii = _kth_neighbour_radii(fake, k)
     return {"precision": float(_covered(fake, real, real_radii).mean()),
@@ -294,7 +285,7 @@ def nearest_distances(x, reference):
     Returns:
         float64 array [n].
     """
-    x, reference = _metrics()._pair(x, reference, "x", "reference")
+    x, reference = _checks.float64_sample_pair(x, reference, "x", "reference")
     centre = reference.mean(0)
     x, reference = x - centre, reference - centre
     x_norms = np.einsum("ij,ij->i", x, x)
@@ -302,7 +293,7 @@ def nearest_distances(x, reference):
     out = np.empty(len(x))
     for i0 in range(0, len(x), _BLOCK):
         i1 = min(i0 + _BLOCK, len(x))
-        squared = _metrics()._squared_distances(x[i0:i1], reference, x_norms[i0:i1], reference_norms)
+        squared = _distances.squared_distances(x[i0:i1], reference, x_norms[i0:i1], reference_norms)
         out[i0:i1] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
     return out
 

@@ -31,7 +31,8 @@ import math
 
 import numpy as np
 
-from gan2flow import _checks
+from gan2flow import _checks, _distances
+from gan2flow._distances import gaussian_w2
 
 __all__ = [
     "energy_distance",
@@ -53,49 +54,6 @@ _MIN_COUNT_FRACTION = 0.2  # PacGAN: a mode is lost with < 20 of its expected 10
 
 # ----------------------------------------------------------------------------------------------------
 # Argument handling
-
-
-def _as_float64(value, name, *, rank=None, min_rank=None):
-    """Check with the shared checks (kind, rank), then convert to float64 and check finiteness.
-
-    The shared checks convert to float32; the values used here are taken from ``value`` directly so a
-    float64 input keeps its precision.
-    """
-    try:
-        _checks.as_float_tensor(value, name, rank=rank, min_rank=min_rank, check_finite=False)
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        if str(error).startswith(f"`{name}`"):
-            raise
-        raise ValueError(
-            f"`{name}` must be a rectangular numeric array, got {type(value).__name__}: {error}"
-        ) from error
-    finite = np.isfinite(array)
-    if not np.all(finite):
-        bad = int(array.size - np.count_nonzero(finite))
-        raise ValueError(
-            f"`{name}` must be finite, found {bad} NaN/Inf value(s) in shape {array.shape}."
-        )
-    return array
-
-
-def _batch(value, name, *, min_points=1):
-    """A sample [n, ...] as a float64 matrix [n, D]."""
-    array = _as_float64(value, name, min_rank=2)
-    if array.shape[0] < min_points:
-        raise ValueError(
-            f"`{name}` must hold at least {min_points} sample(s) along axis 0, got shape {array.shape}."
-        )
-    if array.size == 0:
-        raise ValueError(f"`{name}` must have non-empty trailing axes, got shape {array.shape}.")
-    return array.reshape(array.shape[0], -1)
-
-
-def _pair(x, y, name_x="x", name_y="y", *, min_points=1):
-    x_array = _as_float64(x, name_x, min_rank=2)
-    y_array = _as_float64(y, name_y, min_rank=2)
-    _checks.same_trailing_shape(x_array, y_array, name_x, name_y)
-    return _batch(x_array, name_x, min_points=min_points), _batch(y_array, name_y, min_points=min_points)
 
 
 def _block_size(value):
@@ -165,7 +123,7 @@ def sliced_wasserstein(x, y, *, n_projections=256, seed=0, p=2):
 
         sliced_wasserstein(x, y, n_projections=512, seed=1)
     """
-    x, y = _pair(x, y)
+    x, y = _checks.float64_sample_pair(x, y)
     n_projections = _checks.positive_int(n_projections, "n_projections")
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
     p = _checks.positive_float(p, "p")
@@ -182,29 +140,6 @@ def sliced_wasserstein(x, y, *, n_projections=256, seed=0, p=2):
 # Kernel sums in blocks
 
 
-def _centered(x, y):
-    """Subtract the pooled mean (distances are unchanged; round-off of the Gram trick shrinks)."""
-    center = (x.sum(axis=0) + y.sum(axis=0)) / (len(x) + len(y))
-    return x - center, y - center
-
-
-_DIRECT_MAX_DIM = 8  # up to this dimension, squared distances are summed per axis (no cancellation)
-
-
-def _squared_distances(a, b, a_norms, b_norms):
-    """[len(a), len(b)] squared distances: per-axis sums for small d, else the Gram form."""
-    if a.shape[1] <= _DIRECT_MAX_DIM:
-        squared = np.square(a[:, 0, None] - b[None, :, 0])
-        scratch = np.empty_like(squared)
-        for axis in range(1, a.shape[1]):
-            np.subtract(a[:, axis, None], b[None, :, axis], out=scratch)
-            squared += np.square(scratch, out=scratch)
-        return squared
-    squared = a_norms[:, None] + b_norms[None, :]
-    squared -= 2.0 * (a @ b.T)
-    return np.maximum(squared, 0.0, out=squared)
-
-
 def _pairwise_sum(a, b, function, block_size, *, same):
     """Σ_ij function(‖a_i − b_j‖²) over blocks of [block_size, block_size] pairs.
 
@@ -218,7 +153,7 @@ def _pairwise_sum(a, b, function, block_size, *, same):
         i1 = i0 + block_size
         for j0 in range(i0 if same else 0, len(b), block_size):
             j1 = j0 + block_size
-            squared = _squared_distances(a[i0:i1], b[j0:j1], a_norms[i0:i1], b_norms[j0:j1])
+            squared = _distances.squared_distances(a[i0:i1], b[j0:j1], a_norms[i0:i1], b_norms[j0:j1])
             if same and i0 == j0:
                 np.fill_diagonal(squared, 0.0)
             block_sum = function(squared)
@@ -275,7 +210,7 @@ def _median_bandwidths(z, seed=0):
 
 
 def _check_bandwidths(bandwidths):
-    array = _as_float64(bandwidths, "bandwidths")
+    array = _checks.as_float64(bandwidths, "bandwidths")
     array = np.atleast_1d(array)
     if array.ndim != 1 or array.size == 0 or np.any(array <= 0):
         raise ValueError(
@@ -317,9 +252,9 @@ def mmd(x, y, *, bandwidths=None, block_size=_DEFAULT_BLOCK):
 
         mmd(x, y, bandwidths=[0.5, 1.0, 2.0])
     """
-    x, y = _pair(x, y, min_points=2)
+    x, y = _checks.float64_sample_pair(x, y, min_points=2)
     block_size = _block_size(block_size)
-    x, y = _centered(x, y)
+    x, y = _distances.centered(x, y)
     if bandwidths is None:
         bandwidths = _median_bandwidths(np.concatenate([x, y]))
     bandwidths = _check_bandwidths(bandwidths)
@@ -363,9 +298,9 @@ def energy_distance(x, y, *, block_size=_DEFAULT_BLOCK):
 
         energy_distance(x, y)
     """
-    x, y = _pair(x, y)
+    x, y = _checks.float64_sample_pair(x, y)
     block_size = _block_size(block_size)
-    x, y = _centered(x, y)
+    x, y = _distances.centered(x, y)
     n, m = len(x), len(y)
     between = _pairwise_sum(x, y, _distance_sum, block_size, same=False) / (n * m)
     within_x = _pairwise_sum(x, x, _distance_sum, block_size, same=True) / (n * n)
@@ -378,7 +313,7 @@ def energy_distance(x, y, *, block_size=_DEFAULT_BLOCK):
 
 
 def _per_mode(value, name, n_modes):
-    array = _as_float64(value, name)
+    array = _checks.as_float64(value, name)
     if array.ndim == 0:
         array = np.full(n_modes, float(array))
     if array.shape != (n_modes,):
@@ -435,8 +370,8 @@ def mode_stats(x, centers, std, threshold=3.0, *, min_count=None, weights=None):
         stats = mode_stats(x, centers, stds)
         stats["modes"], stats["high_quality"]
     """
-    x = _batch(x, "x")
-    centers = _batch(centers, "centers")
+    x = _checks.float64_samples(x, "x")
+    centers = _checks.float64_samples(centers, "centers")
     if centers.shape[1] != x.shape[1]:
         raise ValueError(
             f"`centers` must have the same flattened dimension as `x` ({x.shape[1]}), "
@@ -461,7 +396,7 @@ def mode_stats(x, centers, std, threshold=3.0, *, min_count=None, weights=None):
     nearest_squared = np.empty(n)
     for i0 in range(0, n, _DEFAULT_BLOCK):
         i1 = min(i0 + _DEFAULT_BLOCK, n)
-        squared = _squared_distances(x[i0:i1], centers, x_norms[i0:i1], center_norms)
+        squared = _distances.squared_distances(x[i0:i1], centers, x_norms[i0:i1], center_norms)
         index = np.argmin(squared, axis=1)
         nearest[i0:i1] = index
         nearest_squared[i0:i1] = squared[np.arange(i1 - i0), index]
@@ -482,66 +417,8 @@ def mode_stats(x, centers, std, threshold=3.0, *, min_count=None, weights=None):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Gaussian closed forms
-
-
-def _gaussian(mean, cov, name_mean, name_cov, dim=None):
-    mean = _as_float64(mean, name_mean, rank=1)
-    cov = _as_float64(cov, name_cov, rank=2)
-    d = mean.shape[0] if dim is None else dim
-    if mean.shape != (d,) or d == 0:
-        raise ValueError(f"`{name_mean}` must have shape [d]=({d},), got shape {mean.shape}.")
-    if cov.shape != (d, d):
-        raise ValueError(f"`{name_cov}` must have shape [d, d]=({d}, {d}), got shape {cov.shape}.")
-    scale = max(1.0, float(np.max(np.abs(cov))))
-    if np.max(np.abs(cov - cov.T)) > 1e-8 * scale:
-        asymmetry = float(np.max(np.abs(cov - cov.T)))
-        raise ValueError(f"`{name_cov}` must be symmetric, got max |C − Cᵀ| = {asymmetry!r}.")
-    cov = 0.5 * (cov + cov.T)
-    smallest = float(np.linalg.eigvalsh(cov)[0])
-    if smallest < -1e-10 * scale:
-        raise ValueError(
-            f"`{name_cov}` must be positive semi-definite, got smallest eigenvalue {smallest!r}."
-        )
-    return mean, cov
-
-
-def _sqrtm_psd(matrix):
-    """Symmetric square root of a symmetric PSD matrix via its eigendecomposition."""
-    values, vectors = np.linalg.eigh(matrix)
-    return (vectors * np.sqrt(np.maximum(values, 0.0))) @ vectors.T
-
-
-def gaussian_w2(mean1, cov1, mean2, cov2):
-    """2-Wasserstein distance between N(m1, C1) and N(m2, C2) (closed form, float64).
-
-    W2² = ‖m1 − m2‖² + tr(C1) + tr(C2) − 2 tr( (C1^{1/2} C2 C1^{1/2})^{1/2} )
-
-    In 1-D: W2 = sqrt((m1 − m2)² + (s1 − s2)²). Absolute round-off ≈ 1e-8·sqrt(tr C) (the square root
-    of a float64 cancellation), so equal Gaussians give ~1e-8, not exactly 0.
-
-    Args:
-      mean1, mean2: arrays [d].
-      cov1, cov2: symmetric positive semi-definite arrays [d, d].
-
-    Returns:
-      Python float W2 (not squared).
-
-    Raises:
-      ValueError: wrong shapes or dimensions, non-finite, non-symmetric or non-PSD covariances.
-
-    Example::
-
-        gaussian_w2([0.0], [[1.0]], [3.0], [[4.0]])   # sqrt(9 + 1)
-    """
-    mean1, cov1 = _gaussian(mean1, cov1, "mean1", "cov1")
-    mean2, cov2 = _gaussian(mean2, cov2, "mean2", "cov2", dim=mean1.shape[0])
-    root1 = _sqrtm_psd(cov1)
-    cross = root1 @ cov2 @ root1
-    cross_values = np.linalg.eigvalsh(0.5 * (cross + cross.T))
-    trace_term = np.trace(cov1) + np.trace(cov2) - 2.0 * np.sum(np.sqrt(np.maximum(cross_values, 0.0)))
-    squared = float(np.sum((mean1 - mean2) ** 2) + trace_term)
-    return math.sqrt(max(squared, 0.0))
+# Gaussian closed forms (gaussian_w2, imported above, lives in gan2flow._distances beside the distance
+# algebra it shares with image_metrics)
 
 
 def gaussian_kl(mean1, cov1, mean2, cov2):
@@ -565,8 +442,8 @@ def gaussian_kl(mean1, cov1, mean2, cov2):
 
         gaussian_kl([0.0], [[1.0]], [1.0], [[1.0]])   # 0.5
     """
-    mean1, cov1 = _gaussian(mean1, cov1, "mean1", "cov1")
-    mean2, cov2 = _gaussian(mean2, cov2, "mean2", "cov2", dim=mean1.shape[0])
+    mean1, cov1 = _distances.gaussian_parameters(mean1, cov1, "mean1", "cov1")
+    mean2, cov2 = _distances.gaussian_parameters(mean2, cov2, "mean2", "cov2", dim=mean1.shape[0])
     factors = []
     for cov, name in ((cov1, "cov1"), (cov2, "cov2")):
         try:
@@ -621,7 +498,7 @@ def summarize(x, reference, *, centers=None, std=None, weights=None, seed=0, max
         centers, stds, weights = toys.mixture_modes(target)
         summarize(samples, toys.sample(target, 5000, seed=1), centers=centers, std=stds)
     """
-    x_flat, reference_flat = _pair(x, reference, "x", "reference", min_points=2)
+    x_flat, reference_flat = _checks.float64_sample_pair(x, reference, "x", "reference", min_points=2)
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
     max_points = _checks.positive_int(max_points, "max_points")
     if max_points < 2:
@@ -646,20 +523,6 @@ def summarize(x, reference, *, centers=None, std=None, weights=None, seed=0, max
     return result
 
 
-# ----------------------------------------------------------------------------------------------------
-# Image metrics in the feature space of the toolkit's own digit classifier (gan2flow.image_metrics)
-
-from gan2flow.image_metrics import (  # noqa: E402  (image_metrics imports this module only on use)
-    frechet_distance,
-    image_features,
-    image_summary,
-    nearest_distances,
-    precision_recall,
-)
-
-__all__ += ["frechet_distance", "image_features", "image_summary", "nearest_distances", "precision_recall"]
-
-
 def median_neighbour_distance(samples, max_points=2048, seed=0):
     """Median nearest-neighbour distance of (a subsample of at most ``max_points``) samples [n, ...].
 
@@ -674,3 +537,22 @@ def median_neighbour_distance(samples, max_points=2048, seed=0):
     squared = norms[:, None] + norms[None, :] - 2.0 * flat @ flat.T
     np.fill_diagonal(squared, np.inf)
     return float(np.median(np.sqrt(np.maximum(squared.min(1), 0.0))))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deprecated: the image metrics used to be re-exported here; they live in gan2flow.image_metrics
+
+_IMAGE_METRICS = ("frechet_distance", "image_features", "image_summary", "nearest_distances", "precision_recall")
+
+
+def __getattr__(name):
+    """``gan2flow.metrics.frechet_distance`` and the other image metrics: deprecated names, resolved on use."""
+    if name in _IMAGE_METRICS:
+        import warnings
+
+        from gan2flow import image_metrics
+
+        warnings.warn(f"gan2flow.metrics.{name} is deprecated; use gan2flow.image_metrics.{name}.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(image_metrics, name)
+    raise AttributeError(f"module 'gan2flow.metrics' has no attribute {name!r}")

@@ -8,10 +8,11 @@ import os
 
 import numpy as np
 
-__all__ = ["scatter_panels", "image_grid", "trajectory_strip"]
+__all__ = ["scatter_panels", "image_grid", "trajectory_strip", "pyplot", "save_figure"]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the headless ``Agg`` backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -34,7 +35,7 @@ def scatter_panels(panels, path, *, reference=None, trajectories=None, limits=No
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for axis, (name, samples) in zip(axes[0], panels):
         samples = np.asarray(samples)
@@ -56,14 +57,14 @@ def scatter_panels(panels, path, *, reference=None, trajectories=None, limits=No
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
 
 def image_grid(images, path, *, columns=10, title=None, value_range=None):
     """A grid of grey-scale images [n, h, w] or [n, h, w, 1] written as one PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     images = np.asarray(images)
     if images.ndim == 4:
         images = images[..., 0]
@@ -77,14 +78,14 @@ def image_grid(images, path, *, columns=10, title=None, value_range=None):
             axis.imshow(images[index], cmap="gray_r", vmin=low, vmax=high)
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
 
 def trajectory_strip(states, sigmas, path, *, title=None, value_range=None):
     """One image's path across σ levels: states [T, h, w(, 1)], labelled with σ."""
-    plt = _pyplot()
+    plt = pyplot()
     states = np.asarray(states)
     if states.ndim == 4:
         states = states[..., 0]
@@ -97,12 +98,13 @@ def trajectory_strip(states, sigmas, path, *, title=None, value_range=None):
         axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
 
-def _save(figure, path, dpi=110):
+def save_figure(figure, path, dpi=110):
+    """Write ``figure`` to the PNG file ``path`` atomically (its folder is created); does not close it."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = path + ".tmp.png"

@@ -30,7 +30,6 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from gan2flow import _checks
-from gan2flow.metrics import _as_float64  # shared float64 validator (kind, shape, finiteness)
 
 tfd = tfp.distributions
 
@@ -69,13 +68,13 @@ def gaussian_mixture(means, stds, weights=None):
         p = gaussian_mixture([[0., 0.], [3., 0.]], 0.5, weights=[1, 3])
         p.log_prob([[0., 0.]])
     """
-    means = _as_float64(means, "means")
+    means = _checks.as_float64(means, "means")
     if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
         raise ValueError(
             f"`means` must have shape [K, d] with K >= 1 and d >= 1, got shape {means.shape}."
         )
     n_modes, dim = means.shape
-    stds = _as_float64(stds, "stds")
+    stds = _checks.as_float64(stds, "stds")
     if stds.ndim == 0:
         scale = np.full((n_modes, dim), float(stds))
     elif stds.shape == (n_modes,):
@@ -101,7 +100,7 @@ def gaussian_mixture(means, stds, weights=None):
 def _normalized_weights(weights, n_modes, name):
     if weights is None:
         return np.full(n_modes, 1.0 / n_modes)
-    weights = _as_float64(weights, name)
+    weights = _checks.as_float64(weights, name)
     if weights.shape != (n_modes,):
         raise ValueError(f"`{name}` must have shape [K]=({n_modes},), got shape {weights.shape}.")
     if np.any(weights < 0) or weights.sum() <= 0:

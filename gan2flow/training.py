@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters
+from gan2flow import _checks, adapters, datasets
 from gan2flow import estimators as _estimators
 from gan2flow import noise as _noise
 from gan2flow import losses as _losses
@@ -95,10 +95,7 @@ def _all_reduce_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def _shuffled_batches(data, batch_size, seed):
-    """An endless tf.data stream of full batches of ``data``, reshuffled every pass (seeded), prefetched."""
-    dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
-    return dataset.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
+_shuffled_batches = datasets.shuffled_batches  # kept for conversion.py until the lead switches it
 
 
 def _global_rows(batch):

@@ -2,10 +2,12 @@
 (``BAD_COMMAND_LINES``: one line on stderr, status 2, the flag named, no traceback, no output written).
 
 Commands run in-process through ``gan2flow.cli.main`` (no interpreter start-up, TensorFlow imported
-once); one test starts ``python -m gan2flow --help`` in a subprocess to check the module entry point.
+once); two tests start ``python -m gan2flow --help`` and the console script in a subprocess to check the
+entry points, and that they keep TensorFlow's C++ start-up log off stderr unless ``GAN2FLOW_TF_LOG=1``.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 import gan2flow
-from gan2flow import cli, models
+from gan2flow import _startup, cli, models
 
 # Each subcommand's --help must mention these options (and carry examples).
 HELP_OPTIONS = {
@@ -38,12 +40,70 @@ def test_help_explains_each_subcommand(command, capsys):
     assert "examples:" in text and f"gan2flow {command} " in text
 
 
-def test_python_dash_m_help_lists_the_subcommands():
+# TensorFlow's C++ start-up log: absl/TF log lines (I0000/W0000/E0000 ...), oneDNN and CPU notes, cuInit.
+_TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |cuInit|oneDNN|rebuild TensorFlow|absl::InitializeLog", re.MULTILINE)
+
+
+def _environment(**variables):
+    """This process's environment without the variables that quieten or show TensorFlow's log, plus ``variables``."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL", _startup.SHOW_LOG_VARIABLE)}
+    return dict(env, **variables)
+
+
+def test_python_dash_m_help_lists_the_subcommands_quietly():
     result = subprocess.run([sys.executable, "-m", "gan2flow", "--help"], capture_output=True, text=True,
-                            timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                            timeout=600, env=_environment())
     assert result.returncode == 0, result.stderr
     for command in ("demo", "train", "convert", "refine"):
         assert command in result.stdout
+    assert "GAN2FLOW_TF_LOG=1" in result.stdout
+    assert not _TF_LOG_LINE.search(result.stderr), result.stderr
+
+
+@pytest.mark.slow  # the same start-up as python -m gan2flow above (one more TensorFlow import, ~5-15 s)
+def test_console_script_help_is_quiet():
+    script = os.path.join(os.path.dirname(sys.executable), "gan2flow")
+    if not os.path.exists(script):
+        pytest.skip(f"no gan2flow console script beside {sys.executable}")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=600, env=_environment())
+    assert result.returncode == 0, result.stderr
+    assert "convert" in result.stdout
+    assert not _TF_LOG_LINE.search(result.stderr), result.stderr
+
+
+@pytest.mark.slow
+def test_tensorflow_log_is_shown_on_request():
+    # Whatever TensorFlow itself writes at import on this machine, GAN2FLOW_TF_LOG=1 lets through.
+    plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True,
+                           timeout=600, env=_environment())
+    shown = subprocess.run([sys.executable, "-m", "gan2flow", "--help"], capture_output=True, text=True,
+                           timeout=600, env=_environment(GAN2FLOW_TF_LOG="1"))
+    assert shown.returncode == 0, shown.stderr
+    assert bool(_TF_LOG_LINE.search(shown.stderr)) == bool(_TF_LOG_LINE.search(plain.stderr)), shown.stderr
+
+
+@pytest.mark.parametrize("argv, orig_argv, expected", [
+    (["/venv/bin/gan2flow", "--help"], ["/venv/bin/python", "/venv/bin/gan2flow", "--help"], True),
+    (["C:\\venv\\Scripts\\gan2flow.exe"], ["python.exe"], True),
+    (["-m"], ["python", "-m", "gan2flow", "--help"], True),
+    (["-m"], ["python", "-X", "dev", "-mgan2flow.cli"], True),
+    (["-m"], ["python", "-m", "pytest", "-q"], False),
+    (["-m"], ["python", "-m", "gan2flowx"], False),
+    (["/venv/bin/pytest", "-q"], ["/venv/bin/python", "/venv/bin/pytest", "-q"], False),
+    (["-c"], ["python", "-c", "import gan2flow"], False),
+    ([], [], False),
+])
+def test_started_as_command(argv, orig_argv, expected):
+    assert _startup.started_as_command(argv, orig_argv) is expected
+
+
+def test_show_tensorflow_log_reads_the_variable(monkeypatch):
+    for value, expected in (("1", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv(_startup.SHOW_LOG_VARIABLE, value)
+        assert _startup.show_tensorflow_log() is expected
+    monkeypatch.delenv(_startup.SHOW_LOG_VARIABLE)
+    assert _startup.show_tensorflow_log() is False
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for gan2flow.compare: the loss and generator-objective comparisons behind ``gan2flow compare``.
+"""Tests for gan2flow.experiments.compare: the loss and generator-objective comparisons behind ``gan2flow compare``.
 
 Closed forms first (the field errors, the affine source, the logistic calibration, the HQ radius),
 then the whole comparison end to end on a tiny budget, then the ordering the theory (shared/SD_FLOW.md
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gan2flow import cli, compare, losses, toys
+from gan2flow import cli, losses, toys
+from gan2flow.experiments import compare
 
 
 @pytest.fixture

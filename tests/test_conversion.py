@@ -10,7 +10,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import gan2flow
-from gan2flow import demo, metrics, models, toys
+from gan2flow import metrics, models, toys
+from gan2flow.experiments import demo
 
 from _helpers import Interrupted, Recorder, same_bits, small_convert, two_output_discriminator
 

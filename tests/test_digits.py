@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from gan2flow import digits, image_metrics
+from gan2flow import datasets, image_metrics
+from gan2flow.experiments import digits
 
 # ----------------------------------------------------------------------------------------------------
 # Fréchet distance: closed forms
@@ -35,12 +36,15 @@ def test_frechet_distance_matches_the_gaussian_formula_for_scaled_features(rng):
     assert image_metrics.frechet_distance(features, scaled) == pytest.approx(expected, rel=1e-8)
 
 
-def test_image_metrics_are_re_exported_from_metrics():
+def test_image_metrics_old_names_in_metrics_are_deprecated():
     from gan2flow import metrics
 
     for name in ("frechet_distance", "precision_recall", "nearest_distances", "image_features", "image_summary"):
-        assert getattr(metrics, name) is getattr(image_metrics, name)
-        assert name in metrics.__all__
+        with pytest.warns(DeprecationWarning, match=f"gan2flow.image_metrics.{name}"):
+            assert getattr(metrics, name) is getattr(image_metrics, name)
+        assert name not in metrics.__all__
+    with pytest.raises(AttributeError):
+        metrics.no_such_metric
 
 
 def test_frechet_distance_rejects_bad_input(rng):
@@ -90,11 +94,11 @@ def test_nearest_distances_are_exact_on_a_grid():
 
 
 def test_load_splits_every_class_and_scales_to_unit_range():
-    data = digits.load()
+    data = datasets.load_digits()
     assert data["train"].shape == (1347, 8, 8, 1) and data["test"].shape == (450, 8, 8, 1)
     assert data["train"].min() == -1.0 and data["train"].max() == 1.0
     assert set(np.unique(data["test_labels"])) == set(range(10))
-    again = digits.load()
+    again = datasets.load_digits()
     np.testing.assert_array_equal(again["test"], data["test"])  # the split is seeded
 
 
@@ -103,10 +107,10 @@ def test_classifier_cache_round_trip_and_seed_determinism(tmp_path):
     first = image_metrics.digit_classifier(path, epochs=1, seed=3)
     assert path.exists()
     loaded = image_metrics.digit_classifier(path, epochs=1, seed=3)  # from the file: no training
-    images = digits.load()["test"][:64]
+    images = datasets.load_digits()["test"][:64]
     np.testing.assert_allclose(image_metrics.image_features(images, loaded),
                                image_metrics.image_features(images, first), atol=1e-6)
-    data = digits.load()
+    data = datasets.load_digits()
     retrained = image_metrics.train_digit_classifier(data["train"], data["train_labels"], epochs=1, seed=3)
     # Same seed, same data, same CPU kernels: the same weights (float32 round-off only).
     for a, b in zip(retrained.get_weights(), first.get_weights(), strict=True):

@@ -47,7 +47,7 @@ measured against (not a strict ceiling: a field weaker than the exact one over-c
 
 Example::
 
-    from gan2flow import compare
+    from gan2flow.experiments import compare
     result = compare.run("gan2flow-out/compare", quick=True)    # tables, CSV, JSON and PNGs
     print(result["report"])
 """
@@ -66,7 +66,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from gan2flow import _checks, _io, metrics, models, plotting, toys
+from gan2flow import _checks, _io, datasets, metrics, models, plotting, toys
 from gan2flow import estimators as _estimators
 from gan2flow import flows as _flows
 from gan2flow import losses as _losses
@@ -363,7 +363,7 @@ def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learnin
     gan.compile(d_optimizer=_adam(learning_rate, steps), jit_compile=jit_compile,
                 steps_per_execution=_steps_per_execution(steps))
     started = time.perf_counter()
-    history = gan.fit(_training._shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
+    history = gan.fit(datasets.shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - started
     d_loss = float(history.history["d_loss"][-1])
     info = {"problem": prob.name, "loss": loss.name, "penalty": penalty, "steps": int(steps),
@@ -642,7 +642,7 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
                         g_optimizer=_adam(learning_rate, budget["steps"], beta_1=0.5), jit_compile=jit_compile,
                         steps_per_execution=_steps_per_execution(budget["steps"]))
             run_started = time.perf_counter()
-            history = gan.fit(_training._shuffled_batches(real, budget["batch_size"], run_seed), steps_per_epoch=budget["steps"],
+            history = gan.fit(datasets.shuffled_batches(real, budget["batch_size"], run_seed), steps_per_epoch=budget["steps"],
                               epochs=1, verbose=0)
             seconds = time.perf_counter() - run_started
             x = np.asarray(gan.generate(budget["n_eval"], seed=run_seed + 10_000))
@@ -706,7 +706,7 @@ def format_report(losses_result=None, objectives_result=None):
     if losses_result is not None:
         settings = losses_result["settings"]
         lines += [
-            "Field errors (module docstring of gan2flow.compare): `cosine` is the mean per-point cosine "
+            "Field errors (module docstring of gan2flow.experiments.compare): `cosine` is the mean per-point cosine "
             "between the discriminator's field v̂ (∇ link(T); ∇T for losses without a link) and the exact "
             "SD v; `rel. error` is ‖v̂ − v‖/‖v‖ pooled over the points; `best scale` refits one scalar c* "
             "per σ on an independent sample (an oracle: for measurement only); `calibrated` uses the "
@@ -797,11 +797,11 @@ _TRAINING_COLUMNS = ("problem", "loss", "penalty", "steps", "seconds", "d_loss",
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
-_pyplot = plotting._pyplot
+_pyplot = plotting.pyplot
 
 
 def _save(figure, path):
-    plotting._save(figure, path, dpi=100)
+    plotting.save_figure(figure, path, dpi=100)
     _pyplot().close(figure)
     return path
 

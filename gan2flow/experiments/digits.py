@@ -25,7 +25,7 @@ quantisation alone, which says nothing about shapes; its gradient there is large
 
 Example::
 
-    from gan2flow import digits
+    from gan2flow.experiments import digits
     result = digits.run("gan2flow-out/digits", quick=True)
     print(result["table"])
 """
@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from gan2flow import _checks, _io, image_metrics, plotting
+from gan2flow import _checks, _io, datasets, image_metrics, plotting
 
 __all__ = ["load", "train_gan", "train_sdgan", "run", "format_table", "FULL", "QUICK", "SIGMA_RANGE"]
 
@@ -54,39 +54,13 @@ QUICK = dict(FULL, n=1000, gan_steps=600, convert_steps=400, sdgan_steps=300)
 # Data
 
 
-def load(test_fraction=0.25, seed=0):
-    """scikit-learn's digits as [n, 8, 8, 1] float32 in [−1, 1] (pixel / 8 − 1), split per class.
-
-    Args:
-        test_fraction: share of each digit class held out (0 < f < 1).
-        seed: seed of the split (``numpy.random.default_rng``).
-
-    Returns:
-        dict with ``train``, ``test`` (images) and ``train_labels``, ``test_labels`` (int64 [n]).
-        With the defaults: 1 347 training and 450 held-out images.
-    """
-    from sklearn.datasets import load_digits
-
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")
-    seed = _checks.positive_int(seed, "seed", allow_zero=True)
-    bunch = load_digits()
-    images = (bunch.images.astype(np.float32) / 8.0 - 1.0)[..., None]
-    labels = bunch.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    held_out = np.zeros(len(images), bool)
-    for digit in np.unique(labels):
-        index = np.flatnonzero(labels == digit)
-        held_out[rng.choice(index, int(round(test_fraction * len(index))), replace=False)] = True
-    return {"train": images[~held_out], "train_labels": labels[~held_out],
-            "test": images[held_out], "test_labels": labels[held_out]}
+#: scikit-learn's digits in [−1, 1] with a stratified held-out split: :func:`gan2flow.datasets.load_digits`.
+load = datasets.load_digits
 
 
 def _fit(gan, images, steps, batch_size, seed, verbose):
-    from gan2flow import training
-
     epoch = max(1, min(steps, 500))
-    gan.fit(training._shuffled_batches(images, batch_size, seed), steps_per_epoch=epoch, epochs=max(1, -(-steps // epoch)),
+    gan.fit(datasets.shuffled_batches(images, batch_size, seed), steps_per_epoch=epoch, epochs=max(1, -(-steps // epoch)),
             verbose=2 if verbose else 0)
 
 
@@ -176,7 +150,7 @@ def format_table(rows):
 
 
 def _nn_histogram(distances, path, *, title):
-    plt = plotting._pyplot()
+    plt = plotting.pyplot()
     figure, axis = plt.subplots(figsize=(6.0, 3.2))
     high = max(float(np.max(d)) for d in distances.values())
     bins = np.linspace(0.0, high, 40)
@@ -187,7 +161,7 @@ def _nn_histogram(distances, path, *, title):
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    plotting._save(figure, path)
+    plotting.save_figure(figure, path)
     plt.close(figure)
     return path
 

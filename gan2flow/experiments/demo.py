@@ -124,8 +124,15 @@ def train_plain_gan(real, *, loss="logistic", latent_dim=8, steps=1500, batch_si
             fake_out = discriminator(generator(z, training=True), training=True)[:, 0]
             d_loss = gan_loss.discriminator_loss(real_out, fake_out)
             if gan_loss.name == "wasserstein":
-                d_loss += 10.0 * losses.gradient_penalty(lambda x: discriminator(x)[:, 0], batch,
-                                                         generator(z), seed=[seed, 2 * step])
+                # WGAN-GP at x̂ = real + α (fake − real), α from a stream of its own folded from this step's
+                # key (gradient_penalty takes an int seed, not a per-step tensor): given x̂ as both `real`
+                # and `fake`, gradient_penalty evaluates exactly at x̂, as SDGAN's penalty does.
+                alpha = tf.random.stateless_uniform(
+                    [batch_size, 1], seed=tf.random.experimental.stateless_fold_in(tf.stack([seed, 2 * step]), 1))
+                fake = generator(z)
+                interpolates = batch + alpha * (fake - batch)
+                d_loss += 10.0 * losses.gradient_penalty(lambda x: discriminator(x)[:, 0], interpolates,
+                                                         interpolates)
         d_optimizer.apply_gradients(zip(tape.gradient(d_loss, discriminator.trainable_variables),
                                         discriminator.trainable_variables))
         z = tf.random.stateless_normal([batch_size, latent_dim], seed=[seed, 2 * step + 1])
