@@ -323,7 +323,7 @@ def section_mlp(results, quick):
 
         def eager_loop():
             state = x
-            for sigma, eta in zip(sigma_list, etas):
+            for sigma, eta in zip(sigma_list, etas, strict=False):
                 state = state + float(eta) * estimator(state, sigma)
             keep("(a) eager TF loop", state)
 
@@ -333,7 +333,7 @@ def section_mlp(results, quick):
 
         def function_loop():
             state = x
-            for sigma, eta in zip(sigma_tensors, eta_tensors):
+            for sigma, eta in zip(sigma_tensors, eta_tensors, strict=False):
                 state = step(state, sigma, eta)
             keep("(b) per-step tf.function loop", state)
 

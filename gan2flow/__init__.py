@@ -9,8 +9,8 @@ command line in :mod:`gan2flow.cli`; importing the library loads neither.
 """
 # First: run as the `gan2flow` command, this loads TensorFlow with its C++ start-up log hidden
 # (GAN2FLOW_TF_LOG=1 shows it); imported as a library, it does nothing.
-from gan2flow import _startup  # noqa: F401
 from gan2flow import (
+    _startup,  # noqa: F401
     adapters,
     datasets,
     diagnostics,
@@ -28,7 +28,6 @@ from gan2flow import (
     training,
 )
 from gan2flow.conversion import convert
-from gan2flow.ganflow import GANFlow, load
 from gan2flow.estimators import (
     AnalyticScoreDifference,
     DenoiserScoreDifference,
@@ -40,6 +39,7 @@ from gan2flow.estimators import (
     drift_corrected,
 )
 from gan2flow.flows import FlowDivergenceError, flow, trajectory
+from gan2flow.ganflow import GANFlow, load
 from gan2flow.training import SDGAN
 
 __version__ = "0.1.0"

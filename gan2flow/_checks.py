@@ -76,7 +76,7 @@ def positive_int(value, name, *, allow_zero=False):
 def shapes_compatible(found, expected):
     """Same rank, and equal sizes on every axis where both are known (None is unknown)."""
     found, expected = tuple(found), tuple(expected)
-    return len(found) == len(expected) and all(a is None or b is None or a == b for a, b in zip(found, expected))
+    return len(found) == len(expected) and all(a is None or b is None or a == b for a, b in zip(found, expected, strict=False))
 
 
 def one_of(value, name, choices):

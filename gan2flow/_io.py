@@ -35,7 +35,6 @@ def atomic_write(path, write, suffix):
     return path
 
 
-_atomic = atomic_write  # kept for conversion.py until the lead switches it
 
 
 def write_json(path, data):

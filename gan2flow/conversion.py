@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, losses, models, training
+from gan2flow import _checks, adapters, datasets, losses, models, resume
 from gan2flow import sigmas as schedules
 from gan2flow.diagnostics import diagnose, format_diagnostics
 from gan2flow.ganflow import GANFlow, load  # noqa: F401 - gan2flow.conversion.GANFlow/load keep working
@@ -145,7 +145,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         trainer.compile(d_optimizer=keras.optimizers.Adam(schedule, beta_1=0.5),
                         jit_compile=bool(jit_compile) and not replicated)
     global_batch = min(batch_size, len(train))
-    dataset = training._shuffled_batches(train, global_batch, seed)
+    dataset = datasets.shuffled_batches(train, global_batch, seed)
     steps_per_epoch = max(1, min(steps, 200))
     epochs = int(math.ceil(steps / steps_per_epoch))
     if verbose:
@@ -154,8 +154,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
                                                                   given is not None and reuse_discriminator else ""))
     callbacks = list(callbacks or [])
     if backup_dir is not None:
-        backup = _calibration_backup(backup_dir, {
-            "real_data": _fingerprint(real), "generator": generator.name, "loss": loss, "latent_shape": list(latent_shape),
+        backup = resume.calibration_backup(backup_dir, {
+            "real_data": resume.fingerprint(real), "generator": generator.name, "loss": loss, "latent_shape": list(latent_shape),
             "sigma_range": list(sigma_range), "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
             "hidden": list(hidden), "reuse_discriminator": bool(given is not None and reuse_discriminator),
             "validation_fraction": validation_fraction, "seed": seed, "fourier_features": fourier_features})
@@ -173,7 +173,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     if verbose:
         print(format_diagnostics(flow.diagnostics))
     if backup_dir is not None:
-        _remove_backup(backup_dir)
+        resume.remove_backup(backup_dir)
     return flow
 
 
@@ -186,59 +186,6 @@ def _given_output(calibrator):
     if feature.probability:
         return "probability (the model ends in a sigmoid): its logit log D - log(1 - D) is used"
     return "raw output" if feature.loss_name is None else f"output through the {feature.loss_name} link"
-
-
-_BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
-                 "training_metadata.json.bkp", "settings.json")
-
-
-def _fingerprint(array):
-    """Shape, dtype and a SHA-1 of (at most 10⁶ evenly strided elements of) an array."""
-    import hashlib
-
-    flat = np.ascontiguousarray(array).reshape(-1)
-    strided = np.ascontiguousarray(flat[::max(1, flat.size // 1_000_000)])
-    return f"{array.shape}:{array.dtype}:{hashlib.sha1(strided.tobytes()).hexdigest()[:16]}"
-
-
-def _calibration_backup(backup_dir, settings):
-    """A ``BackupAndRestore`` for the calibration in ``backup_dir``, refusing a backup made with other settings."""
-    import json
-
-    from gan2flow import _io
-
-    backup_dir = os.fspath(backup_dir)
-    path = os.path.join(backup_dir, "settings.json")
-    settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
-    saved = any(os.path.exists(os.path.join(backup_dir, name)) for name in _BACKUP_FILES[:2])
-    if saved and os.path.exists(path):  # (settings without a backup: nothing to resume, start over)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                previous = json.load(handle)
-        except (OSError, ValueError):
-            previous = None
-        if previous != settings:
-            changed = sorted(key for key in set(previous or {}) | set(settings)
-                             if (previous or {}).get(key) != settings.get(key))
-            raise ValueError(
-                f"`backup_dir`: {backup_dir!r} holds an interrupted calibration with other settings "
-                f"({', '.join(changed) or 'unreadable settings.json'}); call convert with the same arguments to "
-                "resume it, or delete that folder to start over.")
-    _io.write_json(path, settings)
-    return keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False)
-
-
-def _remove_backup(backup_dir):
-    """Delete the backup files convert wrote (only those), then the folder if it is empty."""
-    for name in _BACKUP_FILES:
-        try:
-            os.remove(os.path.join(backup_dir, name))
-        except OSError:  # already gone
-            pass
-    try:
-        os.rmdir(backup_dir)
-    except OSError:  # it holds other files: leave it
-        pass
 
 
 class _null_scope:

@@ -54,7 +54,7 @@ def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0):
     fake_for_train = flow.generate(flow.latents(len(train), seed=seed + 7920)).numpy()
     rows = []
     for sigma in sigmas:
-        def noised(a, k):
+        def noised(a, k, sigma=sigma):
             return (a + sigma * np.random.default_rng([seed, k]).normal(size=a.shape)).astype(np.float32)
 
         l_real = flow.log_ratio(noised(heldout, 1), sigma).numpy()

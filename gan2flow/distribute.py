@@ -30,7 +30,7 @@ from gan2flow import _checks, flows
 
 __all__ = ["run", "flow", "refine", "chunk_bounds"]
 
-_PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def chunk_bounds(n, replicas, batch_size=None):
@@ -187,7 +187,7 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
             part, schedules = inputs[0], inputs[1:]
             reference = part
             bad_steps, scales = [], []
-            for loop, schedule in zip(loops, schedules):
+            for loop, schedule in zip(loops, schedules, strict=False):
                 part, bad_step, scale, _, _ = loop(part, reference, **schedule)
                 bad_steps.append(bad_step)
                 scales.append(scale)
@@ -202,7 +202,7 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
         bar = keras.utils.Progbar(n, unit_name="sample")
     progress = None if bar is None else (lambda done: bar.update(bounds[done - 1][1]))
     outputs = _run_rounds(strategy, program, chunk_inputs, empty, progress=progress)
-    for (result, bad_steps, scales), (_, plans) in zip(outputs, chunks):
+    for (_, bad_steps, scales), (_, plans) in zip(outputs, chunks, strict=True):
         for index, phase in enumerate(plans):
             if int(bad_steps[index]) >= 0:
                 flows.raise_divergence(phase, int(bad_steps[index]), float(scales[index]))

@@ -50,7 +50,7 @@ __all__ = ["flow", "trajectory", "FlowDivergenceError", "METHODS", "ON_DIVERGENC
 METHODS = ("euler", "heun")
 ON_DIVERGENCE = ("raise", "backoff")
 _TRACES = {"count": 0}
-_LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class FlowDivergenceError(FloatingPointError):
@@ -243,7 +243,7 @@ def _checked_box(box, sample_shape):
 
 
 _PROBE_ROWS = 16
-_PROBED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _probe(estimator, x, sigma):
@@ -556,7 +556,7 @@ def run(plan, x, *, phases=None, batch_size=None, record=False, callback=None, j
             pieces = 1 if bar is None else max(1, min(segments, phase.n_levels))
             bounds = np.unique(np.linspace(0, phase.n_levels, pieces + 1).astype(int))
             path = [part[None]] if record else None
-            for first, stop in zip(bounds[:-1], bounds[1:]):
+            for first, stop in zip(bounds[:-1], bounds[1:], strict=False):
                 result = run_batch(phase.levels(first, stop), part, reference=start_samples, record=record,
                                    callback=callback, jit_compile=jit_compile)
                 part = result.x

@@ -80,7 +80,7 @@ class GANFlow(keras.Model):
             return super().save(filepath, overwrite=overwrite, **kwargs)
         from gan2flow import _io
 
-        _io._atomic(path, lambda temporary: super(GANFlow, self).save(temporary, overwrite=True, **kwargs), ".keras")
+        _io.atomic_write(path, lambda temporary: super(GANFlow, self).save(temporary, overwrite=True, **kwargs), ".keras")
 
     @property
     def sample_shape(self):

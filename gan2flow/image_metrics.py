@@ -152,7 +152,7 @@ def digit_classifier(path=None, *, seed=0, epochs=30, verbose=0):
     return model
 
 
-_EXTRACTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_EXTRACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _feature_extractor(classifier):

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -110,9 +110,9 @@ class Loss:
     fake_term_fn: Callable = dataclasses.field(repr=False)
     activation_fn: Callable = dataclasses.field(repr=False)
     non_saturating_fn: Callable = dataclasses.field(repr=False)
-    link_fn: Optional[Callable] = dataclasses.field(default=None, repr=False)
-    inverse_link_fn: Optional[Callable] = dataclasses.field(default=None, repr=False)
-    no_link_reason: Optional[str] = dataclasses.field(default=None, repr=False)
+    link_fn: Callable | None = dataclasses.field(default=None, repr=False)
+    inverse_link_fn: Callable | None = dataclasses.field(default=None, repr=False)
+    no_link_reason: str | None = dataclasses.field(default=None, repr=False)
 
     # ----------------------------------------------------------------------------------------
     # Discriminator

@@ -37,7 +37,7 @@ def scatter_panels(panels, path, *, reference=None, trajectories=None, limits=No
     """
     plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    for axis, (name, samples) in zip(axes[0], panels):
+    for axis, (name, samples) in zip(axes[0], panels, strict=False):
         samples = np.asarray(samples)
         if reference is not None:
             reference = np.asarray(reference)
@@ -92,7 +92,7 @@ def trajectory_strip(states, sigmas, path, *, title=None, value_range=None):
     figure, axes = plt.subplots(1, len(states), figsize=(len(states) * 1.0, 1.4), squeeze=False)
     low, high = value_range if value_range is not None else (states.min(), states.max())
     labels = ["start"] + [f"σ={s:.2g}" for s in np.asarray(sigmas)]
-    for axis, image, label in zip(axes[0], states, labels):
+    for axis, image, label in zip(axes[0], states, labels, strict=False):
         axis.imshow(image, cmap="gray_r", vmin=low, vmax=high)
         axis.set_title(label, fontsize=7)
         axis.axis("off")

@@ -41,17 +41,16 @@ Example::
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, datasets
+from gan2flow import _checks, adapters
 from gan2flow import estimators as _estimators
-from gan2flow import noise as _noise
 from gan2flow import losses as _losses
+from gan2flow import noise as _noise
 
 __all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES"]
 
@@ -95,7 +94,6 @@ def _all_reduce_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-_shuffled_batches = datasets.shuffled_batches  # kept for conversion.py until the lead switches it
 
 
 def _global_rows(batch):
@@ -535,7 +533,7 @@ class SDGAN(keras.Model):
                 penalty = tf.where(local > 0, penalty, 0.0) * local_fraction
                 total = total + self.penalty_weight * penalty
         gradients = tape.gradient(total, variables)
-        self.d_optimizer.apply_gradients(zip(gradients, variables))
+        self.d_optimizer.apply_gradients(zip(gradients, variables, strict=False))
         return d_loss, penalty, self._correct(real_output, fake_output)
 
     # --------------------------------------------------------------------------------------------
@@ -586,7 +584,7 @@ class SDGAN(keras.Model):
                 per_sample = self.gan_loss.generator_loss(output, self.generator_objective)
             g_loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
         gradients = tape.gradient(g_loss, variables)
-        self.g_optimizer.apply_gradients(zip(gradients, variables))
+        self.g_optimizer.apply_gradients(zip(gradients, variables, strict=False))
         return g_loss
 
     # --------------------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def field_errors(estimate, exact, estimate_fit=None, exact_fit=None):
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hq_threshold(dim):
     """The HQ radius in mode stds: sqrt of the χ²_d quantile at 1 − e^{−4.5} (3.0 for d = 2)."""
     return float(np.sqrt(2.0 * tfp.math.igammainv(0.5 * dim, np.float64(_HQ_PROBABILITY))))
@@ -519,7 +519,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
             if loss.link_fn is None and info["finite"]:
                 eval_scales = _calibration_scales(estimator, calibration_real, calibration_fake, eval_grid,
                                                   base_seed + 6)
-                calibrated = dict(zip(eval_grid.tolist(), eval_scales.tolist()))
+                calibrated = dict(zip(eval_grid.tolist(), eval_scales.tolist(), strict=False))
             for sigma, kind, ((fit_x, fit_v), (eval_x, eval_v)) in points:
                 row = dict(problem=prob.name, field=_field_label(loss), loss=name, sd_consistent=loss.sd_consistent,
                            points=kind, sigma=sigma)
@@ -738,7 +738,7 @@ def format_report(losses_result=None, objectives_result=None):
                     f"{scales} | {_fmt(_mean(rows, 'rel_error_calibrated'), '.3f')} | "
                     f"{_fmt(_mean(target_rows, 'cosine'), '.3f')} | {_fmt(_mean(target_rows, 'rel_error_fit'), '.3f')} |")
             sigmas = info["eval_sigmas"]
-            lines += ["", f"Per σ (x ~ q_σ): cosine / relative error after the best scale.", "",
+            lines += ["", "Per σ (x ~ q_σ): cosine / relative error after the best scale.", "",
                       "| loss | " + " | ".join(f"σ={s:.3g}" for s in sigmas) + " |",
                       "|---|" + "---|" * len(sigmas)]
             for loss in settings["losses"]:
@@ -853,7 +853,7 @@ def _plot_panels(panels, reference, path, title, columns=4, limits=None):
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    for axis, (name, x) in zip(axes.ravel(), panels):
+    for axis, (name, x) in zip(axes.ravel(), panels, strict=False):
         axis.axis("on")
         axis.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", linewidths=0)
         if x is not None:

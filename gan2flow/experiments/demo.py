@@ -134,13 +134,13 @@ def train_plain_gan(real, *, loss="logistic", latent_dim=8, steps=1500, batch_si
                 d_loss += 10.0 * losses.gradient_penalty(lambda x: discriminator(x)[:, 0], interpolates,
                                                          interpolates)
         d_optimizer.apply_gradients(zip(tape.gradient(d_loss, discriminator.trainable_variables),
-                                        discriminator.trainable_variables))
+                                        discriminator.trainable_variables, strict=False))
         z = tf.random.stateless_normal([batch_size, latent_dim], seed=[seed, 2 * step + 1])
         with tf.GradientTape() as tape:
             g_loss = tf.reduce_mean(gan_loss.generator_loss(discriminator(generator(z, training=True))[:, 0],
                                                             objective))
         g_optimizer.apply_gradients(zip(tape.gradient(g_loss, generator.trainable_variables),
-                                        generator.trainable_variables))
+                                        generator.trainable_variables, strict=False))
         return d_loss, g_loss
 
     progress = keras.utils.Progbar(steps, stateful_metrics=["d_loss", "g_loss"]) if verbose else None
