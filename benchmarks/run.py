@@ -461,7 +461,8 @@ def section_threads(results, quick):
             env = dict(os.environ)
             if xla_flags:
                 env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-            command = [sys.executable, os.path.abspath(__file__), "--child-threads", name] + (["--quick"] if quick else [])
+            command = [sys.executable, os.path.abspath(__file__), "--child-threads", name]
+            command += ["--quick"] if quick else []
             completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
             lines = [line for line in completed.stdout.splitlines() if line.startswith("CHILD-RESULT ")]
             if completed.returncode != 0 or not lines:
@@ -520,7 +521,8 @@ def _kernel_primitives(samples, n_queries, block):
         return lambda: compiled().numpy()
 
     return {
-        f"matmul x·yᵀ @{block}": looped(lambda e: tf.matmul(queries + e, samples, transpose_b=True), tf.zeros([block, m])),
+        f"matmul x·yᵀ @{block}": looped(lambda e: tf.matmul(queries + e, samples, transpose_b=True),
+                                       tf.zeros([block, m])),
         f"matmul w·y @{block}": looped(lambda e: tf.matmul(weights, samples + e), tf.zeros([block, dim])),
         f"exp @{block}": looped(lambda e: tf.exp(weights + e), tf.zeros([block, m])),
     }

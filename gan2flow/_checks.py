@@ -76,7 +76,8 @@ def positive_int(value, name, *, allow_zero=False):
 def shapes_compatible(found, expected):
     """Same rank, and equal sizes on every axis where both are known (None is unknown)."""
     found, expected = tuple(found), tuple(expected)
-    return len(found) == len(expected) and all(a is None or b is None or a == b for a, b in zip(found, expected, strict=False))
+    return len(found) == len(expected) and all(
+        a is None or b is None or a == b for a, b in zip(found, expected, strict=False))
 
 
 def one_of(value, name, choices):
@@ -139,4 +140,5 @@ def float64_sample_pair(x, y, name_x="x", name_y="y", *, min_points=1):
     x_array = as_float64(x, name_x, min_rank=2)
     y_array = as_float64(y, name_y, min_rank=2)
     same_trailing_shape(x_array, y_array, name_x, name_y)
-    return float64_samples(x_array, name_x, min_points=min_points), float64_samples(y_array, name_y, min_points=min_points)
+    return (float64_samples(x_array, name_x, min_points=min_points),
+            float64_samples(y_array, name_y, min_points=min_points))

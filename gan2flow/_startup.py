@@ -10,8 +10,8 @@ TensorFlow loads (replaying it if the import fails), and :func:`quiet_tensorflow
 
 Only the command does this: the ``gan2flow`` console script and ``python -m gan2flow`` (see
 :func:`started_as_command`); ``import gan2flow`` in a user's program changes nothing. It runs when
-``gan2flow/__init__.py`` imports this module, first, because both start by importing the package, and the package imports
-TensorFlow: it has to, since Keras finds gan2flow's layers and models in a ``.keras`` file only once
+``gan2flow/__init__.py`` imports this module, first, because both start by importing the package, and the
+package imports TensorFlow: it has to, since Keras finds gan2flow's layers and models in a ``.keras`` file only once
 their modules have registered them. Nothing here imports TensorFlow at module level.
 """
 from __future__ import annotations

@@ -395,8 +395,10 @@ def _add_pipeline_commands(commands):
                        help="gradient regularisation of the discriminator (default none)")
     train.add_argument("--epochs", type=int, default=20, metavar="N", help="passes over the data (default 20)")
     train.add_argument("--batch-size", type=int, default=256, metavar="B", help="batch size (default 256)")
-    train.add_argument("--latent-dim", type=int, default=None, metavar="D", help="latent size (default 8 for vectors, 16 for images)")
-    train.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam learning rate (default 1e-3)")
+    train.add_argument("--latent-dim", type=int, default=None, metavar="D",
+                       help="latent size (default 8 for vectors, 16 for images)")
+    train.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR",
+                       help="Adam learning rate (default 1e-3)")
     train.add_argument("--d-learning-rate", type=float, default=None, metavar="LR",
                        help="the discriminator's Adam learning rate (default: --learning-rate); on images a "
                             "discriminator 5-10x faster than the generator avoids collapse (docs/training.md)")
@@ -415,13 +417,16 @@ def _add_pipeline_commands(commands):
     convert.add_argument("--generator", required=True, metavar="G.keras", help="the generator, z -> x")
     convert.add_argument("--discriminator", default=None, metavar="D.keras",
                          help="the discriminator, x (or [x, sigma]) -> raw output; omit to calibrate from scratch")
-    convert.add_argument("--data", required=True, metavar="X.npy", help="real samples, shaped like the generator's output")
+    convert.add_argument("--data", required=True, metavar="X.npy",
+                         help="real samples, shaped like the generator's output")
     convert.add_argument("--loss", default=None, choices=loss_names,
                          help="the loss the discriminator was trained with (maps its output through the "
                               "loss's link; default: use the raw output)")
     convert.add_argument("--steps", type=int, default=3000, metavar="N", help="calibration steps (default 3000)")
-    convert.add_argument("--batch-size", type=int, default=256, metavar="B", help="calibration batch size (default 256)")
-    convert.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="calibration learning rate (default 1e-3)")
+    convert.add_argument("--batch-size", type=int, default=256, metavar="B",
+                         help="calibration batch size (default 256)")
+    convert.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR",
+                         help="calibration learning rate (default 1e-3)")
     convert.add_argument("--latent-dim", type=int, default=None, metavar="D",
                          help="latent size, only for a generator without Keras inputs")
     _add_sigma_range_arguments(convert)
@@ -445,7 +450,8 @@ def _add_pipeline_commands(commands):
     refine.add_argument("--out", required=True, metavar="SAMPLES.npy", help="output .npy file (folders are created)")
     refine.add_argument("--space", default="data", choices=["data", "latent"], help="where to refine (default data)")
     refine.add_argument("--no-refine", action="store_true", help="write the raw generator samples instead")
-    refine.add_argument("--levels", type=int, default=40, metavar="L", help="noise levels of the refinement schedule (default 40)")
+    refine.add_argument("--levels", type=int, default=40, metavar="L",
+                        help="noise levels of the refinement schedule (default 40)")
     refine.add_argument("--step-scale", type=float, default=None, metavar="E",
                         help="step size factor, eta = E * sigma^2 (default 0.5 in data space, 0.2 in latent "
                              "space); lower it if refinement diverges")

@@ -85,7 +85,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     given = None if discriminator is None else adapters.load_model(discriminator, "discriminator")
     real = adapters.load_array(real_data, "real_data")
     if len(real) < 20:
-        raise ValueError(f"`real_data` must hold at least 20 samples for calibration and a held-out split, got {len(real)}.")
+        raise ValueError("`real_data` must hold at least 20 samples for calibration and a held-out split, got "
+                         f"{len(real)}.")
     if loss is not None:
         loss = losses.get(loss).name
     steps = _checks.positive_int(steps, "steps")
@@ -98,7 +99,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     try:
         sample = generator(tf.zeros((2,) + tuple(latent_shape)), training=False)
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"`generator` could not be called on latents of shape {(2,) + tuple(latent_shape)}: {error}") from None
+        raise ValueError(f"`generator` could not be called on latents of shape {(2,) + tuple(latent_shape)}: "
+                         f"{error}") from None
     if isinstance(sample, (list, tuple, dict)):
         raise ValueError(f"`generator` must return one tensor of samples, got {len(sample)} outputs.")
     if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(sample, tf.float32)))):
@@ -155,7 +157,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     callbacks = list(callbacks or [])
     if backup_dir is not None:
         backup = resume.calibration_backup(backup_dir, {
-            "real_data": resume.fingerprint(real), "generator": generator.name, "loss": loss, "latent_shape": list(latent_shape),
+            "real_data": resume.fingerprint(real), "generator": generator.name, "loss": loss,
+            "latent_shape": list(latent_shape),
             "sigma_range": list(sigma_range), "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
             "hidden": list(hidden), "reuse_discriminator": bool(given is not None and reuse_discriminator),
             "validation_fraction": validation_fraction, "seed": seed, "fourier_features": fourier_features})

@@ -91,7 +91,8 @@ def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0):
 
 def format_diagnostics(report):
     """The calibration report as a Markdown table plus warnings."""
-    lines = ["| sigma | held-out loss | train loss | accuracy | KL(q‖p) | KL(p‖q) | log E_q[r] | log E_p[1/r] | ESS_q |",
+    lines = ["| sigma | held-out loss | train loss | accuracy | KL(q‖p) | KL(p‖q) | log E_q[r] | log E_p[1/r] "
+             "| ESS_q |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in report["levels"]:
         lines.append(

@@ -6,8 +6,9 @@
 
 This is one more way of *executing* a flow plan (``gan2flow.flows``): :func:`run` takes a
 :class:`~gan2flow.flows.FlowPlan` (and, optionally, the phases each chunk runs, as ``flows.run`` does) and
-runs the same compiled loop on every replica. The rows of ``x`` are cut into chunks of ``batch_size`` rows (default ``ceil(n / replicas)``: one chunk
-per replica) and dealt round-robin: in round ``j`` replica ``r`` flows chunk ``j·R + r``, all replicas at
+runs the same compiled loop on every replica. The rows of ``x`` are cut into chunks of ``batch_size`` rows
+(default ``ceil(n / replicas)``: one chunk per replica) and dealt round-robin: in round ``j`` replica ``r``
+flows chunk ``j·R + r``, all replicas at
 once in one ``strategy.run``. Each chunk runs the same compiled flow loop as :func:`gan2flow.flow`
 (``gan2flow.flows``), with its noise keyed by the *global* row index, so the result equals the
 single-device ``gan2flow.flow(x, ..., batch_size=batch_size)`` for every estimator, and the unchunked

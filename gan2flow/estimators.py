@@ -145,7 +145,8 @@ def kernel_denoise(x, samples, sigma, *, block_size="auto", samples_half_sq_norm
     _, outputs = tf.while_loop(
         lambda index, _: index < n_blocks,
         body,
-        (tf.constant(0, n_blocks.dtype), tf.TensorArray(x.dtype, size=n_blocks, element_shape=[block_size, x.shape[1]])),
+        (tf.constant(0, n_blocks.dtype),
+         tf.TensorArray(x.dtype, size=n_blocks, element_shape=[block_size, x.shape[1]])),
         parallel_iterations=1,
     )
     return tf.reshape(outputs.stack(), [n_blocks * block_size, dim])[:n]
@@ -410,7 +411,8 @@ class AnalyticScoreDifference:
 
     Example:
         >>> tfd = tfp.distributions
-        >>> est = gan2flow.AnalyticScoreDifference(gan2flow.toys.grid25(), tfd.MultivariateNormalDiag([0., 0.], [1., 1.]))
+        >>> source = tfd.MultivariateNormalDiag([0., 0.], [1., 1.])
+        >>> est = gan2flow.AnalyticScoreDifference(gan2flow.toys.grid25(), source)
         >>> v = est(x, 0.3)
 
     Raises:
@@ -607,7 +609,8 @@ class ScoreDifferenceSum:
             raise ValueError("`estimators` must name at least one estimator, got none.")
         for index, estimator in enumerate(estimators):
             if not callable(estimator):
-                raise ValueError(f"`estimators[{index}]` must be callable (x, sigma) -> v, got {type(estimator).__name__}.")
+                raise ValueError(f"`estimators[{index}]` must be callable (x, sigma) -> v, got "
+                                 f"{type(estimator).__name__}.")
         self.estimators = tuple(estimators)
 
     def __call__(self, x, sigma):

@@ -80,7 +80,10 @@ class GANFlow(keras.Model):
             return super().save(filepath, overwrite=overwrite, **kwargs)
         from gan2flow import _io
 
-        _io.atomic_write(path, lambda temporary: super(GANFlow, self).save(temporary, overwrite=True, **kwargs), ".keras")
+        def write(temporary):
+            super(GANFlow, self).save(temporary, overwrite=True, **kwargs)
+
+        _io.atomic_write(path, write, ".keras")
 
     @property
     def sample_shape(self):
@@ -99,7 +102,8 @@ class GANFlow(keras.Model):
         """G(z) in batches, float32."""
         z = _checks.as_float_tensor(z, "z", min_rank=2)
         if tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], got {tuple(z.shape)}.")
+            raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], "
+                             f"got {tuple(z.shape)}.")
         parts = [tf.cast(self.generator(z[i:i + batch_size], training=False), tf.float32)
                  for i in range(0, int(z.shape[0]), batch_size)]
         return tf.concat(parts, axis=0)
@@ -163,7 +167,8 @@ class GANFlow(keras.Model):
         """
         x = _checks.as_float_tensor(x, "x", min_rank=2)
         if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"`x` must have shape [batch, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}.")
+            raise ValueError(f"`x` must have shape [batch, {', '.join(map(str, self.sample_shape))}], "
+                             f"got {tuple(x.shape)}.")
         sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
         if drift_min_sigma is not None:
             drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
@@ -205,7 +210,8 @@ class GANFlow(keras.Model):
 
         Annealed over the same σ schedule as :meth:`refine`, with η_k = step_scale·σ_k² / s² where s is
         :meth:`jacobian_scale`, so that a latent step moves G(z) about as far as a data-space step would.
-        η_k is capped at 0.5 (stability of the prior term). With noise_scale = 1 this is annealed Langevin dynamics whose stationary law at level σ is
+        η_k is capped at 0.5 (stability of the prior term). With noise_scale = 1 this is annealed Langevin
+        dynamics whose stationary law at level σ is
         p₀(z)·p_σ(G(z))/q_σ(G(z)): the prior reweighted by the density ratio, which needs no drift
         correction; with noise_scale = 0 it is mode-seeking ascent. Outputs stay on G's range.
 
@@ -224,12 +230,14 @@ class GANFlow(keras.Model):
         """
         z = _checks.as_float_tensor(z, "z", min_rank=2)
         if tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], got {tuple(z.shape)}.")
+            raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], "
+                             f"got {tuple(z.shape)}.")
         sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
         step_scale = _checks.positive_float(step_scale, "step_scale")
         prior_weight = _checks.positive_float(prior_weight, "prior_weight", allow_zero=True)
         if prior_weight not in self._latent_estimators:
-            self._latent_estimators[prior_weight] = estimators.ReweightedPriorScore(self.generator, self.estimator, prior_weight)
+            self._latent_estimators[prior_weight] = estimators.ReweightedPriorScore(
+                self.generator, self.estimator, prior_weight)
         estimator = self._latent_estimators[prior_weight]
         # Capped at 0.5: beyond η = 2 the prior term alone (z ← (1 − η) z) is unstable, and unadjusted Langevin
         # is biased well before that; a generator that barely stretches its latent would otherwise get huge steps.

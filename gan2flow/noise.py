@@ -30,7 +30,8 @@ def _counter_hash(shape, seed, step, offset):
     rows = shape[0]
     width = tf.reduce_prod(shape[1:])
     row_index = tf.cast(offset, tf.int64) + tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)
-    element = row_index[:, None] * tf.cast(width, tf.int64) + tf.range(tf.cast(width, tf.int64), dtype=tf.int64)[None, :]
+    columns = tf.range(tf.cast(width, tf.int64), dtype=tf.int64)
+    element = row_index[:, None] * tf.cast(width, tf.int64) + columns[None, :]
     key = _mix32(tf.bitwise.bitwise_and(
         tf.cast(seed, tf.int64) * 0x9E3779B1 + tf.cast(step, tf.int64) * 0x85EBCA77 + 0x165667B1, _MASK32
     ))

@@ -195,7 +195,8 @@ def calibration_backup(backup_dir, settings):
 
 
 def remove_backup(backup_dir):
-    """Delete the backup files :func:`calibration_backup` and its callback wrote (only those), then the folder if empty."""
+    """Delete the backup files :func:`calibration_backup` and its callback wrote (only those), then the folder if
+    empty."""
     for name in BACKUP_FILES:
         try:
             os.remove(os.path.join(backup_dir, name))

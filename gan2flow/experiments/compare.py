@@ -642,7 +642,8 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
                         g_optimizer=_adam(learning_rate, budget["steps"], beta_1=0.5), jit_compile=jit_compile,
                         steps_per_execution=_steps_per_execution(budget["steps"]))
             run_started = time.perf_counter()
-            history = gan.fit(datasets.shuffled_batches(real, budget["batch_size"], run_seed), steps_per_epoch=budget["steps"],
+            history = gan.fit(datasets.shuffled_batches(real, budget["batch_size"], run_seed),
+                              steps_per_epoch=budget["steps"],
                               epochs=1, verbose=0)
             seconds = time.perf_counter() - run_started
             x = np.asarray(gan.generate(budget["n_eval"], seed=run_seed + 10_000))
@@ -736,7 +737,8 @@ def format_report(losses_result=None, objectives_result=None):
                     f"| {label} | {consistent} | {_fmt(_mean(rows, 'cosine'), '.3f')} | "
                     f"{_fmt(_mean(rows, 'rel_error'), '.3f')} | {_fmt(_mean(rows, 'rel_error_fit'), '.3f')} | "
                     f"{scales} | {_fmt(_mean(rows, 'rel_error_calibrated'), '.3f')} | "
-                    f"{_fmt(_mean(target_rows, 'cosine'), '.3f')} | {_fmt(_mean(target_rows, 'rel_error_fit'), '.3f')} |")
+                    f"{_fmt(_mean(target_rows, 'cosine'), '.3f')} | "
+                    f"{_fmt(_mean(target_rows, 'rel_error_fit'), '.3f')} |")
             sigmas = info["eval_sigmas"]
             lines += ["", "Per σ (x ~ q_σ): cosine / relative error after the best scale.", "",
                       "| loss | " + " | ".join(f"σ={s:.3g}" for s in sigmas) + " |",

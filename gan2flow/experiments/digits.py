@@ -60,7 +60,8 @@ load = datasets.load_digits
 
 def _fit(gan, images, steps, batch_size, seed, verbose):
     epoch = max(1, min(steps, 500))
-    gan.fit(datasets.shuffled_batches(images, batch_size, seed), steps_per_epoch=epoch, epochs=max(1, -(-steps // epoch)),
+    gan.fit(datasets.shuffled_batches(images, batch_size, seed), steps_per_epoch=epoch,
+            epochs=max(1, -(-steps // epoch)),
             verbose=2 if verbose else 0)
 
 
@@ -194,7 +195,8 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
         n: samples per row; gan_steps, convert_steps, sdgan_steps: training steps (``sdgan_steps=0``
             skips the SDGAN rows); levels: σ levels of the refinement schedule (geometric over
             ``sigma_range``, one step per level) and step_scale (its ε) for the data-space refinement;
-            latent_levels, latent_step_scale: the same for the latent-space refinement; flow_steps: of the ``flow_regression`` SDGAN; classifier_epochs:
+            latent_levels, latent_step_scale: the same for the latent-space refinement; flow_steps: of the
+            ``flow_regression`` SDGAN; classifier_epochs:
             for the default classifier. None takes the value from :data:`FULL` / :data:`QUICK`.
         sigma_range: (σ_min, σ_max) of calibration, refinement and SDGANs.
         verbose: print progress and the table.
