@@ -1,0 +1,1 @@
+"""Experiments that sit above the library (never imported by it): the zoo of foreign GANs."""
