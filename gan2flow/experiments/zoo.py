@@ -15,7 +15,7 @@ grid_unequal_lsgan  least squares MLP     3×3 grid with unequal mode weights (3
 moons_wgangp        WGAN-GP       MLP     two moons (non-Gaussian shape), 5 critic steps per G step
 mixture16d_bce      BCE (NS)      MLP     8 Gaussian modes in 16 dimensions
 digits_dcgan        BCE (NS)      conv    8×8 digits in [−1, 1], keras-io DCGAN layout, 1 200 steps
-ring_overfit_bce    BCE (NS)      MLP     8-mode ring, only 40 training points, wide D, 2 D steps per G step
+ring_overfit_bce    BCE (NS)      MLP     8-mode ring (std 0.25), only 32 training points, wide D, 2 D steps
 ring_collapsed_bce  BCE (NS)      MLP     8-mode ring, 5 G steps per D step: the generator collapses
 =================== ============= ======= ================================================================
 
@@ -152,9 +152,9 @@ _RECIPES = {recipe.name: recipe for recipe in (
     Recipe("digits_dcgan", "sklearn 8x8 digits in [-1, 1]; BCE non-saturating, keras-io DCGAN conv G and D",
            "digits", _options(n_heldout=360), "bce", architecture="conv", latent_dim=32, width=32,
            steps=1200, batch_size=64, d_learning_rate=2e-4, g_learning_rate=2e-4, fast=False),
-    Recipe("ring_overfit_bce", "8-Gaussian ring, 40 training points, wide D (256x3), 2 D steps per G step; BCE",
-           "ring", _options(**(_RING8 | dict(n_train=40))), "bce", d_width=256, d_depth=3, d_steps=2,
-           steps=1000, batch_size=40),
+    Recipe("ring_overfit_bce", "8-Gaussian ring (std 0.25), 32 training points, wide D (256x3), 2 D steps per G "
+           "step; BCE", "ring", _options(**(_RING8 | dict(std=0.25, n_train=32))), "bce", d_width=256, d_depth=3,
+           d_steps=2, steps=1000, batch_size=32),
     Recipe("ring_collapsed_bce", "8-Gaussian ring, 5 G steps per D step (G lr 5x D's): collapsed; BCE, MLP",
            "ring", _options(**_RING8), "bce", g_steps=5, d_learning_rate=2e-4, g_learning_rate=1e-3, fast=False),
 )}
@@ -480,7 +480,7 @@ def load(name, *, seed=0, cache_dir=None, retrain=False, verbose=0):
         seed: int ≥ 0 (part of the cache key).
         cache_dir: the zoo's cache folder (default :func:`default_cache_dir`).
         retrain: train again and replace the cached entry.
-        verbose: print where the member comes from (and pass it to ``fit``).
+        verbose: print where the member comes from.
 
     Returns:
         :class:`ZooGAN` (``info["cache_dir"]`` is its folder).
@@ -492,7 +492,7 @@ def load(name, *, seed=0, cache_dir=None, retrain=False, verbose=0):
         return _load_entry(folder)
     if verbose:
         print(f"zoo: training {name} (seed {seed}) -> {folder}")
-    member = train(name, seed, verbose=verbose)
+    member = train(name, seed)
     member.info["cache_dir"] = folder
     _save(member, folder)
     return member
