@@ -160,6 +160,8 @@ def _targets(raw, refined, images, mixture):
 
 def run_member(name, *, n, seed=0, cache_dir=None, verbose=True):
     """Load (or train) one member, convert it with the defaults, sample raw and refined, measure both."""
+    import keras
+
     import gan2flow
     from gan2flow.experiments import zoo
 
@@ -173,6 +175,9 @@ def run_member(name, *, n, seed=0, cache_dir=None, verbose=True):
            "load_seconds": round(load_seconds, 2), "floor": reference.floor}
     mixture = "centers" in member.info
     refined = None
+    # convert draws the calibrator's initial weights from Keras's global generator: seed it, so a row does not
+    # depend on what the process did before (training a member first, or the members before it).
+    keras.utils.set_random_seed(seed)
     try:
         start = time.perf_counter()
         flow = gan2flow.convert(member.generator, member.discriminator, member.train, loss=member.loss, verbose=0)
