@@ -30,8 +30,8 @@ Trained members are cached under ``<cache>/zoo/<name>-<hash>/`` (``generator.ker
 ``discriminator.keras``, ``data.npz``, ``meta.json``), where ``<cache>`` is ``$GAN2FLOW_CACHE``, else
 ``$XDG_CACHE_HOME/gan2flow``, else ``~/.cache/gan2flow``, and ``<hash>`` is a short hash of the recipe,
 the seed and :data:`ZOO_VERSION`. An entry is written into a temporary folder and renamed into place,
-so a crash never leaves half an entry. The same seed gives the same models (on one machine and
-TensorFlow build; single-threaded or not, CPU kernels here are deterministic).
+so a crash never leaves half an entry. The same seed gives the same models on one machine and
+TensorFlow build (tests/test_zoo.py checks it on CPU with one intra-op thread).
 
 Example::
 
