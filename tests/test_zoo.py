@@ -157,4 +157,6 @@ def test_issue13_defaults_refine_fast_member_better_than_raw_and_in_range(name, 
     assert _headline(member, refined) < _headline(member, raw)
     low, high = member.info["data_range"]
     margin = 0.1 * (high - low)
-    assert np.all((refined >= low - margin) & (refined <= high + margin))
+    outside = (refined < low - margin) | (refined > high + margin)
+    assert not outside.any(), (f"{outside.sum()} refined values beyond [{low - margin:.3g}, {high + margin:.3g}] "
+                               f"(refined range [{refined.min():.3g}, {refined.max():.3g}])")
