@@ -6,6 +6,8 @@
   to refined samples, measured and pictured (``gan2flow demo --dataset digits``, docs/digits.md).
 - :mod:`gan2flow.experiments.demo`: the embedded grid25 demos (``gan2flow demo [--kernel]``) and
   ``train_plain_gan``, the "GAN someone else trained" that conversion starts from.
+- :mod:`gan2flow.experiments.zoo`: the zoo of foreign GANs — GANs trained by plain keras-io style loops,
+  never by gan2flow, that conversion's defaults are judged on (``python benchmarks/zoo.py``, docs/zoo.md).
 
 They sit above the library: they import it, the command line (:mod:`gan2flow.cli`) imports them, and
 the library never does (``import gan2flow`` does not load this package). The old names

@@ -1,0 +1,305 @@
+"""Convert every zoo GAN with gan2flow's defaults and compare raw and refined samples (issue 13's targets).
+
+    python benchmarks/zoo.py                         # all members, 2 000 samples each
+    python benchmarks/zoo.py --quick                 # the fast members, 1 000 samples
+    python benchmarks/zoo.py --members ring_dropped_hinge,digits_dcgan --n 5000 --out results/
+
+For each member of :mod:`gan2flow.experiments.zoo` (trained once and cached, see docs/zoo.md):
+
+    flow = gan2flow.convert(G, D, member.train, loss=member.loss, verbose=0)   # defaults otherwise
+    raw = flow.sample(n, refine=False, seed=0)                                 # the generator's samples
+    refined = flow.sample(n, seed=0)                                           # the same latents, refined
+
+and measures, against the member's held-out real data (never seen by the GAN or by ``convert``):
+
+- ``sw``: sliced W2 (:func:`gan2flow.metrics.sliced_wasserstein`, 256 directions) to held-out data;
+  ``floor`` is the same between as many training samples and held-out data (the i.i.d. floor).
+- mixtures: ``modes`` covered, ``hq`` (high-quality share) and ``min_share`` (the smallest mode's
+  high-quality share divided by its true weight; 1 for exact samples up to the HQ rate ≈ 0.99) from
+  :func:`gan2flow.metrics.mode_stats` with the member's centres, stds, weights and HQ radius.
+- moons: ``hq``: the share of samples whose distance to the nearest point of one half B of the held-out
+  data is at most the 95th percentile of the same distance for the other half A (so held-out data
+  itself scores 0.95 up to sampling noise).
+- digits: ``fd`` (Fréchet distance), ``precision`` and ``recall`` (k = 3, the first 360 samples against
+  the 360 held-out digits) in the toolkit's digit-classifier features.
+- every member: ``nn`` the median distance from samples to their nearest training sample, and
+  ``nn_ratio`` = that over the same median for held-out real data (< 0.75: copying); ``out`` the share of
+  sample values outside the data's range [lo, hi] by more than 0.1·(hi − lo); seconds for convert and
+  for sampling (refined).
+
+Targets (pass/fail per member): low-dimensional members: sliced W2 ≥ 40 % lower than raw
+(``sw_-40%``) and every mode at least half its true share (``modes_half``, mixtures); digits: FD ≥ 30 %
+lower (``fd_-30%``) and recall not lower (``recall_kept``); ``in_range``: no refined value out of range;
+``not_worse``: the headline metric (sliced W2; FD on digits) not worse than raw; ``no_copy``: nn_ratio ≥ 0.75.
+A convert or sample that raises is reported with its error and fails every target.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+_OUT_MARGIN = 0.1  # a value is out of range beyond [lo − 0.1·(hi − lo), hi + 0.1·(hi − lo)]
+_NO_COPY = 0.75  # refined nn median ≥ 75 % of held-out's
+_PR_K = 3
+
+
+def _image_metrics():
+    """The module with the digit-classifier metrics (gan2flow.image_metrics today; gan2flow.metrics
+    re-exports them, should the module move)."""
+    try:
+        from gan2flow import image_metrics as module
+    except ImportError:
+        from gan2flow import metrics as module
+    return module
+
+
+def _flat(x):
+    x = np.asarray(x, np.float64)
+    return x.reshape(len(x), -1)
+
+
+def _out_of_range(x, data_range):
+    low, high = data_range
+    margin = _OUT_MARGIN * (high - low)
+    x = np.asarray(x)
+    return float(np.mean((x < low - margin) | (x > high + margin)))
+
+
+class _Reference:
+    """What every evaluation of one member reuses: held-out features, moons thresholds, nn of held-out."""
+
+    def __init__(self, member, n, seed=0):
+        from gan2flow import metrics
+
+        self.member = member
+        self.info = member.info
+        self.images = member.train.ndim > 2
+        self.heldout = _flat(member.heldout)
+        self.train = _flat(member.train)
+        images = _image_metrics()
+        self.nearest = images.nearest_distances
+        self.heldout_nn = float(np.median(self.nearest(self.heldout, self.train)))
+        rng = np.random.default_rng(seed)
+        floor_train = self.train[rng.choice(len(self.train), min(n, len(self.train)), replace=False)]
+        self.floor = {"sw": metrics.sliced_wasserstein(floor_train, self.heldout)}
+        if self.images:
+            self.images_module = images
+            classifier = images.digit_classifier() if hasattr(images, "digit_classifier") else None
+            self.classifier = classifier
+            self.heldout_features = images.image_features(member.heldout, classifier)
+            floor_images = member.train[rng.choice(len(member.train), min(n, len(member.train)), replace=False)]
+            floor_features = images.image_features(floor_images, classifier)
+            self.floor["fd"] = images.frechet_distance(floor_features, self.heldout_features)
+            self.floor.update(images.precision_recall(self.heldout_features,
+                                                      floor_features[:len(self.heldout_features)], k=_PR_K))
+        elif "centers" not in self.info:  # a shape without modes (moons): nearest-neighbour quality
+            half = len(self.heldout) // 2
+            self.half_a, self.half_b = self.heldout[:half], self.heldout[half:]
+            self.hq_radius = float(np.quantile(self.nearest(self.half_a, self.half_b), 0.95))
+
+    def evaluate(self, samples):
+        from gan2flow import metrics
+
+        samples = np.asarray(samples)
+        if not np.all(np.isfinite(samples)):
+            return {"error": f"{int(np.sum(~np.isfinite(samples)))} non-finite values"}
+        flat = _flat(samples)
+        nn = float(np.median(self.nearest(flat, self.train)))
+        result = {"sw": metrics.sliced_wasserstein(flat, self.heldout), "nn": nn, "nn_ratio": nn / self.heldout_nn,
+                  "out": _out_of_range(samples, self.info["data_range"]),
+                  "min": float(samples.min()), "max": float(samples.max())}
+        if self.images:
+            images = self.images_module
+            features = images.image_features(samples, self.classifier)
+            result["fd"] = images.frechet_distance(features, self.heldout_features)
+            result.update(images.precision_recall(self.heldout_features, features[:len(self.heldout_features)],
+                                                  k=_PR_K))
+        elif "centers" in self.info:
+            weights = np.asarray(self.info["weights"])
+            stats = metrics.mode_stats(flat, np.asarray(self.info["centers"]), np.asarray(self.info["stds"]),
+                                       self.info["mode_threshold"], weights=weights)
+            result.update(modes=stats["modes"], n_modes=stats["n_modes"], hq=stats["high_quality"],
+                          min_share=float(np.min(stats["counts"] / len(flat) / weights)),
+                          counts=stats["counts"].tolist())
+        else:
+            result["hq"] = float(np.mean(self.nearest(flat, self.half_b) <= self.hq_radius))
+        return result
+
+
+def _targets(raw, refined, images, mixture):
+    """Issue 13's targets as booleans (None where a target does not apply)."""
+    if refined is None or "error" in refined or "error" in raw:
+        failed = {"sw_-40%": False, "modes_half": False if mixture else None, "fd_-30%": False, "recall_kept": False,
+                  "in_range": False, "not_worse": False, "no_copy": False}
+        if images:
+            failed.update({"sw_-40%": None, "modes_half": None})
+        else:
+            failed.update({"fd_-30%": None, "recall_kept": None})
+        return failed
+    headline = "fd" if images else "sw"
+    return {
+        "sw_-40%": None if images else refined["sw"] <= 0.6 * raw["sw"],
+        "modes_half": refined["min_share"] >= 0.5 if mixture else None,
+        "fd_-30%": refined["fd"] <= 0.7 * raw["fd"] if images else None,
+        "recall_kept": refined["recall"] >= raw["recall"] if images else None,
+        "in_range": refined["out"] == 0.0,
+        "not_worse": refined[headline] <= raw[headline],
+        "no_copy": refined["nn_ratio"] >= _NO_COPY,
+    }
+
+
+def run_member(name, *, n, seed=0, cache_dir=None, verbose=True):
+    """Load (or train) one member, convert it with the defaults, sample raw and refined, measure both."""
+    import keras
+
+    import gan2flow
+    from gan2flow.experiments import zoo
+
+    start = time.perf_counter()
+    member = zoo.load(name, seed=seed, cache_dir=cache_dir, verbose=int(verbose))
+    load_seconds = time.perf_counter() - start
+    reference = _Reference(member, n, seed)
+    row = {"member": name, "loss": member.info["recipe"]["loss"], "gan2flow_loss": member.loss,
+           "architecture": member.info["recipe"]["architecture"], "n": n, "n_train": len(member.train),
+           "n_heldout": len(member.heldout), "train_seconds": member.info.get("train_seconds"),
+           "load_seconds": round(load_seconds, 2), "floor": reference.floor}
+    mixture = "centers" in member.info
+    refined = None
+    # convert draws the calibrator's initial weights from Keras's global generator: seed it, so a row does not
+    # depend on what the process did before (training a member first, or the members before it).
+    keras.utils.set_random_seed(seed)
+    try:
+        start = time.perf_counter()
+        flow = gan2flow.convert(member.generator, member.discriminator, member.train, loss=member.loss, verbose=0)
+        row["convert_seconds"] = round(time.perf_counter() - start, 2)
+        row["diagnostics"] = _jsonable(flow.diagnostics)
+        raw = np.asarray(flow.sample(n, refine=False, seed=0))
+        row["raw"] = reference.evaluate(raw)
+        start = time.perf_counter()
+        refined_samples = np.asarray(flow.sample(n, seed=0))
+        row["sample_seconds"] = round(time.perf_counter() - start, 2)
+        refined = reference.evaluate(refined_samples)
+    except Exception as error:  # noqa: BLE001  (a failed conversion is a row of the table, not a crash)
+        row["error"] = f"{type(error).__name__}: {error}"
+        if verbose:
+            traceback.print_exc()
+        if "raw" not in row:
+            row["raw"] = reference.evaluate(member.generate(n, seed=0))
+    row["refined"] = refined
+    row["targets"] = _targets(row["raw"], refined, reference.images, mixture)
+    applicable = [value for value in row["targets"].values() if value is not None]
+    row["pass"] = bool(applicable) and all(applicable)
+    return row
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _machine():
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
+            "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+            "tensorflow": tf.__version__, "python": platform.python_version(),
+            "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
+
+
+def _number(value, digits=3):
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def _pair(row, key, digits=3):
+    raw, refined = row["raw"].get(key), (row["refined"] or {}).get(key)
+    if raw is None and refined is None:
+        return "–"
+    return f"{_number(raw, digits)} → {_number(refined, digits) if row['refined'] else 'error'}"
+
+
+def markdown(rows, machine):
+    """The two tables (measurements, targets) as Markdown."""
+    lines = [f"Measured {machine['date']} on {machine['cores']} × {machine['cpu']} (load average "
+             f"{', '.join(map(str, machine['load_average']))}), TensorFlow {machine['tensorflow']}.", "",
+             "| member | loss | headline (raw → refined) | floor | modes | min share | HQ | nn ratio | out of range "
+             "| convert s | sample s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        images = "fd" in row["raw"]
+        headline = ("FD " + _pair(row, "fd") + f"; precision {_pair(row, 'precision', 2)}; recall {_pair(row, 'recall', 2)}"
+                    if images else "SW2 " + _pair(row, "sw"))
+        floor = _number(row["floor"]["fd" if images else "sw"])
+        modes = (f"{row['raw']['modes']}/{row['raw']['n_modes']} → "
+                 f"{row['refined']['modes'] if row['refined'] else 'error'}/{row['raw']['n_modes']}"
+                 if "modes" in row["raw"] else "–")
+        lines.append(f"| {row['member']} | {row['loss']} | {headline} | {floor} | {modes} | {_pair(row, 'min_share', 2)} "
+                     f"| {_pair(row, 'hq', 2)} | {_pair(row, 'nn_ratio', 2)} | {_pair(row, 'out', 2)} "
+                     f"| {_number(row.get('convert_seconds'))} | {_number(row.get('sample_seconds'))} |")
+    keys = list(rows[0]["targets"]) if rows else []
+    lines += ["", "| member | " + " | ".join(keys) + " | all |", "|---|" + "---|" * (len(keys) + 1)]
+    for row in rows:
+        lines.append(f"| {row['member']} | " + " | ".join(_number(row["targets"][k]) for k in keys)
+                     + f" | {_number(row['pass'])} |")
+    errors = [row for row in rows if "error" in row]
+    if errors:
+        lines += [""] + [f"- {row['member']}: {row['error']}" for row in errors]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    from gan2flow.experiments import zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the fast members only, 1 000 samples")
+    parser.add_argument("--members", help="comma-separated member names (default: all, or the fast ones with --quick)")
+    parser.add_argument("--n", type=int, help="samples per member (default 2 000; 1 000 with --quick)")
+    parser.add_argument("--seed", type=int, default=0, help="the zoo's training seed")
+    parser.add_argument("--cache-dir", help="the zoo's cache folder (default ~/.cache/gan2flow/zoo or $GAN2FLOW_CACHE/zoo)")
+    parser.add_argument("--out", default="zoo-benchmark", help="folder for zoo.json and zoo.md")
+    args = parser.parse_args(argv)
+    members = args.members.split(",") if args.members else zoo.names(fast=True if args.quick else None)
+    for name in members:
+        zoo.recipe(name)  # unknown names fail before any work
+    n = args.n or (1000 if args.quick else 2000)
+    machine = _machine()
+    rows = []
+    for name in members:
+        print(f"== {name}", flush=True)
+        row = run_member(name, n=n, seed=args.seed, cache_dir=args.cache_dir)
+        rows.append(row)
+        print(markdown([row], machine).split("\n", 2)[2], flush=True)
+    machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    text = markdown(rows, machine)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "zoo.json"), "w", encoding="utf-8") as handle:
+        json.dump({"machine": machine, "argv": sys.argv[1:], "rows": _jsonable(rows)}, handle, indent=2)
+    with open(os.path.join(args.out, "zoo.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"wrote {os.path.join(args.out, 'zoo.json')} and {os.path.join(args.out, 'zoo.md')}")
+    return 0 if all(row["pass"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
