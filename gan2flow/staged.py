@@ -120,26 +120,27 @@ def load_stages(directory):
                              (arrays["lo"], arrays["hi"]), meta["report"], meta["n_trusted"])
 
 
-def default_sigmas(real, n_stages=12, *, max_factor=2.0, min_factor=0.125):
-    """A geometric σ schedule from the data.
+def default_sigmas(real, *, ratio=0.8, max_factor=2.0, min_factor=0.125, max_span=100.0):
+    """A geometric σ schedule from the data: σ_{k+1} = ``ratio`` · σ_k from σ_max down to σ_min.
 
-    σ_max = ``max_factor`` × s, s the RMS per-coordinate std of ``real`` (noise of the data's own spread
-    lets noised real and generated samples overlap, so mass can move between modes, §7);
-    σ_min = max(``min_factor`` × m / √d, quantum / 2), m the median nearest-neighbour distance of ``real``
-    (below it a discriminator sees isolated points) and quantum the smallest gap between distinct values of
-    one coordinate (the data's quantisation).
+    σ_max = ``max_factor`` × s, s the RMS per-coordinate std of ``real``: noise of twice the data's own spread
+    makes noised real and generated samples overlap (a calibrated accuracy near chance), so mass can move
+    between modes (§7). σ_min = max(σ_max / ``max_span``, ``min_factor`` × m / √d, quantum / 2), m the median
+    nearest-neighbour distance of ``real`` (below it a discriminator sees isolated points), d the dimension,
+    quantum the smallest gap between distinct values of one coordinate (the data's quantisation; 0 for
+    continuous data). The trust rule of :func:`calibrate_stages` may stop the flow earlier.
 
     Returns:
-        float64 [n_stages], decreasing.
+        float64 [K], decreasing, K = ⌈log(σ_max/σ_min) / log(1/ratio)⌉ + 1.
     """
     real = np.asarray(real, np.float32)
     flat = real.reshape(len(real), -1)
     spread = float(np.sqrt(np.mean(np.var(flat, axis=0)))) or 1.0
     neighbour = metrics.median_neighbour_distance(flat) / math.sqrt(flat.shape[1])
-    quantum = _quantum(flat)
     sigma_max = max_factor * spread
-    sigma_min = min(max(min_factor * neighbour, 0.5 * quantum, 1e-3 * spread), sigma_max)
-    return np.geomspace(sigma_max, sigma_min, int(n_stages))
+    sigma_min = min(max(sigma_max / max_span, min_factor * neighbour, 0.5 * _quantum(flat)), sigma_max)
+    n_stages = int(math.ceil(math.log(sigma_max / sigma_min) / math.log(1.0 / ratio) - 1e-9)) + 1
+    return np.geomspace(sigma_max, sigma_min, max(n_stages, 1))
 
 
 def _quantum(flat, max_values=64):
@@ -187,11 +188,11 @@ def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
     return x
 
 
-def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None, n_stages=12,
-                     n_particles=4096, heldout_particles=None, train_steps=150, batch_size=256, learning_rate=1e-3,
-                     flow_steps=3, step_scale=0.3, hidden=(128, 128), fourier_features=0, given=None,
-                     given_loss=None, warm_start=True, max_gap=0.05, max_accuracy=0.95, max_saturated=0.01,
-                     stop_untrusted=True, seed=0, verbose=0):
+def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None,
+                     n_particles=4096, heldout_particles=None, train_steps=200, batch_size=256, learning_rate=3e-3,
+                     flow_steps=5, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
+                     given_loss=None, warm_start=True, max_gap=0.1, max_accuracy=0.95, max_saturated=0.01,
+                     min_signal=2.0, stop_untrusted=True, seed=0, verbose=0):
     """Calibrate one discriminator per σ stage on the particles the flow holds, moving them as it goes.
 
     For k = 1 … K: fit T_k (logistic loss, ``train_steps`` Adam updates of ``batch_size`` real and
@@ -204,7 +205,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         real_train: real samples [n, ...] the discriminators are trained on (also give the bounds).
         real_heldout: real samples [m, ...] for the held-out check (never trained on).
         latent_shape: the generator's latent shape (tuple).
-        sigmas: explicit decreasing schedule; None: :func:`default_sigmas` (real_train, n_stages).
+        sigmas: explicit decreasing schedule; None: :func:`default_sigmas` (real_train).
         n_particles: particles trained on; ``heldout_particles`` (default len(real_heldout)) more are
             flowed for the held-out check.
         train_steps: discriminator updates per stage (the first stage gets 3× as many, from scratch).
@@ -213,6 +214,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         given, given_loss: the GAN's own discriminator, fed (frozen) as a feature; None: not used.
         warm_start: continue from the previous stage's weights (False: re-initialise every stage).
         max_gap, max_accuracy, max_saturated: the trust rule (see :func:`trusted_prefix`).
+        min_signal: a trusted stage moves the particles only when its held-out loss lies more than this many
+            standard errors below log 2 (otherwise its gradient is fitted noise: the classes overlap).
         stop_untrusted: stop calibrating at the first untrusted stage (its weights are kept, unused).
         seed: seeds latents, noise, batches and initialisation.
         verbose: 1 prints one line per stage.
@@ -228,7 +231,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     _checks.same_trailing_shape(real_train, real_heldout, "real_train", "real_heldout")
     latent_shape = tuple(int(s) for s in latent_shape)
     sample_shape = real_train.shape[1:]
-    sigmas = default_sigmas(real_train, n_stages) if sigmas is None else np.asarray(sigmas, np.float64)
+    sigmas = default_sigmas(real_train) if sigmas is None else np.asarray(sigmas, np.float64)
     if sigmas.ndim != 1 or len(sigmas) == 0 or np.any(np.diff(sigmas) > 0) or np.any(sigmas <= 0):
         raise ValueError(f"`sigmas` must be a non-empty decreasing 1-D sequence of positive levels, got {sigmas!r}.")
     bounds = (real_train.min(0), real_train.max(0))
@@ -267,25 +270,31 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             fake_batch = tf.gather(fake_train, rng.integers(0, n_particles, batch_size))
             step_fn(real_batch, fake_batch, sigma_t)
         train_idx = rng.choice(len(real_train), m, replace=m > len(real_train))
-        train_loss, _, _ = eval_fn(real_train[train_idx], tf.gather(fake_train, rng.integers(0, n_particles, m)), sigma_t)
-        heldout_loss, accuracy, saturated = eval_fn(real_heldout[:m], fake_heldout[:m], sigma_t)
+        train_loss, _, _, _ = eval_fn(real_train[train_idx], tf.gather(fake_train, rng.integers(0, n_particles, m)),
+                                      sigma_t)
+        heldout_loss, error, accuracy, saturated = eval_fn(real_heldout[:m], fake_heldout[:m], sigma_t)
         trusted, why = _judge(float(train_loss), float(heldout_loss), float(accuracy), float(saturated),
                               max_gap=max_gap, max_accuracy=max_accuracy, max_saturated=max_saturated)
         if trusted and report and not report[-1]["trusted"]:
             trusted, why = False, "after an untrusted stage"
+        # Information: held-out loss below log 2 (a constant guess) by more than `min_signal` standard errors.
+        signal = (math.log(2.0) - float(heldout_loss)) / max(float(error), 1e-12)
+        moves = bool(trusted and (signal > min_signal))
+        if trusted and not moves:
+            why = f"no signal: held-out loss {float(heldout_loss):.4f} within {min_signal} s.e. of log 2, not moved"
         entry = {"stage": k, "sigma": float(sigma), "train_loss": float(train_loss), "heldout_loss": float(heldout_loss),
                  "gap": float(heldout_loss - train_loss), "accuracy": float(accuracy), "saturated": float(saturated),
-                 "trusted": bool(trusted), "why": why}
+                 "signal": float(signal), "trusted": bool(trusted), "moves": moves, "why": why}
         weights.append([np.array(w) for w in model.get_weights()])
         sizes.append(step_scale * sigma**2)
         report.append(entry)
         if verbose:
             print(f"stage {k:2d} σ={sigma:.3g} train {entry['train_loss']:.3f} held-out {entry['heldout_loss']:.3f} "
-                  f"acc {entry['accuracy']:.3f} sat {entry['saturated']:.3f} {'trusted' if trusted else 'UNTRUSTED: ' + why}"
+                  f"acc {entry['accuracy']:.3f} sat {entry['saturated']:.3f} signal {signal:.1f} {'moves' if moves else why}"
                   f"  [{time.time() - started:.0f}s]", flush=True)
-        if not trusted:
-            if stop_untrusted:
-                break
+        if not trusted and stop_untrusted:
+            break
+        if not moves:
             continue
         particles = _move(particles, estimator, sigma, step_scale, flow_steps, bounds)
     return StagedCalibration(model, weights, sigmas[:len(weights)], sizes, flow_steps, bounds, report,
@@ -313,13 +322,16 @@ def _step_functions(model, optimizer):
 
     @tf.function(reduce_retracing=True)
     def evaluate(real, fake, sigma, draws=4):
-        losses, hits, saturated = [], [], []
+        per_sample, hits, saturated = [], [], []
         for _ in range(draws):
             r, f = logits(real, sigma), logits(fake, sigma)
-            losses.append(loss_of(r, f))
+            per_sample.append(0.5 * (tf.nn.softplus(-r) + tf.nn.softplus(f)))
             hits.append(0.5 * (tf.reduce_mean(tf.cast(r > 0, tf.float32)) + tf.reduce_mean(tf.cast(f < 0, tf.float32))))
             saturated.append(tf.reduce_mean(tf.cast(tf.abs(tf.concat([r, f], 0)) > 10.0, tf.float32)))
-        return tf.reduce_mean(losses), tf.reduce_mean(hits), tf.reduce_mean(saturated)
+        per_pair = tf.reduce_mean(tf.stack(per_sample), 0)  # pairs (real_i, fake_i), averaged over the noise draws
+        n = tf.cast(tf.shape(per_pair)[0], tf.float32)
+        return (tf.reduce_mean(per_pair), tf.math.reduce_std(per_pair) / tf.sqrt(n), tf.reduce_mean(hits),
+                tf.reduce_mean(saturated))
 
     return step, evaluate
 
@@ -339,6 +351,8 @@ def refine_stages(x, staged, *, stages=None, batch_size=None):
     x = _checks.as_float_tensor(x, "x", min_rank=2)
     stages = staged.n_trusted if stages is None else int(stages)
     for k in range(stages):
+        if not staged.report[k].get("moves", True):
+            continue
         estimator = staged.estimator(k)
         scale = staged.step_sizes[k] / staged.sigmas[k] ** 2
         x = _move(x, estimator, staged.sigmas[k], scale, staged.flow_steps, staged.bounds)
