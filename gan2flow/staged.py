@@ -70,6 +70,7 @@ class StagedCalibration:
         bounds: (lo, hi), float32 arrays shaped like one sample: the real data's per-coordinate range.
         report: list of K dicts (sigma, train_loss, heldout_loss, gap, accuracy, saturated, trusted, why).
         n_trusted: stages used by :func:`refine_stages` (the trusted prefix of the schedule).
+        sigma_search: the σ_max probes of :func:`calibrate_stages` (σ, held-out accuracy), when it chose σ_max.
     """
 
     def __init__(self, model, weights, sigmas, step_sizes, flow_steps, bounds, report, n_trusted):
@@ -81,6 +82,7 @@ class StagedCalibration:
         self.bounds = (np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32))
         self.report = list(report)
         self.n_trusted = int(n_trusted)
+        self.sigma_search = []
         self._estimator = None
 
     def discriminator(self, k):
@@ -188,11 +190,12 @@ def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
     return x
 
 
-def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None,
-                     n_particles=4096, heldout_particles=None, train_steps=200, batch_size=256, learning_rate=3e-3,
-                     flow_steps=5, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
-                     given_loss=None, warm_start=True, max_gap=0.1, max_accuracy=0.95, max_saturated=0.01,
-                     min_signal=2.0, stop_untrusted=True, seed=0, verbose=0):
+def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None, sigma_ratio=0.9,
+                     n_particles=4096, heldout_particles=None, train_steps=100, batch_size=256, learning_rate=3e-3,
+                     flow_steps=2, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
+                     given_loss=None, warm_start=True, max_gap=0.1, max_accuracy=0.95, max_saturated=0.05,
+                     min_signal=2.0, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, seed=0,
+                     verbose=0):
     """Calibrate one discriminator per σ stage on the particles the flow holds, moving them as it goes.
 
     For k = 1 … K: fit T_k (logistic loss, ``train_steps`` Adam updates of ``batch_size`` real and
@@ -205,7 +208,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         real_train: real samples [n, ...] the discriminators are trained on (also give the bounds).
         real_heldout: real samples [m, ...] for the held-out check (never trained on).
         latent_shape: the generator's latent shape (tuple).
-        sigmas: explicit decreasing schedule; None: :func:`default_sigmas` (real_train).
+        sigmas: explicit decreasing schedule; None: :func:`default_sigmas` (real_train, ratio=sigma_ratio).
+        sigma_ratio: σ_{k+1}/σ_k of the default schedule.
         n_particles: particles trained on; ``heldout_particles`` (default len(real_heldout)) more are
             flowed for the held-out check.
         train_steps: discriminator updates per stage (the first stage gets 3× as many, from scratch).
@@ -216,6 +220,9 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         max_gap, max_accuracy, max_saturated: the trust rule (see :func:`trusted_prefix`).
         min_signal: a trusted stage moves the particles only when its held-out loss lies more than this many
             standard errors below log 2 (otherwise its gradient is fitted noise: the classes overlap).
+        start_accuracy, max_doublings: with the default schedule, σ_max is doubled (stages added at the same
+            ratio) while a probe discriminator at σ_max still reaches a held-out accuracy above
+            ``start_accuracy``, at most ``max_doublings`` times; ``StagedCalibration.sigma_search`` records it.
         stop_untrusted: stop calibrating at the first untrusted stage (its weights are kept, unused).
         seed: seeds latents, noise, batches and initialisation.
         verbose: 1 prints one line per stage.
@@ -231,7 +238,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     _checks.same_trailing_shape(real_train, real_heldout, "real_train", "real_heldout")
     latent_shape = tuple(int(s) for s in latent_shape)
     sample_shape = real_train.shape[1:]
-    sigmas = default_sigmas(real_train) if sigmas is None else np.asarray(sigmas, np.float64)
+    automatic = sigmas is None
+    sigmas = default_sigmas(real_train, ratio=sigma_ratio) if automatic else np.asarray(sigmas, np.float64)
     if sigmas.ndim != 1 or len(sigmas) == 0 or np.any(np.diff(sigmas) > 0) or np.any(sigmas <= 0):
         raise ValueError(f"`sigmas` must be a non-empty decreasing 1-D sequence of positive levels, got {sigmas!r}.")
     bounds = (real_train.min(0), real_train.max(0))
@@ -258,6 +266,25 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     weights, report, sizes = [], [], []
     m = min(len(real_heldout), n_heldout)
     started = time.time()
+    search = []
+    if automatic:
+        # σ_max must let noised real and generated samples overlap: double it while a probe discriminator still
+        # tells them apart (held-out accuracy above `start_accuracy`), at most `max_doublings` times.
+        fake_train, fake_heldout = particles[:n_particles], particles[n_particles:]
+        initial = [np.array(w) for w in model.get_weights()]
+        for attempt in range(max_doublings + 1):
+            sigma_t = tf.constant(sigmas[0], tf.float32)
+            for _ in range(train_steps * 3):
+                step_fn(real_train[rng.integers(0, len(real_train), batch_size)],
+                        tf.gather(fake_train, rng.integers(0, n_particles, batch_size)), sigma_t)
+            _, _, accuracy, _ = eval_fn(real_heldout[:m], fake_heldout[:m], sigma_t)
+            search.append({"sigma": float(sigmas[0]), "accuracy": float(accuracy)})
+            if verbose:
+                print(f"σ_max probe {sigmas[0]:.3g}: held-out accuracy {float(accuracy):.3f}", flush=True)
+            if float(accuracy) <= start_accuracy or attempt == max_doublings:
+                break
+            sigmas = np.geomspace(2 * sigmas[0], sigmas[-1], len(sigmas) + int(round(math.log(2) / -math.log(sigma_ratio))))
+            model.set_weights(initial)
     for k, sigma in enumerate(sigmas):
         if k and not warm_start:
             model.set_weights(build().get_weights())
@@ -297,8 +324,10 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         if not moves:
             continue
         particles = _move(particles, estimator, sigma, step_scale, flow_steps, bounds)
-    return StagedCalibration(model, weights, sigmas[:len(weights)], sizes, flow_steps, bounds, report,
-                             trusted_prefix(report))
+    result = StagedCalibration(model, weights, sigmas[:len(weights)], sizes, flow_steps, bounds, report,
+                               trusted_prefix(report))
+    result.sigma_search = search
+    return result
 
 
 def _step_functions(model, optimizer):
@@ -336,14 +365,14 @@ def _step_functions(model, optimizer):
     return step, evaluate
 
 
-def refine_stages(x, staged, *, stages=None, batch_size=None):
+def refine_stages(x, staged, *, stages=None):
     """Flow new generator samples through the trusted stages: x ← clip(x + η_k ∇ₓT_k(x, σ_k), lo, hi).
 
     Args:
         x: generator samples [n, ...] (the same generator the stages were calibrated on).
         staged: a :class:`StagedCalibration`.
-        stages: how many leading stages to use (default ``staged.n_trusted``).
-        batch_size: unused placeholder for chunking (the flow engine chunks by itself).
+        stages: how many leading stages to use (default ``staged.n_trusted``); stages whose report says
+            ``moves: False`` (no signal) are skipped, as at calibration.
 
     Returns:
         float32 tensor shaped like x.

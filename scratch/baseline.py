@@ -5,7 +5,7 @@ G, D, data = load(name)
 ev = eval_digits if name == "digits" else eval_ring
 n = 2000 if name == "digits" else 5000
 train = data["train"] if name == "digits" else data["gan_train"]
-if name == "ring":
+if name != "digits":
     print("iid floor", fmt(ev(data["train"][:n], data)))
     print("nn held-out", float(np.median(image_metrics.nearest_distances(data["heldout"], data["train"]))))
 else:

@@ -13,7 +13,7 @@ G, D, data = load(name)
 ev = eval_digits if name == "digits" else eval_ring
 rng = np.random.default_rng(0)
 real = data["train"]
-if name == "ring":   # the user's real data: split off a held-out part for the calibration check
+if name != "digits":   # the user's real data: split off a held-out part for the calibration check
     order = rng.permutation(len(real)); real_heldout, real_train = real[order[:1000]], real[order[1000:]]
 else:
     order = rng.permutation(len(real)); nh = len(real) // 5; real_heldout, real_train = real[order[:nh]], real[order[nh:]]

@@ -53,6 +53,24 @@ def ring_gan(steps=3000, batch=256, latent=8, seed=0, n=5000):
     return G, D, train, latent, steps, batch, "hinge"
 
 
+def mix16_gan(steps=3000, batch=256, latent=16, seed=0, n=6000):
+    """(c) 16-D mixture of 8 Gaussians (centres uniform in [-2, 2]^16, std 0.15), BCE, MLP: a typical partial collapse."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-2, 2, size=(8, 16)).astype(np.float32)
+    std = 0.15
+    def draw(m):
+        k = rng.integers(0, 8, m)
+        return (centers[k] + std * rng.normal(size=(m, 16))).astype(np.float32)
+    train, heldout = draw(n), draw(n)
+    np.savez(os.path.join(OUT, "mix16_data.npz"), train=train, gan_train=train, heldout=heldout, centers=centers, std=std)
+    G = keras.Sequential([keras.Input((latent,)), keras.layers.Dense(128, activation="relu"),
+                          keras.layers.Dense(128, activation="relu"), keras.layers.Dense(16)], name="generator")
+    D = keras.Sequential([keras.Input((16,)), keras.layers.Dense(128, activation="relu"),
+                          keras.layers.Dense(128, activation="relu"), keras.layers.Dense(1)], name="discriminator")
+    return G, D, train, latent, steps, batch, "bce"
+
+
 def train(G, D, data, latent, steps, batch, loss, lr=2e-4):
     gopt, dopt = keras.optimizers.Adam(lr, beta_1=0.5), keras.optimizers.Adam(lr, beta_1=0.5)
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -85,7 +103,7 @@ def train(G, D, data, latent, steps, batch, loss, lr=2e-4):
 if __name__ == "__main__":
     for name in sys.argv[1:]:
         t = time.time()
-        G, D, data, latent, steps, batch, loss = {"digits": digits_gan, "ring": ring_gan}[name]()
+        G, D, data, latent, steps, batch, loss = {"digits": digits_gan, "ring": ring_gan, "mix16": mix16_gan}[name]()
         train(G, D, data, latent, steps, batch, loss, lr=2e-4 if name == "digits" else 1e-3)
         G.save(os.path.join(OUT, f"{name}_generator.keras"))
         D.save(os.path.join(OUT, f"{name}_discriminator.keras"))
