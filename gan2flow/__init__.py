@@ -4,7 +4,7 @@ The central contract is a score-difference estimator, a callable ``(x, sigma) ->
 v_σ(x) = ∇log p_σ(x) − ∇log q_σ(x) shaped like x. Estimators produce it (kernel, analytic,
 discriminator, denoiser), :func:`flow` consumes it. See shared/SD_FLOW.md and docs/.
 """
-from gan2flow import compare, digits, distribute, image_metrics, losses, metrics, models, sigmas, toys, training
+from gan2flow import compare, digits, distribute, image_metrics, losses, metrics, models, sigmas, staged, toys, training
 from gan2flow.conversion import GANFlow, convert, load
 from gan2flow.estimators import (
     AnalyticScoreDifference,
@@ -41,6 +41,7 @@ __all__ = [
     "metrics",
     "models",
     "sigmas",
+    "staged",
     "toys",
     "training",
     "SDGAN",

@@ -71,7 +71,8 @@ def test_report_and_schedule(shifted_gaussian):
     assert len(result.report) == 2 and result.sigmas.tolist() == [1.0, 0.5]
     assert np.allclose(result.step_sizes, 0.5 * result.sigmas**2)
     for entry in result.report:
-        assert set(entry) >= {"sigma", "train_loss", "heldout_loss", "gap", "accuracy", "saturated", "trusted", "why"}
+        assert set(entry) >= {"sigma", "train_loss", "heldout_loss", "gap", "accuracy", "saturated", "signal", "moves",
+                              "trusted", "why"}
     assert "stage" in staged.format_report(result)
 
 
@@ -143,3 +144,17 @@ def test_bad_schedule_raises():
     real = np.zeros((40, 2), np.float32)
     with pytest.raises(ValueError, match="sigmas"):
         staged.calibrate_stages(generator, real, real, latent_shape=(2,), sigmas=[0.5, 1.0])
+
+
+def test_sigma_max_grows_until_the_samples_overlap():
+    # p = N(0, 0.1² I) vs q = N((3, 3), 0.1² I): at the data's own scale (σ_max = 2·0.1) the two are told apart
+    # perfectly, so the probe must double σ_max at least once; the report then starts at the larger σ.
+    rng = np.random.default_rng(0)
+    real = (0.1 * rng.normal(size=(600, 2))).astype(np.float32)
+    generator = _affine_generator(0.1, [3.0, 3.0])
+    result = staged.calibrate_stages(generator, real[:500], real[500:], latent_shape=(2,), sigma_ratio=0.5,
+                                     n_particles=256, train_steps=20, hidden=(16,), fourier_features=0, seed=0)
+    assert len(result.sigma_search) >= 2
+    assert result.sigma_search[0]["accuracy"] > 0.6
+    assert result.sigmas[0] == pytest.approx(result.sigma_search[-1]["sigma"])
+    assert result.sigmas[0] >= 2 * result.sigma_search[0]["sigma"] - 1e-9
