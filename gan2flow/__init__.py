@@ -24,6 +24,7 @@ from gan2flow import (
     noise,
     resume,
     sigmas,
+    staged,
     toys,
     training,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "metrics",
     "models",
     "sigmas",
+    "staged",
     "toys",
     "training",
     "SDGAN",

@@ -1,0 +1,160 @@
+"""Stage-wise calibration on the flow's own particles (gan2flow.staged, shared/SD_FLOW.md §9.2, §9.5)."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gan2flow import staged
+
+
+def _affine_generator(scale, shift):
+    """G(z) = scale·z + shift on 2-D latents: q = N(shift, scale² I) exactly."""
+    z = keras.Input((2,))
+    dense = keras.layers.Dense(2)
+    x = dense(z)
+    dense.set_weights([np.float32(scale) * np.eye(2, dtype=np.float32), np.asarray(shift, np.float32)])
+    return keras.Model(z, x)
+
+
+def _steep_discriminator(slope):
+    """T(x, σ) = slope·x₁ (σ enters with weight 0): ∇ₓT = (slope, 0) everywhere."""
+    x = keras.Input((2,), name="x")
+    sigma = keras.Input((1,), name="sigma")
+    dense = keras.layers.Dense(1)
+    out = dense(keras.layers.Concatenate()([x, sigma]))
+    dense.set_weights([np.array([[slope], [0.0], [0.0]], np.float32), np.zeros(1, np.float32)])
+    return keras.Model([x, sigma], out)
+
+
+def _entry(trusted, stage=0):
+    return {"stage": stage, "sigma": 1.0, "train_loss": 0.6, "heldout_loss": 0.6, "gap": 0.0, "accuracy": 0.6,
+            "saturated": 0.0, "trusted": trusted, "why": "ok" if trusted else "hand-made"}
+
+
+@pytest.fixture(scope="module")
+def shifted_gaussian():
+    """p = N((1, 0), 0.5² I) vs the generator's q = N((0, 0), 0.5² I): log p_σ/q_σ is linear, ∇ = (1, 0)/(0.25 + σ²)."""
+    rng = np.random.default_rng(0)
+    real = (np.array([1.0, 0.0]) + 0.5 * rng.normal(size=(3000, 2))).astype(np.float32)
+    generator = _affine_generator(0.5, [0.0, 0.0])
+    result = staged.calibrate_stages(generator, real[:2400], real[2400:], latent_shape=(2,), sigmas=[1.0, 0.5],
+                                     n_particles=1024, train_steps=60, flow_steps=2, step_scale=0.5, hidden=(32, 32),
+                                     seed=0)
+    return generator, real, result
+
+
+def test_field_points_from_source_to_target(shifted_gaussian):
+    # The exact SD at stage 0 is (1, 0)/(0.25 + 1) = (0.8, 0): its first coordinate must dominate and be positive.
+    # A loose check (cosine > 0.8 on average): 180 updates give a noisy but clearly oriented field.
+    _, _, result = shifted_gaussian
+    x = tf.random.stateless_normal((512, 2), seed=[1, 0]) * 0.5
+    v = result.estimator(0)(x, 1.0).numpy()
+    mean = v.mean(0)
+    assert mean[0] > 0 and mean[0] > 4 * abs(mean[1])
+    cosine = v[:, 0] / np.linalg.norm(v, axis=1)
+    assert cosine.mean() > 0.8
+
+
+def test_refinement_moves_samples_towards_the_target(shifted_gaussian):
+    # Particles start at mean 0, the target mean is 1: the stages must move the mean to the right (> 0.15 after
+    # 2 stages × 2 steps of ε = 0.5; the exact flow would move it by ≈ 0.5, Monte Carlo error of the mean ≈ 0.02).
+    generator, _, result = shifted_gaussian
+    x0 = generator(tf.random.stateless_normal((1000, 2), seed=[2, 0])).numpy()
+    x = staged.refine_stages(x0, result).numpy()
+    assert x.shape == x0.shape
+    assert x[:, 0].mean() - x0[:, 0].mean() > 0.15
+    assert abs(x[:, 1].mean() - x0[:, 1].mean()) < 0.1
+
+
+def test_report_and_schedule(shifted_gaussian):
+    _, _, result = shifted_gaussian
+    assert len(result.report) == 2 and result.sigmas.tolist() == [1.0, 0.5]
+    assert np.allclose(result.step_sizes, 0.5 * result.sigmas**2)
+    for entry in result.report:
+        assert set(entry) >= {"sigma", "train_loss", "heldout_loss", "gap", "accuracy", "saturated", "signal", "moves",
+                              "trusted", "why"}
+    assert "stage" in staged.format_report(result)
+
+
+def test_projection_keeps_samples_in_the_data_range():
+    # A discriminator with gradient 1000 along x₁ would throw every sample far out; the projection holds it.
+    model = _steep_discriminator(1000.0)
+    lo, hi = np.array([-1.0, -2.0], np.float32), np.array([1.0, 2.0], np.float32)
+    calibration = staged.StagedCalibration(model, [model.get_weights()] * 3, [1.0, 0.5, 0.25], [0.3, 0.075, 0.02],
+                                           flow_steps=2, bounds=(lo, hi), report=[_entry(True)] * 3, n_trusted=3)
+    x0 = np.random.default_rng(0).uniform(-1, 1, size=(200, 2)).astype(np.float32)
+    x = staged.refine_stages(x0, calibration).numpy()
+    assert np.all(x >= lo) and np.all(x <= hi)
+    assert np.allclose(x[:, 0], 1.0)            # pushed to the upper bound of x₁
+    assert np.allclose(x[:, 1], x0[:, 1])       # no gradient along x₂
+
+
+def test_refinement_uses_only_the_trusted_prefix():
+    model = _steep_discriminator(1.0)
+    report = [_entry(True, 0), _entry(False, 1), _entry(True, 2)]
+    assert staged.trusted_prefix(report) == 1
+    assert staged.trusted_prefix([]) == 0
+    assert staged.trusted_prefix([_entry(False)]) == 0
+    lo, hi = np.full(2, -10.0, np.float32), np.full(2, 10.0, np.float32)
+    calibration = staged.StagedCalibration(model, [model.get_weights()] * 3, [1.0, 0.5, 0.25], [0.1, 0.1, 0.1],
+                                           flow_steps=1, bounds=(lo, hi), report=report,
+                                           n_trusted=staged.trusted_prefix(report))
+    x0 = np.zeros((4, 2), np.float32)
+    x = staged.refine_stages(x0, calibration).numpy()
+    assert np.allclose(x[:, 0], 0.1)  # exactly one step of η = 0.1 along ∇T = (1, 0)
+    assert np.allclose(staged.refine_stages(x0, calibration, stages=0).numpy(), x0)  # zero stages: identity
+
+
+def test_trust_rule():
+    judge = staged._judge
+    rule = dict(max_gap=0.05, max_accuracy=0.95, max_saturated=0.01)
+    assert judge(0.60, 0.62, 0.7, 0.0, **rule) == (True, "ok")
+    trusted, why = judge(0.40, 0.50, 0.8, 0.0, **rule)
+    assert not trusted and "held-out loss" in why
+    trusted, why = judge(0.05, 0.06, 0.99, 0.0, **rule)
+    assert not trusted and "accuracy" in why
+    trusted, why = judge(0.5, 0.5, 0.7, 0.2, **rule)
+    assert not trusted and "saturated" in why
+
+
+def test_default_sigmas_respect_quantisation():
+    # Values on a grid of step 0.125 (like 8×8 digits in [−1, 1]): σ_min ≥ half the step; geometric, decreasing.
+    rng = np.random.default_rng(0)
+    real = (rng.integers(0, 17, size=(300, 16)) * 0.125 - 1.0).astype(np.float32)
+    sigmas = staged.default_sigmas(real)
+    assert len(sigmas) > 2 and np.all(np.diff(sigmas) < 0)
+    assert sigmas[-1] >= 0.0625 - 1e-9
+    assert np.allclose(sigmas[1:] / sigmas[:-1], sigmas[1] / sigmas[0])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _steep_discriminator(2.0)
+    lo, hi = np.full(2, -1.0, np.float32), np.full(2, 1.0, np.float32)
+    calibration = staged.StagedCalibration(model, [model.get_weights()] * 2, [1.0, 0.5], [0.1, 0.025], flow_steps=1,
+                                           bounds=(lo, hi), report=[_entry(True, 0), _entry(True, 1)], n_trusted=2)
+    calibration.save(str(tmp_path / "stages"))
+    loaded = staged.load_stages(str(tmp_path / "stages"))
+    x0 = np.zeros((3, 2), np.float32)
+    assert np.allclose(staged.refine_stages(x0, loaded).numpy(), staged.refine_stages(x0, calibration).numpy())
+    assert loaded.n_trusted == 2 and loaded.report == calibration.report
+
+
+def test_bad_schedule_raises():
+    generator = _affine_generator(1.0, [0.0, 0.0])
+    real = np.zeros((40, 2), np.float32)
+    with pytest.raises(ValueError, match="sigmas"):
+        staged.calibrate_stages(generator, real, real, latent_shape=(2,), sigmas=[0.5, 1.0])
+
+
+def test_sigma_max_grows_until_the_samples_overlap():
+    # p = N(0, 0.1² I) vs q = N((3, 3), 0.1² I): at the data's own scale (σ_max = 2·0.1) the two are told apart
+    # perfectly, so the probe must double σ_max at least once; the report then starts at the larger σ.
+    rng = np.random.default_rng(0)
+    real = (0.1 * rng.normal(size=(600, 2))).astype(np.float32)
+    generator = _affine_generator(0.1, [3.0, 3.0])
+    result = staged.calibrate_stages(generator, real[:500], real[500:], latent_shape=(2,), sigma_ratio=0.5,
+                                     n_particles=256, train_steps=20, hidden=(16,), fourier_features=0, seed=0)
+    assert len(result.sigma_search) >= 2
+    assert result.sigma_search[0]["accuracy"] > 0.6
+    assert result.sigmas[0] == pytest.approx(result.sigma_search[-1]["sigma"])
+    assert result.sigmas[0] >= 2 * result.sigma_search[0]["sigma"] - 1e-9
