@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, datasets, losses, models, resume
+from gan2flow import _checks, adapters, datasets, losses, models, resume, staged
 from gan2flow import sigmas as schedules
 from gan2flow.diagnostics import diagnose, format_diagnostics
 from gan2flow.ganflow import GANFlow, load  # noqa: F401 - gan2flow.conversion.GANFlow/load keep working
@@ -42,7 +42,7 @@ __all__ = ["convert"]
 def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, sigma_range=None, steps=3000,
             batch_size=256, learning_rate=1e-3, hidden=(256, 256, 256), reuse_discriminator=True,
             validation_fraction=0.2, seed=0, verbose=1, callbacks=None, strategy=None, jit_compile=True,
-            fourier_features=128, backup_dir=None):
+            fourier_features=128, backup_dir=None, stages=True):
     """Turn a trained GAN into a calibrated :class:`GANFlow`.
 
     Args:
@@ -73,6 +73,13 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             Keras cannot).
         fourier_features: number of σ-damped random Fourier features of x fed to the calibrated
             discriminator (0: none); they let it resolve sharp log-ratios at small σ (see FourierFeatures).
+
+        stages: also calibrate the staged refinement (``gan2flow.staged``, shared/SD_FLOW.md §9.2), the
+            default field of :meth:`GANFlow.refine`: one discriminator per σ stage, each calibrated against
+            the generator's samples as the flow has moved them so far, the σ range and the trusted stages
+            chosen from the data and the calibration. It makes conversion slower (about K × 100 discriminator
+            steps, K ≈ 20–40 stages) and keeps GANs trained elsewhere in the data's range (docs/convert.md).
+            False: only the generator-calibrated discriminator (``field="calibrated"``).
 
     Returns:
         A :class:`GANFlow` whose ``diagnostics`` say whether the calibration is good enough to flow.
@@ -167,8 +174,12 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             print(f"resuming the interrupted calibration backed up in {os.fspath(backup_dir)}")
     trainer.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=1 if verbose else 0, shuffle=False,
                 callbacks=callbacks)
-    flow = GANFlow(generator, calibrator, sigma_range=sigma_range, latent_shape=latent_shape)
+    stage_fields = _calibrate_stages(generator, train, heldout, latent_shape, given if reuse_discriminator else None,
+                                     loss, seed, verbose) if stages else {}
+    flow = GANFlow(generator, calibrator, sigma_range=sigma_range, latent_shape=latent_shape, **stage_fields)
     flow.diagnostics = diagnose(flow, train, heldout, seed=seed)
+    if stages:
+        flow.diagnostics["stages"] = stage_fields["stages"].get("report", [])
     flow.diagnostics.update({"steps": steps, "batch_size": global_batch, "sigma_range": list(sigma_range),
                              "reused_discriminator": bool(given is not None and reuse_discriminator),
                              "given_loss": loss, "n_train": len(train), "n_heldout": len(heldout),
@@ -178,6 +189,31 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     if backup_dir is not None:
         resume.remove_backup(backup_dir)
     return flow
+
+
+def _calibrate_stages(generator, train, heldout, latent_shape, given, loss, seed, verbose):
+    """The staged refinement's fields of a GANFlow: the trusted stages' discriminators, σ's and step sizes,
+    the data's per-coordinate range (the box) and diameter (the Tweedie bound), and the stage report."""
+    calibration = staged.calibrate_stages(generator, train, heldout, latent_shape=latent_shape, given=given,
+                                          given_loss=loss, seed=seed, verbose=verbose)
+    used = [k for k in range(calibration.n_trusted) if calibration.report[k].get("moves", True)]
+    flat = train.reshape(len(train), -1)
+    subset = flat[np.random.default_rng(seed).choice(len(flat), min(len(flat), 2048), replace=False)]
+    squared = (subset**2).sum(1)
+    diameter = float(np.sqrt(max((squared[:, None] + squared[None, :] - 2 * subset @ subset.T).max(), 0.0)))
+    low, high = calibration.bounds
+    return {
+        "stages": {
+            "sigmas": [float(calibration.sigmas[k]) for k in used],
+            "step_sizes": [float(calibration.step_sizes[k]) for k in used],
+            "flow_steps": int(calibration.flow_steps),
+            "box": [np.asarray(low).tolist(), np.asarray(high).tolist()],
+            "max_displacement": diameter,
+            "report": calibration.report,
+            "sigma_search": list(calibration.sigma_search),
+        },
+        "stage_discriminators": [calibration.discriminator(k) for k in used],
+    }
 
 
 def _given_output(calibrator):

@@ -102,4 +102,16 @@ def format_diagnostics(report):
     lines.append(f"chance loss = {report['chance_loss']:.3f}; "
                  + ("calibration looks good enough to flow." if report["good_enough"] else "warnings:"))
     lines.extend(f"- {warning}" for warning in report["warnings"])
+    stages = report.get("stages")
+    if stages:
+        lines += ["", "staged refinement (one discriminator per stage, calibrated on the particles as the flow moved "
+                  "them; the flow stops before the first untrusted stage):",
+                  "| stage | sigma | held-out loss | train loss | accuracy | verdict |", "|---|---|---|---|---|---|"]
+        for row in stages:
+            verdict = "trusted" if row["trusted"] else f"not trusted: {row['why']}"
+            lines.append(f"| {row['stage']} | {row['sigma']:.3g} | {row['heldout_loss']:.3f} | {row['train_loss']:.3f} | "
+                         f"{row['accuracy']:.1%} | {verdict} |")
+        trusted = [row["sigma"] for row in stages if row["trusted"]]
+        lines.append(f"trusted σ range: [{min(trusted):.3g}, {max(trusted):.3g}] ({len(trusted)} of {len(stages)} "
+                     "stages)" if trusted else "no trusted stage: staged refinement leaves samples unchanged")
     return "\n".join(lines)

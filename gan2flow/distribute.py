@@ -154,7 +154,7 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
         verbose: a progress bar over samples (per round).
 
     Returns:
-        float32 tensor shaped like x, on the host.
+        A :class:`gan2flow.flows.FlowResult` (x on the host; the clipped and projected counts).
 
     Raises:
         ValueError: bad arguments.
@@ -165,7 +165,7 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
         x = _checks.as_float_tensor(x, "x", min_rank=2)
     n = int(x.shape[0])
     if n == 0 or plan.n_levels == 0:
-        return tf.identity(x)
+        return flows.FlowResult(tf.identity(x))
     bounds = chunk_bounds(n, strategy.num_replicas_in_sync, batch_size)
     chunks = []
     for start, stop in bounds:
@@ -203,12 +203,13 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
         bar = keras.utils.Progbar(n, unit_name="sample")
     progress = None if bar is None else (lambda done: bar.update(bounds[done - 1][1]))
     outputs = _run_rounds(strategy, program, chunk_inputs, empty, progress=progress)
-    for (_, bad_steps, scales), (_, plans) in zip(outputs, chunks, strict=True):
+    for (_, bad_steps, scales, _), (_, plans) in zip(outputs, chunks, strict=True):
         for index, phase in enumerate(plans):
             if int(bad_steps[index]) >= 0:
                 flows.raise_divergence(phase, int(bad_steps[index]), float(scales[index]))
+    clipped, projected = (int(value) for value in tf.add_n([counts for _, _, _, counts in outputs]))
     with tf.device("/cpu:0"):
-        return tf.concat([result for result, _, _ in outputs], axis=0)
+        return flows.FlowResult(tf.concat([result for result, _, _, _ in outputs], axis=0), None, clipped, projected)
 
 
 def flow(x, estimator, sigmas, *, strategy, batch_size=None, step_scale=0.5, step_sizes=None, steps_per_sigma=1,
@@ -259,7 +260,7 @@ def flow(x, estimator, sigmas, *, strategy, batch_size=None, step_scale=0.5, ste
                                divergence_bound=divergence_bound)
     if batch_size is not None:
         batch_size = _checks.positive_int(batch_size, "batch_size")
-    return run(plan, x, strategy=strategy, batch_size=batch_size, jit_compile=jit_compile)
+    return run(plan, x, strategy=strategy, batch_size=batch_size, jit_compile=jit_compile).x
 
 
 def refine(gan_flow, x, *, strategy, **options):

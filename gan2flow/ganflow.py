@@ -26,19 +26,25 @@ _MAX_LATENT_STEP = 0.5
 
 @keras.saving.register_keras_serializable(package="gan2flow")
 class GANFlow(keras.Model):
-    """A generator with a calibrated discriminator: sample, refine, reweight; saveable as ``.keras``.
+    """A generator with calibrated discriminators: sample, refine, reweight; saveable as ``.keras``.
 
     Args:
         generator: Keras model z -> x, z ~ N(0, I) of shape ``latent_shape``.
         discriminator: calibrated σ-conditioned Keras model [x, sigma] -> logit (logistic loss:
-            logit = log p_σ/q_σ at the optimum, q the generator's distribution).
+            logit = log p_σ/q_σ at the optimum, q the generator's distribution). Latent refinement,
+            :meth:`log_ratio`, :meth:`importance_weights` and ``field="calibrated"`` use it.
         sigma_range: (sigma_min, sigma_max) the discriminator was calibrated on.
         latent_shape: the generator's input shape (without batch).
         diagnostics: the calibration report (JSON-able dict), kept in the saved file.
+        stages: the staged refinement (shared/SD_FLOW.md §9.2), a JSON-able dict: ``sigmas`` and ``step_sizes``
+            of the trusted stages, ``flow_steps`` per stage, ``box`` (low, high) per coordinate and
+            ``max_displacement`` (the data's diameter, the Tweedie bound); or None.
+        stage_discriminators: one σ-conditioned Keras model per stage of ``stages``: stage k's was calibrated
+            against the generator's samples *as they are at stage k* of the flow (``gan2flow.staged``).
     """
 
-    def __init__(self, generator, discriminator, *, sigma_range, latent_shape, diagnostics=None, name="gan_flow",
-                 **kwargs):
+    def __init__(self, generator, discriminator, *, sigma_range, latent_shape, diagnostics=None, stages=None,
+                 stage_discriminators=None, name="gan_flow", **kwargs):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
@@ -48,6 +54,16 @@ class GANFlow(keras.Model):
         self.estimator = estimators.DiscriminatorScoreDifference(discriminator, loss="logistic",
                                                                  sigma_conditioned=True)
         self._latent_estimators = {}
+        self.stages = None if not stages else dict(stages)
+        self.stage_discriminators = list(stage_discriminators or [])
+        self.staged_estimator = None
+        if self.stages:
+            if len(self.stage_discriminators) != len(self.stages["sigmas"]):
+                raise ValueError(f"`stage_discriminators` must hold one model per stage ({len(self.stages['sigmas'])}), "
+                                 f"got {len(self.stage_discriminators)}.")
+            if self.stage_discriminators:
+                self.staged_estimator = estimators.StagedScoreDifference(self.stage_discriminators,
+                                                                         self.stages["sigmas"])
         self.built = True
 
     # keras plumbing ----------------------------------------------------------------------------
@@ -63,6 +79,8 @@ class GANFlow(keras.Model):
             "sigma_range": list(self.sigma_range),
             "latent_shape": list(self.latent_shape),
             "diagnostics": self.diagnostics,
+            "stages": self.stages,
+            "stage_discriminators": [keras.saving.serialize_keras_object(model) for model in self.stage_discriminators],
         }
 
     @classmethod
@@ -70,6 +88,8 @@ class GANFlow(keras.Model):
         config = dict(config)
         config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
         config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
+        config["stage_discriminators"] = [keras.saving.deserialize_keras_object(model)
+                                          for model in config.get("stage_discriminators") or []]
         return cls(**config)
 
     def save(self, filepath, overwrite=True, **kwargs):
@@ -134,61 +154,145 @@ class GANFlow(keras.Model):
         """The refinement schedule: geometric over the calibrated σ range."""
         return schedules.geometric(self.sigma_range[1], self.sigma_range[0], levels)
 
-    def refine(self, x, *, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.5, drift_correction=True,
-               drift_min_sigma=None, method="euler", noise_scale=0.0, seed=None, batch_size=None,
-               kernel_block_size=1024, verbose=False, callback=None, on_divergence="raise", strategy=None):
-        """Refine samples in data space along the calibrated SD with a decreasing σ schedule.
+    def refine(self, x, *, field="auto", sigmas=None, levels=None, steps_per_sigma=None, step_scale=None,
+               drift_correction=None, drift_min_sigma=None, kernel_block_size=None, method="euler", noise_scale=0.0,
+               seed=None, batch_size=None, verbose=False, callback=None, on_divergence="raise", strategy=None,
+               check=True, report=None):
+        """Refine samples in data space along a calibrated score difference.
 
-        With ``drift_correction`` (default) the flow follows ∇log p_σ − ∇log q_t,σ for the *current*
-        samples: the discriminator's term against the generator plus a kernel estimate of
-        ∇log q₀,σ − ∇log q_t,σ from the starting samples and the current ones (shared/SD_FLOW.md §7).
-        That kernel term is only trustworthy while σ exceeds the spacing of the samples: below it each
-        kernel sees a handful of points and pulls particles onto individual starting samples (the
-        memorisation caution of §8). It is therefore applied for σ ≥ ``drift_min_sigma`` (default: twice
-        the median nearest-neighbour distance of the starting samples); below, the discriminator's field
-        alone finishes the flow, by which time mode weights are settled. The kernel term couples the
-        samples of one batch: pass a ``batch_size`` of a few thousand for very large n.
+        Two fields (``field``; ``"auto"``: ``"staged"`` when the flow has stages, else ``"calibrated"``):
+
+        - ``"staged"`` (the default of :func:`gan2flow.convert`, shared/SD_FLOW.md §9.2): through the trusted
+          stages k = 1 … K, ``flow_steps`` times each, x ← Π_box(x + η_k v_k(x)), v_k = ∇ₓT_k(x, σ_k) from stage k's
+          discriminator, calibrated against the generator's samples as they are at stage k, so v_k is the SD
+          of the current particles; each sample's step obeys the Tweedie bound σ²‖v‖ ≤ the data's diameter and
+          is projected onto the data's per-coordinate range. No schedule options: the stages fix the σ's.
+        - ``"calibrated"``: along the discriminator calibrated against the generator, over a geometric schedule
+          of ``levels`` (40) levels in the calibrated range, ``steps_per_sigma`` (2) steps of ``step_scale``
+          (0.5); with ``drift_correction`` (True) the kernel term ∇log q₀,σ − ∇log q_t,σ keeps the source
+          current (§7) for σ ≥ ``drift_min_sigma`` (default: twice the starting samples' median
+          nearest-neighbour distance, below which a kernel pulls particles onto single samples, §8).
+
+        With ``check`` (default), the outcome is judged by the generator-calibrated log-ratio: the mean of
+        log p_σ/q_σ over the samples must not fall (σ: the smallest level that calibration trusts, and not
+        below the refinement's last σ). If it falls, the refinement made things worse by the toolkit's own
+        measure: a warning says so and the *unrefined* samples are returned (the documented fall-back).
 
         Args:
             x: samples [n, *sample_shape] (e.g. ``generate(z)``).
-            sigmas: schedule (default: :meth:`default_sigmas` with ``levels``).
-            levels, steps_per_sigma, step_scale, method, noise_scale, seed, batch_size, callback,
-            on_divergence: as :func:`gan2flow.flow`.
-            drift_correction: keep the source term current (recommended).
-            drift_min_sigma: smallest σ at which the drift correction is applied (None: automatic).
-            kernel_block_size: block size of the kernel term.
+            field: ``"auto"``, ``"staged"`` or ``"calibrated"``.
+            sigmas, levels, steps_per_sigma, step_scale, drift_correction, drift_min_sigma, kernel_block_size:
+                the ``"calibrated"`` field's schedule (an error with ``"staged"``).
+            method, noise_scale, seed, batch_size, callback, on_divergence: as :func:`gan2flow.flow`.
             verbose: show a progress bar.
             strategy: a ``tf.distribute`` strategy: chunks of ``batch_size`` (default n / replicas) are
-                refined in parallel on its replicas (:func:`gan2flow.distribute.refine`); the result equals
+                refined in parallel on its replicas (:func:`gan2flow.distribute.run`); the result equals
                 this method's on one device with the same ``batch_size``. No ``callback`` then.
+            check: judge the outcome and fall back to x if it is worse (see above).
+            report: optional dict, filled with what happened: ``field``, ``clipped`` (velocity evaluations cut
+                to the Tweedie bound), ``projected`` (coordinates projected onto the data's range),
+                ``log_ratio_before``/``log_ratio_after``/``check_sigma`` and ``fell_back``.
 
         Returns:
             float32 tensor shaped like x.
+
+        Raises:
+            ValueError: bad arguments, e.g. schedule options with ``field="staged"``.
+            FlowDivergenceError: non-finite values (with the step and σ).
         """
         x = _checks.as_float_tensor(x, "x", min_rank=2)
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(f"`x` must have shape [batch, {', '.join(map(str, self.sample_shape))}], "
                              f"got {tuple(x.shape)}.")
-        sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
-        if drift_min_sigma is not None:
-            drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
-        plan = flows.make_plan(x, self.estimator, sigmas, step_scale=step_scale, steps_per_sigma=steps_per_sigma,
-                               method=method, noise_scale=noise_scale, seed=seed, on_divergence=on_divergence,
-                               kernel_block_size=kernel_block_size)
-        phases = None
-        if drift_correction:
-            def phases(chunk_plan, part):
-                """Drift-corrected levels σ ≥ the threshold (the chunk's starting samples as q₀), then plain ones."""
-                threshold = (2.0 * metrics.median_neighbour_distance(part.numpy()) if drift_min_sigma is None
-                             else drift_min_sigma)
-                corrected = int(np.sum(chunk_plan.sigmas >= threshold))
-                return [chunk_plan.levels(0, corrected).replace(drift_correction=True), chunk_plan.levels(corrected)]
+        field = _checks.one_of(field, "field", ("auto", "staged", "calibrated"))
+        if field == "auto":
+            field = "staged" if self.staged_estimator is not None else "calibrated"
+        schedule = dict(sigmas=sigmas, levels=levels, steps_per_sigma=steps_per_sigma, step_scale=step_scale,
+                        drift_correction=drift_correction, drift_min_sigma=drift_min_sigma,
+                        kernel_block_size=kernel_block_size)
+        if field == "staged":
+            if self.staged_estimator is None:
+                raise ValueError("`field`='staged' needs a flow converted with stages (gan2flow.convert(..., "
+                                 "stages=True)); this one has none: use field='calibrated'.")
+            given = [name for name, value in schedule.items() if value is not None]
+            if given:
+                raise ValueError(f"`{given[0]}` applies to field='calibrated' (the flow along the discriminator "
+                                 "calibrated against the generator); the staged field flows through the σ's of its "
+                                 "stages. Pass field='calibrated' to choose a schedule.")
+            plan = self._staged_plan(x, method, noise_scale, seed, on_divergence)
+            phases = None
+        else:
+            plan, phases = self._calibrated_plan(x, method, noise_scale, seed, on_divergence, **schedule)
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
             if callback is not None:
                 raise ValueError("`callback` is not supported under a strategy; refine on one device to trace steps.")
-            return distribute.run(plan, x, strategy=strategy, phases=phases, batch_size=batch_size, verbose=verbose)
-        return flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback,
-                         progress="refining in data space" if verbose else None).x
+            result = distribute.run(plan, x, strategy=strategy, phases=phases, batch_size=batch_size,
+                                    verbose=verbose)
+        else:
+            result = flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback,
+                               progress="refining in data space" if verbose else None)
+        outcome = {"field": field, "clipped": result.clipped, "projected": result.projected, "fell_back": False}
+        refined = result.x
+        if check and int(x.shape[0]) > 1:
+            refined = self._checked(x, refined, float(np.min(plan.sigmas)) if plan.n_levels else None, outcome)
+        if report is not None:
+            report.update(outcome)
+        return refined
+
+    def _staged_plan(self, x, method, noise_scale, seed, on_divergence):
+        stages = self.stages
+        low, high = (np.asarray(bound, np.float32) for bound in stages["box"])
+        return flows.make_plan(x, self.staged_estimator, stages["sigmas"], step_sizes=stages["step_sizes"],
+                               steps_per_sigma=stages["flow_steps"], method=method, noise_scale=noise_scale,
+                               seed=seed, on_divergence=on_divergence, box=(low, high),
+                               max_displacement=stages["max_displacement"])
+
+    def _calibrated_plan(self, x, method, noise_scale, seed, on_divergence, *, sigmas, levels, steps_per_sigma,
+                         step_scale, drift_correction, drift_min_sigma, kernel_block_size):
+        sigmas = self.default_sigmas(40 if levels is None else levels) if sigmas is None else schedules.validate(sigmas)
+        if drift_min_sigma is not None:
+            drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
+        plan = flows.make_plan(x, self.estimator, sigmas, step_scale=0.5 if step_scale is None else step_scale,
+                               steps_per_sigma=2 if steps_per_sigma is None else steps_per_sigma, method=method,
+                               noise_scale=noise_scale, seed=seed, on_divergence=on_divergence,
+                               kernel_block_size=1024 if kernel_block_size is None else kernel_block_size)
+        if drift_correction is False:
+            return plan, None
+
+        def phases(chunk_plan, part):
+            """Drift-corrected levels σ ≥ the threshold (the chunk's starting samples as q₀), then plain ones."""
+            threshold = (2.0 * metrics.median_neighbour_distance(part.numpy()) if drift_min_sigma is None
+                         else drift_min_sigma)
+            corrected = int(np.sum(chunk_plan.sigmas >= threshold))
+            return [chunk_plan.levels(0, corrected).replace(drift_correction=True), chunk_plan.levels(corrected)]
+
+        return plan, phases
+
+    def check_sigma(self, smallest=None):
+        """The σ at which :meth:`refine` judges an outcome: the smallest σ whose calibration the diagnostics
+        trust (held-out loss within 0.05 of training loss), and not below ``smallest``."""
+        levels = (self.diagnostics or {}).get("levels") or []
+        trusted = [row["sigma"] for row in levels if row.get("overfit_gap", 1.0) <= 0.05]
+        sigma = min(trusted) if trusted else self.sigma_range[1]
+        return max(sigma, smallest or 0.0)
+
+    def _checked(self, before, after, smallest, outcome, max_points=2000):
+        """Fall back to ``before`` (with a warning) when the mean calibrated log-ratio fell."""
+        sigma = self.check_sigma(smallest)
+        rows = slice(0, min(int(before.shape[0]), max_points))
+        log_before = float(tf.reduce_mean(self.estimator.log_ratio(before[rows], sigma)))
+        log_after = float(tf.reduce_mean(self.estimator.log_ratio(after[rows], sigma)))
+        outcome.update(log_ratio_before=log_before, log_ratio_after=log_after, check_sigma=sigma)
+        if log_after < log_before:
+            import warnings
+
+            warnings.warn(
+                f"refinement made the samples worse by the calibrated log-ratio at sigma={sigma:.3g} (mean "
+                f"{log_before:.3f} before, {log_after:.3f} after): returning the unrefined samples. Pass check=False "
+                "to keep the refined ones, or field='calibrated' / 'staged' to try the other field.", stacklevel=3)
+            outcome["fell_back"] = True
+            return before
+        return after
 
     def jacobian_scale(self, n=256, seed=0):
         """RMS stretch of the generator, sqrt(E‖J_G(z) u‖²) for z ~ p₀ and random unit u (data units per
@@ -248,7 +352,7 @@ class GANFlow(keras.Model):
             if callback is not None:
                 raise ValueError("`callback` is not supported under a strategy (it would stop every replica at every "
                                  "step); use gan2flow.flow on one device to trace a flow step by step.")
-            return distribute.run(plan, z, strategy=strategy, batch_size=batch_size)
+            return distribute.run(plan, z, strategy=strategy, batch_size=batch_size).x
         return flows.run(plan, z, batch_size=batch_size, callback=callback,
                          progress="refining in latent space" if verbose else None).x
 
