@@ -678,46 +678,66 @@ class StagedScoreDifference:
 
     Stage k's discriminator T_k was calibrated at σ_k against the samples *as they are at stage k* of a
     flow (shared/SD_FLOW.md §9.2): its gradient is ∇log p_σk − ∇log q_k,σk, the SD of the current particles,
-    with no drift correction. Flowing with the schedule ``sigmas`` therefore uses each stage at its own
-    level; the stage is chosen in-graph (``tf.switch_case`` on the nearest σ_k in log scale), so one compiled
-    flow loop holds every stage.
+    with no drift correction. All stages share one architecture, ``discriminator``; stage k is that model
+    with the trainable weights ``stage_weights[i][k]`` (its non-trainable ones are shared). The stage is
+    chosen in-graph from σ (the nearest σ_k in log scale) and its weights gathered into a stateless call,
+    so one compiled flow loop, of the size of one model, holds every stage.
 
     Args:
-        discriminators: K Keras models, each ``[x, sigma] -> [batch, 1]`` (or x -> output).
+        discriminator: a Keras model ``[x, sigma] -> [batch, 1]`` (the shared architecture).
+        stage_weights: one array (or variable) per trainable variable of ``discriminator`` (in
+            ``discriminator.trainable_variables`` order), each shaped ``[K, *variable.shape]``.
         sigmas: the K stage levels σ_k.
-        loss: the loss they were trained with (its link maps outputs to log-ratios).
+        loss: the loss the stages were trained with (its link maps outputs to log-ratios).
 
     Raises:
-        ValueError: no discriminators, or not one σ per discriminator.
+        ValueError: stage weights that do not fit the model, or not one σ per stage.
     """
 
-    def __init__(self, discriminators, sigmas, loss="logistic"):
-        discriminators = list(discriminators)
+    def __init__(self, discriminator, stage_weights, sigmas, loss="logistic"):
         sigmas = np.asarray(sigmas, np.float64).reshape(-1)
-        if not discriminators:
-            raise ValueError("`discriminators` must hold at least one model, got none.")
-        if len(sigmas) != len(discriminators) or np.any(sigmas <= 0):
-            raise ValueError(f"`sigmas` must give one positive σ per discriminator ({len(discriminators)}), got "
-                             f"{sigmas.tolist()}.")
-        self.discriminators = discriminators
+        variables = discriminator.trainable_variables
+        stage_weights = list(stage_weights)
+        if len(stage_weights) != len(variables):
+            raise ValueError(f"`stage_weights` must hold one array per trainable variable of the discriminator "
+                             f"({len(variables)}), got {len(stage_weights)}.")
+        for weight, variable in zip(stage_weights, variables, strict=True):
+            if tuple(weight.shape) != (len(sigmas),) + tuple(variable.shape):
+                raise ValueError(f"`stage_weights` for {variable.path} must have shape "
+                                 f"{(len(sigmas),) + tuple(variable.shape)} (one per stage), got {tuple(weight.shape)}.")
+        if len(sigmas) == 0 or np.any(sigmas <= 0):
+            raise ValueError(f"`sigmas` must give one positive σ per stage, got {sigmas.tolist()}.")
+        self.discriminator = discriminator
+        self.stage_weights = stage_weights
         self.sigmas = sigmas
-        self.stages = [DiscriminatorScoreDifference(model, loss=loss) for model in discriminators]
+        self.loss = _losses.get(loss)
+        self.sigma_conditioned = adapters.sigma_conditioning(discriminator)
         self._log_sigmas = tf.constant(np.log(sigmas), tf.float32)
+
+    @staticmethod
+    def stack(models):
+        """The ``stage_weights`` of K models of one architecture: their trainable weights stacked per variable."""
+        return [np.stack(values) for values in zip(*[[np.asarray(v) for v in model.trainable_variables]
+                                                     for model in models], strict=True)]
 
     def stage_index(self, sigma):
         """The index of the stage whose σ_k is nearest ``sigma`` (in log scale), an int32 scalar tensor."""
         distance = tf.abs(self._log_sigmas - tf.math.log(_sigma_tensor(sigma)))
         return tf.cast(tf.argmin(distance), tf.int32)
 
-    def _dispatch(self, method, x, sigma):
-        index = self.stage_index(sigma)
-        if tf.executing_eagerly():
-            return getattr(self.stages[int(index)], method)(x, sigma)
-        return tf.switch_case(index, [lambda stage=stage: getattr(stage, method)(x, sigma) for stage in self.stages])
-
     def log_ratio(self, x, sigma):
         """link(T_k(x, σ)): the estimated log p_σ(x)/q_k,σ(x), shape [batch]."""
-        return self._dispatch("log_ratio", tf.convert_to_tensor(x, tf.float32), sigma)
+        x = tf.convert_to_tensor(x, tf.float32)
+        index = self.stage_index(sigma)
+        weights = [tf.gather(tf.convert_to_tensor(w, tf.float32), index) for w in self.stage_weights]
+        frozen = [v.value for v in self.discriminator.non_trainable_variables]
+        inputs = [x, tf.fill([tf.shape(x)[0], 1], _sigma_tensor(sigma))] if self.sigma_conditioned else x
+        output, _ = self.discriminator.stateless_call(weights, frozen, inputs, training=False)
+        return self.loss.log_ratio(tf.cast(adapters.output_column(output, "discriminator")[:, 0], tf.float32))
 
     def __call__(self, x, sigma):
-        return self._dispatch("__call__", tf.convert_to_tensor(x, tf.float32), sigma)
+        x = tf.convert_to_tensor(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = tf.reduce_sum(self.log_ratio(x, sigma))
+        return tape.gradient(value, x)

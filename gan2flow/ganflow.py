@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, distribute, estimators, flows, metrics
+from gan2flow import _checks, adapters, distribute, estimators, flows, metrics, models
 from gan2flow import sigmas as schedules
 
 __all__ = ["GANFlow", "load"]
@@ -39,12 +39,15 @@ class GANFlow(keras.Model):
         stages: the staged refinement (shared/SD_FLOW.md §9.2), a JSON-able dict: ``sigmas`` and ``step_sizes``
             of the trusted stages, ``flow_steps`` per stage, ``box`` (low, high) per coordinate and
             ``max_displacement`` (the data's diameter, the Tweedie bound); or None.
-        stage_discriminators: one σ-conditioned Keras model per stage of ``stages``: stage k's was calibrated
-            against the generator's samples *as they are at stage k* of the flow (``gan2flow.staged``).
+        stage_discriminator: the stages' shared σ-conditioned architecture (a Keras model).
+        stage_weights: its trainable weights per stage, one array per trainable variable shaped
+            ``[K, *variable.shape]`` (:meth:`gan2flow.estimators.StagedScoreDifference.stack`); stage k's
+            discriminator was calibrated against the generator's samples *as they are at stage k* of the
+            flow (``gan2flow.staged``). Kept as non-trainable weights of this model (saved with it).
     """
 
     def __init__(self, generator, discriminator, *, sigma_range, latent_shape, diagnostics=None, stages=None,
-                 stage_discriminators=None, name="gan_flow", **kwargs):
+                 stage_discriminator=None, stage_weights=None, name="gan_flow", **kwargs):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
@@ -54,16 +57,20 @@ class GANFlow(keras.Model):
         self.estimator = estimators.DiscriminatorScoreDifference(discriminator, loss="logistic",
                                                                  sigma_conditioned=True)
         self._latent_estimators = {}
-        self.stages = None if not stages else dict(stages)
-        self.stage_discriminators = list(stage_discriminators or [])
+        self.stages = dict(stages) if stages else None
+        self.stage_discriminator = stage_discriminator if self.stages else None
         self.staged_estimator = None
-        if self.stages:
-            if len(self.stage_discriminators) != len(self.stages["sigmas"]):
-                raise ValueError(f"`stage_discriminators` must hold one model per stage ({len(self.stages['sigmas'])}), "
-                                 f"got {len(self.stage_discriminators)}.")
-            if self.stage_discriminators:
-                self.staged_estimator = estimators.StagedScoreDifference(self.stage_discriminators,
-                                                                         self.stages["sigmas"])
+        if self.stages and self.stages.get("sigmas"):
+            if stage_discriminator is None:
+                raise ValueError("`stage_discriminator` must be the stages' Keras model when `stages` are given.")
+            self.stage_weights = models.StackedWeights(
+                [variable.shape for variable in stage_discriminator.trainable_variables], len(self.stages["sigmas"]),
+                name="stage_weights")
+            if stage_weights is not None:  # (from_config: zeros now, the saved values when Keras loads them)
+                for variable, value in zip(self.stage_weights.stacked, stage_weights, strict=True):
+                    variable.assign(np.asarray(value, np.float32))
+            self.staged_estimator = estimators.StagedScoreDifference(stage_discriminator, self.stage_weights.stacked,
+                                                                     self.stages["sigmas"])
         self.built = True
 
     # keras plumbing ----------------------------------------------------------------------------
@@ -80,7 +87,8 @@ class GANFlow(keras.Model):
             "latent_shape": list(self.latent_shape),
             "diagnostics": self.diagnostics,
             "stages": self.stages,
-            "stage_discriminators": [keras.saving.serialize_keras_object(model) for model in self.stage_discriminators],
+            "stage_discriminator": (None if self.stage_discriminator is None
+                                    else keras.saving.serialize_keras_object(self.stage_discriminator)),
         }
 
     @classmethod
@@ -88,8 +96,8 @@ class GANFlow(keras.Model):
         config = dict(config)
         config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
         config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
-        config["stage_discriminators"] = [keras.saving.deserialize_keras_object(model)
-                                          for model in config.get("stage_discriminators") or []]
+        if config.get("stage_discriminator") is not None:
+            config["stage_discriminator"] = keras.saving.deserialize_keras_object(config["stage_discriminator"])
         return cls(**config)
 
     def save(self, filepath, overwrite=True, **kwargs):
@@ -206,12 +214,12 @@ class GANFlow(keras.Model):
                              f"got {tuple(x.shape)}.")
         field = _checks.one_of(field, "field", ("auto", "staged", "calibrated"))
         if field == "auto":
-            field = "staged" if self.staged_estimator is not None else "calibrated"
+            field = "staged" if self.stages is not None else "calibrated"
         schedule = dict(sigmas=sigmas, levels=levels, steps_per_sigma=steps_per_sigma, step_scale=step_scale,
                         drift_correction=drift_correction, drift_min_sigma=drift_min_sigma,
                         kernel_block_size=kernel_block_size)
         if field == "staged":
-            if self.staged_estimator is None:
+            if self.stages is None:
                 raise ValueError("`field`='staged' needs a flow converted with stages (gan2flow.convert(..., "
                                  "stages=True)); this one has none: use field='calibrated'.")
             given = [name for name, value in schedule.items() if value is not None]
@@ -240,7 +248,10 @@ class GANFlow(keras.Model):
         return refined
 
     def _staged_plan(self, x, method, noise_scale, seed, on_divergence):
+        """The trusted stages as one plan (none trusted: an empty plan, the identity)."""
         stages = self.stages
+        if self.staged_estimator is None:
+            return flows.make_plan(x, self.estimator, [], seed=seed)
         low, high = (np.asarray(bound, np.float32) for bound in stages["box"])
         return flows.make_plan(x, self.staged_estimator, stages["sigmas"], step_sizes=stages["step_sizes"],
                                steps_per_sigma=stages["flow_steps"], method=method, noise_scale=noise_scale,

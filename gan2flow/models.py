@@ -50,6 +50,7 @@ __all__ = [
     "FrozenFeature",
     "FourierFeatures",
     "calibration_discriminator",
+    "StackedWeights",
 ]
 
 
@@ -487,3 +488,26 @@ def calibration_discriminator(sample_shape, *, given=None, given_loss=None, refe
         h = keras.layers.Dense(width, activation="swish", name=f"dense_{index}")(h)
     output = keras.layers.Dense(1, name="logit")(h)
     return keras.Model([x, sigma], output, name=name)
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class StackedWeights(keras.layers.Layer):
+    """Non-trainable variables shaped ``[count, *shape]`` for each of ``shapes``: one model's weights for
+    ``count`` stages (``GANFlow`` keeps its staged refinement's weights here, so they are saved with it).
+    ``call`` returns them; they are read directly as ``layer.stacked``."""
+
+    def __init__(self, shapes, count, **kwargs):
+        super().__init__(**kwargs)
+        self.shapes = [list(map(int, shape)) for shape in shapes]
+        self.count = int(count)
+        self.stacked = [self.add_weight(shape=(self.count, *shape), initializer="zeros", trainable=False,
+                                        name=f"stacked_{index}") for index, shape in enumerate(self.shapes)]
+        self.built = True
+
+    def call(self, inputs=None):
+        return [variable.value for variable in self.stacked]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"shapes": self.shapes, "count": self.count})
+        return config
