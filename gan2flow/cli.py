@@ -273,7 +273,7 @@ def _convert(args):
         flow = conversion.convert(generator, discriminator, real, loss=args.loss, latent_dim=args.latent_dim,
                                   sigma_range=sigma_range, steps=args.steps, batch_size=args.batch_size,
                                   learning_rate=args.learning_rate, seed=args.seed, verbose=1,
-                                  backup_dir=backup_dir)
+                                  backup_dir=backup_dir, stages=not args.no_stages)
     flow.diagnostics["seconds"] = time.perf_counter() - started
     flow.diagnostics["inputs"] = {"generator": args.generator, "discriminator": args.discriminator,
                                   "data": args.data, "loss": args.loss, "seed": args.seed}
@@ -294,7 +294,7 @@ def _refine(args):
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size", allow_none=True)
-    _positive(args.levels, "--levels")
+    _positive(args.levels, "--levels", allow_none=True)
     if args.step_scale is not None:
         _positive_float(args.step_scale, "--step-scale")
     _positive(args.seed, "--seed", allow_zero=True)
@@ -305,13 +305,19 @@ def _refine(args):
     if not isinstance(flow, conversion.GANFlow):
         raise _CommandLineError(f"`--flow`: {args.flow!r} holds a {type(flow).__name__}, not a gan2flow flow "
                                 "(make one with `gan2flow convert`).")
-    options = {} if args.no_refine else {"levels": args.levels, "batch_size": args.batch_size, "verbose": True}
-    if args.step_scale is not None and not args.no_refine:
-        options["step_scale"] = args.step_scale
+    options = {}
+    if not args.no_refine:
+        options = {"batch_size": args.batch_size, "verbose": True}
+        if args.space == "data":
+            options["field"] = args.field
+        for name, value in (("levels", args.levels), ("step_scale", args.step_scale)):
+            if value is not None:
+                options[name] = value
     what = "raw generator samples" if args.no_refine else f"samples refined in {args.space} space"
     print(f"drawing {args.n} {what} (seed {args.seed})")
     try:
-        with _flag_names({"n": "--n", "batch_size": "--batch-size", "levels": "--levels", "seed": "--seed"}):
+        with _flag_names({"n": "--n", "batch_size": "--batch-size", "levels": "--levels", "seed": "--seed",
+                          "step_scale": "--step-scale", "field": "--field"}):
             x = flow.sample(args.n, refine=not args.no_refine, space=args.space, seed=args.seed, **options)
     except flows.FlowDivergenceError as error:
         raise ValueError(
@@ -436,13 +442,16 @@ def _add_pipeline_commands(commands):
     where.add_argument("--output", default=None, metavar="F.keras",
                        help="write the flow to this file (diagnostics to F.diagnostics.json) instead")
     convert.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    convert.add_argument("--no-stages", action="store_true",
+                         help="skip the staged calibration (faster; refinement then uses --field calibrated)")
     convert.set_defaults(handler=_convert)
 
     refine = commands.add_parser(
         "refine", help="draw samples from a flow, refined in data or latent space, into a .npy file",
         formatter_class=RawDescriptionHelpFormatter, epilog=_EXAMPLES_REFINE,
         description="Load a flow made by `gan2flow convert`, draw N generator samples and refine them along\n"
-                    "the calibrated score difference: in data space (sigma-annealed, drift-corrected SD flow)\n"
+                    "the calibrated score difference: in data space (through the staged discriminators, or\n"
+                    "sigma-annealed and drift-corrected along the generator-calibrated one: --field)\n"
                     "or in latent space (Langevin dynamics on log p0(z) + log r(G(z)), outputs stay on the\n"
                     "generator's range). Writes the samples as a .npy array [N, ...].")
     refine.add_argument("--flow", required=True, metavar="F.keras", help="a flow saved by `gan2flow convert`")
@@ -450,11 +459,15 @@ def _add_pipeline_commands(commands):
     refine.add_argument("--out", required=True, metavar="SAMPLES.npy", help="output .npy file (folders are created)")
     refine.add_argument("--space", default="data", choices=["data", "latent"], help="where to refine (default data)")
     refine.add_argument("--no-refine", action="store_true", help="write the raw generator samples instead")
-    refine.add_argument("--levels", type=int, default=40, metavar="L",
-                        help="noise levels of the refinement schedule (default 40)")
+    refine.add_argument("--field", default="auto", choices=["auto", "staged", "calibrated"],
+                        help="data space: 'staged' (the default of flows converted with stages: the discriminators "
+                             "calibrated on the particles stage by stage) or 'calibrated' (the generator-calibrated "
+                             "discriminator over a schedule, drift-corrected); auto picks staged when the flow has it")
+    refine.add_argument("--levels", type=int, default=None, metavar="L",
+                        help="noise levels of the schedule of --field calibrated and of --space latent (default 40)")
     refine.add_argument("--step-scale", type=float, default=None, metavar="E",
-                        help="step size factor, eta = E * sigma^2 (default 0.5 in data space, 0.2 in latent "
-                             "space); lower it if refinement diverges")
+                        help="step size factor, eta = E * sigma^2, of --field calibrated (default 0.5) and of "
+                             "--space latent (default 0.2); lower it if refinement diverges")
     refine.add_argument("--batch-size", type=int, default=None, metavar="B",
                         help="refine this many samples at a time (default: all at once)")
     refine.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")

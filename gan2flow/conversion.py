@@ -42,7 +42,7 @@ __all__ = ["convert"]
 def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, sigma_range=None, steps=3000,
             batch_size=256, learning_rate=1e-3, hidden=(256, 256, 256), reuse_discriminator=True,
             validation_fraction=0.2, seed=0, verbose=1, callbacks=None, strategy=None, jit_compile=True,
-            fourier_features=128, backup_dir=None, stages=True):
+            fourier_features=128, backup_dir=None, stages=True, stage_options=None):
     """Turn a trained GAN into a calibrated :class:`GANFlow`.
 
     Args:
@@ -80,6 +80,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             chosen from the data and the calibration. It makes conversion slower (about K × 100 discriminator
             steps, K ≈ 20–40 stages) and keeps GANs trained elsewhere in the data's range (docs/convert.md).
             False: only the generator-calibrated discriminator (``field="calibrated"``).
+        stage_options: keyword arguments for :func:`gan2flow.staged.calibrate_stages` (e.g. smaller
+            ``train_steps`` and ``n_particles`` for a quick test); None: its defaults.
 
     Returns:
         A :class:`GANFlow` whose ``diagnostics`` say whether the calibration is good enough to flow.
@@ -174,7 +176,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             print(f"resuming the interrupted calibration backed up in {os.fspath(backup_dir)}")
     trainer.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=1 if verbose else 0, shuffle=False,
                 callbacks=callbacks)
-    stage_fields = _calibrate_stages(generator, train, heldout, latent_shape, seed, verbose) if stages else {}
+    stage_fields = (_calibrate_stages(generator, train, heldout, latent_shape, seed, verbose, stage_options or {})
+                    if stages else {})
     flow = GANFlow(generator, calibrator, sigma_range=sigma_range, latent_shape=latent_shape, **stage_fields)
     flow.diagnostics = diagnose(flow, train, heldout, seed=seed)
     if stages:
@@ -190,14 +193,14 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     return flow
 
 
-def _calibrate_stages(generator, train, heldout, latent_shape, seed, verbose):
+def _calibrate_stages(generator, train, heldout, latent_shape, seed, verbose, options):
     """The staged refinement's fields of a GANFlow: the trusted stages' discriminator weights, σ's and step
     sizes, the data's per-coordinate range (the box) and diameter (the Tweedie bound), and the stage report.
 
     The given discriminator is not fed to the stages (measured on the digits DCGAN: Fréchet distance 6.26
     with it, 5.71 without, at twice the time; docs/convert.md)."""
     calibration = staged.calibrate_stages(generator, train, heldout, latent_shape=latent_shape, seed=seed,
-                                          verbose=verbose)
+                                          verbose=verbose, **options)
     used = [k for k in range(calibration.n_trusted) if calibration.report[k].get("moves", True)]
     flat = train.reshape(len(train), -1)
     subset = flat[np.random.default_rng(seed).choice(len(flat), min(len(flat), 2048), replace=False)]

@@ -247,6 +247,20 @@ class GANFlow(keras.Model):
             report.update(outcome)
         return refined
 
+    def trajectory(self, x, *, seed=None):
+        """The staged refinement of x recorded after every stage: (states [stages + 1, n, ...], the stages' σ's).
+
+        The same flow as ``refine(x, field="staged", check=False)`` (its last state equals that result).
+
+        Raises:
+            ValueError: a flow converted without stages.
+        """
+        x = _checks.as_float_tensor(x, "x", min_rank=2)
+        if self.stages is None:
+            raise ValueError("`trajectory` follows the staged field; this flow was converted without stages.")
+        plan = self._staged_plan(x, "euler", 0.0, seed, "raise")
+        return flows.run(plan, x, record=True).history, np.asarray(plan.sigmas)
+
     def _staged_plan(self, x, method, noise_scale, seed, on_divergence):
         """The trusted stages as one plan (none trusted: an empty plan, the identity)."""
         stages = self.stages

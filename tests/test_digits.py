@@ -144,7 +144,7 @@ def test_digits_pipeline_smoke(tmp_path, tiny_classifier):
     """Every stage on a toy budget. Compiling ~8 graphs (3 trainers, calibration, 3 flows) dominates:
     ~60 s of CPU, ~105 s wall on the shared 2-core machine, hence slow."""
     result = digits.run(str(tmp_path), classifier=tiny_classifier, n=64, gan_steps=4, convert_steps=4,
-                        sdgan_steps=2, levels=2, latent_levels=2, flow_steps=1, verbose=False)
+                        sdgan_steps=2, latent_levels=2, flow_steps=1, verbose=False)
     expected_rows = {"real: training images", "real: held-out images", "GAN (non-saturating)",
                      "GAN + data-space refinement", "GAN + latent-space refinement", "SDGAN logit",
                      "SDGAN flow_regression"}

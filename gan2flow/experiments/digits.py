@@ -40,13 +40,13 @@ from gan2flow import _checks, _io, datasets, image_metrics, plotting
 
 __all__ = ["load", "train_gan", "train_sdgan", "run", "format_table", "FULL", "QUICK", "SIGMA_RANGE"]
 
-#: Noise range of the calibration, the refinement schedule and the SDGANs (see the module docstring).
+#: Noise range of the latent-space refinement and of the SDGANs (see the module docstring). Conversion and
+#: data-space refinement use gan2flow's defaults: nothing here is tuned for them.
 SIGMA_RANGE = (0.1, 0.8)
 #: The budgets of :func:`run` (measured on 2 CPU cores: about 6 minutes, and under 3 with ``quick``).
 #: The SDGANs get as many steps as the GAN (a flow_regression step costs about twice a plain one).
-FULL = dict(n=2000, latent_dim=16, gan_steps=2000, convert_steps=1500, sdgan_steps=2000, levels=20,
-            step_scale=0.1, latent_levels=10, latent_step_scale=0.1, flow_steps=3, batch_size=64,
-            classifier_epochs=30)
+FULL = dict(n=2000, latent_dim=16, gan_steps=2000, convert_steps=1500, sdgan_steps=2000,
+            latent_levels=10, latent_step_scale=0.1, flow_steps=3, batch_size=64, classifier_epochs=30)
 QUICK = dict(FULL, n=1000, gan_steps=600, convert_steps=400, sdgan_steps=300)
 
 
@@ -172,8 +172,8 @@ def _nn_histogram(distances, path, *, title):
 
 
 def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, n=None, gan_steps=None,
-        convert_steps=None, sdgan_steps=None, levels=None, step_scale=None, latent_levels=None,
-        latent_step_scale=None, flow_steps=None, classifier_epochs=None, sigma_range=SIGMA_RANGE, verbose=True):
+        convert_steps=None, sdgan_steps=None, latent_levels=None, latent_step_scale=None, flow_steps=None,
+        classifier_epochs=None, sigma_range=SIGMA_RANGE, verbose=True):
     """The digits pipeline: GAN → convert → refine (data and latent space) → SDGAN comparisons → report.
 
     Every sample set is measured against the held-out images with
@@ -193,12 +193,12 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
         classifier: a digit classifier model or ``.keras`` path (None: the cached default,
             :func:`gan2flow.image_metrics.digit_classifier`).
         n: samples per row; gan_steps, convert_steps, sdgan_steps: training steps (``sdgan_steps=0``
-            skips the SDGAN rows); levels: σ levels of the refinement schedule (geometric over
-            ``sigma_range``, one step per level) and step_scale (its ε) for the data-space refinement;
-            latent_levels, latent_step_scale: the same for the latent-space refinement; flow_steps: of the
-            ``flow_regression`` SDGAN; classifier_epochs:
-            for the default classifier. None takes the value from :data:`FULL` / :data:`QUICK`.
-        sigma_range: (σ_min, σ_max) of calibration, refinement and SDGANs.
+            skips the SDGAN rows); latent_levels, latent_step_scale: σ levels (geometric over
+            ``sigma_range``, one step per level) and ε of the latent-space refinement; flow_steps: of the
+            ``flow_regression`` SDGAN; classifier_epochs: for the default classifier. None takes the value
+            from :data:`FULL` / :data:`QUICK`. Conversion and data-space refinement run with gan2flow's
+            defaults (the staged refinement, docs/convert.md).
+        sigma_range: (σ_min, σ_max) of the latent-space refinement and the SDGANs.
         verbose: print progress and the table.
 
     Returns:
@@ -214,8 +214,7 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
     started = time.perf_counter()
     settings = dict(QUICK if quick else FULL)
     for key, value in dict(n=n, gan_steps=gan_steps, convert_steps=convert_steps, sdgan_steps=sdgan_steps,
-                           levels=levels, step_scale=step_scale, latent_levels=latent_levels,
-                           latent_step_scale=latent_step_scale,
+                           latent_levels=latent_levels, latent_step_scale=latent_step_scale,
                            flow_steps=flow_steps, classifier_epochs=classifier_epochs).items():
         if value is not None:
             settings[key] = value
@@ -272,23 +271,22 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
     gan_seconds = lap("GAN training")
 
     # 2. conversion
-    flow = gan2flow.convert(generator, discriminator, train, loss="logistic", sigma_range=sigma_range,
-                            steps=settings["convert_steps"], seed=seed, verbose=1 if verbose else 0)
+    flow = gan2flow.convert(generator, discriminator, train, loss="logistic", steps=settings["convert_steps"],
+                            seed=seed, verbose=1 if verbose else 0)
     convert_seconds = lap("conversion")
     flow_path = os.path.join(out_dir, "flow.keras")
     flow.save(flow_path)  # gan2flow.load(flow_path) gives it back: sample, refine, log_ratio, ...
     z = flow.latents(settings["n"], seed=seed + 1)
     grids["gan"] = measure("GAN (non-saturating)", flow.generate(z), gan_seconds)
 
-    # 3. refinement in data and latent space over one schedule
-    sigmas = schedules.geometric(sigma_range[1], sigma_range[0], settings["levels"])
-    refined = flow.refine(grids["gan"], sigmas=sigmas, steps_per_sigma=1, step_scale=settings["step_scale"],
-                          seed=seed + 2)
+    # 3. refinement in data space (the defaults: the staged field) and in latent space
+    report = {}
+    refined = flow.refine(grids["gan"], seed=seed + 2, report=report)
     refine_seconds = lap("data-space refinement")
+    say(f"data-space refinement: {report}")
     grids["gan_refined"] = measure("GAN + data-space refinement", refined, convert_seconds + refine_seconds)
-    # The strip: the first sample's state after each level (refine without drift correction is this
-    # flow; the automatic drift correction is off here, its threshold exceeds σ_max in 64 dimensions).
-    strip_states = gan2flow.trajectory(grids["gan"][:1], flow.estimator, sigmas, step_scale=settings["step_scale"])
+    # The strip: the first sample's state after each stage.
+    strip_states, sigmas = flow.trajectory(grids["gan"][:1])
     latent_sigmas = schedules.geometric(sigma_range[1], sigma_range[0], settings["latent_levels"])
     z_refined = flow.refine_latent(z, sigmas=latent_sigmas, steps_per_sigma=1,
                                    step_scale=settings["latent_step_scale"], seed=seed + 3)
@@ -326,10 +324,11 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
         np.concatenate([grids["gan"][:10], grids["gan_refined"][:10], grids["gan_latent"][:10]]),
         os.path.join(out_dir, "before_after.png"), value_range=value_range,
         title="rows: GAN sample · refined in data space · refined in latent space (same z)")
-    shown = np.unique(np.linspace(0, settings["levels"], min(settings["levels"], 10) + 1).round().astype(int))
+    stages = len(sigmas)
+    shown = np.unique(np.linspace(0, stages, min(stages, 10) + 1).round().astype(int))
     files["trajectory"] = plotting.trajectory_strip(
-        strip_states.numpy()[shown, 0], sigmas.numpy()[shown[1:] - 1], os.path.join(out_dir, "trajectory.png"),
-        value_range=value_range, title="one GAN sample refined in data space (state after the level's σ)")
+        strip_states.numpy()[shown, 0], sigmas[shown[1:] - 1], os.path.join(out_dir, "trajectory.png"),
+        value_range=value_range, title="one GAN sample refined in data space (state after the stage's σ)")
     histogram_rows = ("real: held-out images", "GAN (non-saturating)", "GAN + data-space refinement",
                       "GAN + latent-space refinement")
     files["nearest_training"] = _nn_histogram({name: nn_distances[name] for name in histogram_rows},
@@ -338,7 +337,7 @@ def run(out_dir="gan2flow-out/digits", *, quick=False, seed=0, classifier=None, 
     result = {
         "demo": "digits", "rows": rows, "table": table, "fd_reduction": fd_reduction, "target_met": target_met,
         "classifier": {"held_out_accuracy": classifier_accuracy, "version": image_metrics.CLASSIFIER_VERSION},
-        "calibration": flow.diagnostics, "settings": settings, "stage_seconds": stage_seconds,
+        "calibration": flow.diagnostics, "refinement": report, "settings": settings, "stage_seconds": stage_seconds,
         "seconds": time.perf_counter() - started, "keras_backend": keras.backend.backend(),
         "nn_distances": nn_distances, "files": files,
     }
