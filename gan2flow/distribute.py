@@ -187,12 +187,13 @@ def run(plan, x, *, strategy, phases=None, batch_size=None, jit_compile=True, ve
         def replica_fn(inputs):
             part, schedules = inputs[0], inputs[1:]
             reference = part
-            bad_steps, scales = [], []
-            for loop, schedule in zip(loops, schedules, strict=False):
-                part, bad_step, scale, _, _ = loop(part, reference, **schedule)
+            bad_steps, scales, counts = [], [], []
+            for loop, schedule in zip(loops, schedules, strict=True):
+                part, bad_step, scale, count, _ = loop(part, reference, **schedule)
                 bad_steps.append(bad_step)
                 scales.append(scale)
-            return part, tf.stack(bad_steps), tf.stack(scales)
+                counts.append(count)
+            return part, tf.stack(bad_steps), tf.stack(scales), tf.add_n(counts)
 
         return replica_fn
 

@@ -57,7 +57,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, metrics, models
+from gan2flow import _checks, image_metrics, metrics, models
 from gan2flow.estimators import DiscriminatorScoreDifference
 from gan2flow.flows import flow as _flow
 
@@ -208,8 +208,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                      n_particles=4096, heldout_particles=None, train_steps=100, batch_size=256, learning_rate=3e-3,
                      flow_steps=2, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
                      given_loss=None, warm_start=True, max_gap=0.1, max_accuracy=0.95, max_saturated=0.05,
-                     min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, seed=0,
-                     verbose=0):
+                     min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.75,
+                     seed=0, verbose=0):
     """Calibrate one discriminator per σ stage on the particles the flow holds, moving them as it goes.
 
     For k = 1 … K: fit T_k (logistic loss, ``train_steps`` Adam updates of ``batch_size`` real and
@@ -241,6 +241,10 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             ratio) while a probe discriminator at σ_max still reaches a held-out accuracy above
             ``start_accuracy``, at most ``max_doublings`` times; ``StagedCalibration.sigma_search`` records it.
         stop_untrusted: stop calibrating at the first untrusted stage (its weights are kept, unused).
+        min_copy_ratio: the copying check (shared/SD_FLOW.md §8, §9.5). After each stage's moves, the held-out
+            particles' median distance to their nearest *training* sample, divided by the same for held-out
+            real samples, must stay ≥ this ratio (or not fall, if the generator started below it); a stage
+            that pulls particles onto training samples is not trusted.
         seed: seeds latents, noise, batches and initialisation.
         verbose: 1 prints one line per stage.
 
@@ -302,6 +306,12 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                 break
             sigmas = np.geomspace(2 * sigmas[0], sigmas[-1], len(sigmas) + int(round(math.log(2) / -math.log(sigma_ratio))))
             model.set_weights(initial)
+    copy_scale = float(np.median(image_metrics.nearest_distances(real_heldout, real_train))) or 1.0
+
+    def copy_ratio(points):
+        return float(np.median(image_metrics.nearest_distances(np.asarray(points), real_train))) / copy_scale
+
+    ratio = copy_ratio(particles[n_particles:n_particles + m])
     for k, sigma in enumerate(sigmas):
         if k and not warm_start:
             model.set_weights(build().get_weights())
@@ -341,6 +351,15 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         if not moves:
             continue
         particles = _move(particles, estimator, sigma, step_scale, flow_steps, bounds)
+        before, ratio = ratio, copy_ratio(particles[n_particles:n_particles + m])
+        entry["copy_ratio"] = ratio
+        if ratio < min_copy_ratio and ratio < before:
+            entry.update(trusted=False, moves=False, why=f"copies: held-out particles' distance to the nearest "
+                         f"training sample fell to {ratio:.2f} of held-out real data's (< {min_copy_ratio})")
+            if verbose:
+                print(f"stage {k:2d}: {entry['why']}", flush=True)
+            if stop_untrusted:
+                break
     result = StagedCalibration(model, weights, sigmas[:len(weights)], sizes, flow_steps, bounds, report,
                                trusted_prefix(report))
     result.sigma_search = search

@@ -56,7 +56,7 @@ def one_nan(array):
 
 def small_convert(k, **overrides):
     arguments = dict(generator=k["generator"], discriminator=None, real_data=k["real"], steps=1, verbose=0,
-                     hidden=(8,), fourier_features=0)
+                     hidden=(8,), fourier_features=0, stages=False)
     arguments.update(overrides)
     return gan2flow.convert(**arguments)
 

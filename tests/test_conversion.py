@@ -34,7 +34,7 @@ def gaussian_flow():
     p = tfd.MultivariateNormalDiag([1.5, -1.0], [0.5, 0.8])
     q = tfd.MultivariateNormalTriL(np.float32(shift), np.linalg.cholesky(matrix @ matrix.T).astype(np.float32))
     real = toys.sample(p, 8000, seed=0)
-    flow = gan2flow.convert(_affine_generator(matrix, shift), None, real, steps=800, sigma_range=(0.1, 1.0),
+    flow = gan2flow.convert(_affine_generator(matrix, shift), None, real, steps=800, sigma_range=(0.1, 1.0), stages=False,
                             hidden=(64, 64), fourier_features=0, verbose=0, seed=0)
     return flow, p, q
 
@@ -139,7 +139,7 @@ def test_hinge_gan_converted_and_refined_beats_the_raw_samples():
     held_out = toys.sample(target, 1000, seed=1)
     centers, stds, _ = toys.mixture_modes(target)
     generator, discriminator = demo.train_plain_gan(real, loss="hinge", steps=400, seed=0)
-    flow = gan2flow.convert(generator, discriminator, real, loss="hinge", steps=800, verbose=0, seed=0)
+    flow = gan2flow.convert(generator, discriminator, real, loss="hinge", steps=800, verbose=0, seed=0, stages=False)
     z = flow.latents(1000, seed=2)
     raw = flow.generate(z)
     refined = flow.refine(raw, levels=30)

@@ -215,7 +215,7 @@ _SCRIPT = textwrap.dedent(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gan_flow = gan2flow.convert(generator, None, real, steps=4, batch_size=16, hidden=(8,), verbose=0,
-                                    strategy=mirrored)
+                                    strategy=mirrored, stages=False)
     out["convert_losses"] = [row["train_loss"] for row in gan_flow.diagnostics["levels"]]
     out["convert_jit_warning"] = any("jit_compile" in str(w.message) for w in caught)
     if "--refine" in sys.argv:
