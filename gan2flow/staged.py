@@ -207,7 +207,7 @@ def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
 def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None, sigma_ratio=0.9,
                      n_particles=4096, heldout_particles=None, train_steps=100, batch_size=256, learning_rate=3e-3,
                      flow_steps=2, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
-                     given_loss=None, warm_start=True, max_gap=0.1, max_accuracy=0.95, max_saturated=0.05,
+                     given_loss=None, warm_start=True, max_gap=0.15, max_accuracy=0.95, max_saturated=0.05,
                      min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.75,
                      seed=0, verbose=0):
     """Calibrate one discriminator per σ stage on the particles the flow holds, moving them as it goes.
@@ -231,7 +231,10 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         hidden, fourier_features: the calibration MLP (``gan2flow.models.calibration_discriminator``).
         given, given_loss: the GAN's own discriminator, fed (frozen) as a feature; None: not used.
         warm_start: continue from the previous stage's weights (False: re-initialise every stage).
-        max_gap, max_accuracy, max_saturated: the trust rule (see :func:`trusted_prefix`).
+        max_gap, max_accuracy, max_saturated: the trust rule (see :func:`trusted_prefix`). ``max_gap`` 0.15:
+            0.05 sits inside the held-out noise, and with the copying check (``min_copy_ratio``) guarding
+            against an overfit field's worst effect, the zoo's digits DCGAN refines to σ 0.28 instead of
+            0.31 (Fréchet distance −33 % instead of −30 %; 0.25: −36 %, σ 0.23).
         min_signal: None (default): every trusted stage moves the particles. A number: a trusted stage moves
             them only when its held-out loss lies more than this many standard errors below log 2. Measured
             on the dropped-mode ring, skipping such stages *hurt* (sliced W2 0.13–0.19 with 2, 0.11–0.14 without):

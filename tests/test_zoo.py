@@ -150,11 +150,19 @@ _CONVERTED = [pytest.param(name, marks=[] if name == "ring_dropped_hinge" else [
 def test_issue13_defaults_refine_fast_member_better_than_raw_and_in_range(name, cache):
     """Issue 13's acceptance test: convert with the defaults only, then refined samples beat the raw
     generator's on the headline metric (sliced W2 to held-out data) and no value leaves the data's range
-    by more than 10 % of it."""
+    by more than 10 % of it (with the dropped-mode member: the issue's W2 and mode targets too)."""
     member = zoo.load(name, cache_dir=cache)
-    raw, refined = _refine_with_defaults(member)
+    raw, refined = _refine_with_defaults(member, n=2000)
     assert np.all(np.isfinite(refined))
     assert _headline(member, refined) < _headline(member, raw)
+    if name == "ring_dropped_hinge":
+        # The issue's targets on the member in the default suite (measured 2026-12-02: sliced W2 0.354 → 0.160,
+        # the dropped mode 0 → 0.56 of its true share, every mode present): W2 at least 40 % lower, and every
+        # mode, the dropped one included, with at least half its true share.
+        assert _headline(member, refined) <= 0.6 * _headline(member, raw)
+        stats = _mode_stats(member, refined)
+        shares = stats["counts"] / len(refined) / np.asarray(member.info["weights"])
+        assert shares.min() >= 0.5, shares
     low, high = member.info["data_range"]
     margin = 0.1 * (high - low)
     outside = (refined < low - margin) | (refined > high + margin)
