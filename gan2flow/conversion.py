@@ -59,7 +59,9 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         batch_size, learning_rate, hidden: calibration training settings.
         reuse_discriminator: feed the given discriminator's output to the calibrated one as a feature.
         validation_fraction: share of ``real_data`` held out for the diagnostics.
-        seed: seed for the split, latents, σ and noise.
+        seed: seed for the split, latents, σ and noise, and — through ``keras.utils.set_random_seed(seed)``,
+            which also reseeds Python's, NumPy's and TensorFlow's global generators — the networks' initial
+            weights, so that a conversion repeats exactly.
         verbose: 0 silent, 1 progress bar and report.
         callbacks: Keras callbacks for the calibration ``fit`` (e.g. ModelCheckpoint, BackupAndRestore).
         backup_dir: a folder to back the calibration up in after every epoch (≤ 200 steps) with
@@ -130,6 +132,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     adapters.check_ranges(real, generator(tf.random.stateless_normal((256,) + tuple(latent_shape), seed=[seed, 3]),
                                           training=False), generator=generator)
 
+    keras.utils.set_random_seed(seed)  # initial weights come from Keras's global generator
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(real))
     n_heldout = max(10, int(round(validation_fraction * len(real))))
