@@ -54,7 +54,6 @@ Example::
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import io
 import math
@@ -72,6 +71,7 @@ from gan2flow import flows as _flows
 from gan2flow import losses as _losses
 from gan2flow import sigmas as _sigmas
 from gan2flow import training as _training
+from gan2flow.experiments.compare.problems import PROBLEMS, Problem, affine_generator, as_problem, problem
 
 tfd = tfp.distributions
 
@@ -88,8 +88,6 @@ __all__ = [
     "format_report",
 ]
 
-#: Names accepted by :func:`problem`.
-PROBLEMS = ("2d", "16d")
 #: The generator objectives :func:`compare_objectives` compares by default (all of SDGAN's).
 GENERATOR_OBJECTIVES = _training.GENERATOR_OBJECTIVES
 
@@ -116,100 +114,6 @@ _HQ_PROBABILITY = 1.0 - math.exp(-4.5)
 # source samples are (nearly) separable by T at small σ; 1e-3 per sample is far below the curvature
 # of the log-likelihood when they are not.
 _CALIBRATION_RIDGE = 1e-3
-
-
-# ------------------------------------------------------------------------------------------------
-# Problems: a Gaussian-mixture target and a frozen affine generator with an exactly known law
-# ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class Problem:
-    """A target ``p`` (a Gaussian mixture) and a frozen affine generator ``G(z) = A z + b``.
-
-    Attributes:
-      name: a short label, e.g. ``"2d"``.
-      target: ``p``, a ``tfd.MixtureSameFamily`` of diagonal Gaussians (from :mod:`gan2flow.toys`).
-      source_loc: ``b``, float32 ``[d]``.
-      source_scale: ``A``, float32 lower-triangular ``[d, d]``; ``q = N(b, A Aᵀ)``.
-      sigma_range: ``(σ_min, σ_max)`` the discriminators are trained on (log-uniform) and flows span.
-    """
-
-    name: str
-    target: object
-    source_loc: np.ndarray
-    source_scale: np.ndarray
-    sigma_range: tuple
-
-    @property
-    def dim(self):
-        """The event dimension d."""
-        return int(self.source_loc.shape[0])
-
-    @property
-    def source(self):
-        """``q = N(b, A Aᵀ)`` as a ``tfd.MultivariateNormalTriL``."""
-        return tfd.MultivariateNormalTriL(loc=self.source_loc, scale_tril=self.source_scale)
-
-    def exact(self):
-        """The exact field: ``AnalyticScoreDifference(target, source)``."""
-        return _estimators.AnalyticScoreDifference(self.target, self.source)
-
-
-def problem(name):
-    """Build a named comparison problem.
-
-    * ``"2d"``: ``toys.ring8()`` (8 modes on the circle of radius 2, std 0.05) against
-      ``q = N((0.3, −0.2), A Aᵀ)`` with ``A = [[1.5, 0], [0.5, 1.2]]``; σ ∈ [0.05, 2].
-    * ``"16d"``: ``toys.random_mixture(16, 8, spread=2, std=0.5, seed=1)`` against ``q = N(0, 1.5² I)``;
-      σ ∈ [0.1, 3].
-
-    Args:
-      name: one of :data:`PROBLEMS`.
-
-    Returns:
-      A :class:`Problem`.
-
-    Raises:
-      ValueError: an unknown name.
-    """
-    _checks.one_of(name, "name", PROBLEMS)
-    if name == "2d":
-        return Problem("2d", toys.ring8(), np.array([0.3, -0.2], np.float32),
-                       np.array([[1.5, 0.0], [0.5, 1.2]], np.float32), (0.05, 2.0))
-    dim = 16
-    return Problem("16d", toys.random_mixture(dim, 8, spread=2.0, std=0.5, seed=1), np.zeros(dim, np.float32),
-                   1.5 * np.eye(dim, dtype=np.float32), (0.1, 3.0))
-
-
-def _as_problem(value):
-    if isinstance(value, Problem):
-        return value
-    if isinstance(value, str):
-        return problem(value)
-    raise ValueError(f"`targets` entries must be names in {list(PROBLEMS)} or Problem objects, got {value!r}.")
-
-
-def affine_generator(loc, scale_tril, name="affine_generator"):
-    """A frozen Keras generator ``z -> A z + b`` (``z ~ N(0, I_d)``), whose samples follow ``N(b, A Aᵀ)``.
-
-    Args:
-      loc: ``b``, shape ``[d]``.
-      scale_tril: ``A``, shape ``[d, d]``.
-      name: the model name.
-
-    Returns:
-      A non-trainable ``keras.Model`` ``[batch, d] -> [batch, d]``.
-    """
-    loc = np.asarray(loc, np.float32)
-    scale = np.asarray(scale_tril, np.float32)
-    dim = loc.shape[0]
-    if scale.shape != (dim, dim):
-        raise ValueError(f"`scale_tril` must have shape [{dim}, {dim}] to match `loc`, got {scale.shape}.")
-    z = keras.Input((dim,), name="z")
-    dense = keras.layers.Dense(dim, name="affine")
-    model = keras.Model(z, dense(z), name=name)
-    dense.set_weights([scale.T, loc])  # row vectors: x = z Aᵀ + b
-    model.trainable = False
-    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -436,7 +340,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
     names = _losses.names() if losses is None else [_losses.get(name).name for name in losses]
     if not names:
         raise ValueError("`losses` must name at least one loss, got an empty list.")
-    problems = [_as_problem(target) for target in targets]
+    problems = [as_problem(target) for target in targets]
     if not problems:
         raise ValueError("`targets` must name at least one problem, got an empty list.")
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
@@ -613,7 +517,7 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
     Raises:
       ValueError: unknown objectives, or a loss without a link for an objective that needs one.
     """
-    prob = _as_problem(target)
+    prob = as_problem(target)
     objectives = [_checks.one_of(o, "objectives", _training.GENERATOR_OBJECTIVES) for o in objectives]
     if not objectives:
         raise ValueError("`objectives` must name at least one generator objective, got an empty list.")
@@ -933,7 +837,7 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
         "error_plot": _plot_errors(losses_result, os.path.join(out_dir, "error_vs_sigma.png")),
     }
     for prob_name, panels in losses_result["samples"].items():
-        prob = _as_problem(next(t for t in targets if (t if isinstance(t, str) else t.name) == prob_name))
+        prob = as_problem(next(t for t in targets if (t if isinstance(t, str) else t.name) == prob_name))
         project = _projection(prob)
         reference = project(panels["target p (held-out)"])
         projected = [(name, None if x is None else project(x)) for name, x in panels.items()]
