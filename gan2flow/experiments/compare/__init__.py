@@ -54,7 +54,6 @@ Example::
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import math
 import os
@@ -65,13 +64,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from gan2flow import _checks, _io, datasets, metrics, models, plotting, toys
+from gan2flow import _checks, _io, datasets, models, plotting, toys
 from gan2flow import estimators as _estimators
 from gan2flow import flows as _flows
 from gan2flow import losses as _losses
 from gan2flow import sigmas as _sigmas
 from gan2flow import training as _training
+from gan2flow.experiments.compare.fields import ScaledPerSigma, calibration_scales, field_errors
 from gan2flow.experiments.compare.problems import PROBLEMS, Problem, affine_generator, as_problem, problem
+from gan2flow.experiments.compare.scores import hq_threshold, nan_scores, sample_scores
 
 tfd = tfp.distributions
 
@@ -106,126 +107,6 @@ _OBJECTIVE_BUDGETS = {
                   n_eval=1000, seeds=1),
 }
 _MAX_STEPS_PER_EXECUTION = 100
-# The high-quality radius is the 1 − e^{−4.5} ≈ 98.9% radius of a mode's own isotropic Gaussian:
-# 3 stds in 2-D (the VEEGAN/PacGAN rule), sqrt(χ²_d quantile) stds in d dimensions, so exact samples
-# score ≈ 98.9% in every dimension (the 3-std rule would give 8.7% for exact samples in 16-D).
-_HQ_PROBABILITY = 1.0 - math.exp(-4.5)
-# Ridge on the two-parameter logistic calibration: keeps (a, b) finite when the noised target and
-# source samples are (nearly) separable by T at small σ; 1e-3 per sample is far below the curvature
-# of the log-likelihood when they are not.
-_CALIBRATION_RIDGE = 1e-3
-
-
-# ------------------------------------------------------------------------------------------------
-# Field errors
-# ------------------------------------------------------------------------------------------------
-def field_errors(estimate, exact, estimate_fit=None, exact_fit=None):
-    """Errors of an estimated vector field against the exact one at the same points.
-
-    Args:
-      estimate: ``v̂``, array ``[n, d]``.
-      exact: ``v``, array ``[n, d]``.
-      estimate_fit, exact_fit: an independent pair ``[m, d]`` to fit the scale ``c*`` on (default: the
-        evaluation pair itself).
-
-    Returns:
-      dict of floats: ``cosine`` (mean per-point cosine, 0 where ``v̂ = 0``), ``rel_error``
-      (``sqrt(Σ‖v̂ − v‖²/Σ‖v‖²)``), ``scale_fit`` (``c* = Σ⟨v̂, v⟩/Σ‖v̂‖²`` on the fit pair, 0 if
-      ``v̂ ≡ 0``) and ``rel_error_fit`` (``rel_error`` of ``c* v̂``).
-
-    Raises:
-      ValueError: shapes that differ or are not ``[n, d]``.
-    """
-    estimate = np.asarray(estimate, np.float64)
-    exact = np.asarray(exact, np.float64)
-    if estimate.ndim != 2 or estimate.shape != exact.shape:
-        raise ValueError(
-            f"`estimate` and `exact` must both have shape [n, d], got {estimate.shape} and {exact.shape}."
-        )
-    if estimate_fit is None:
-        estimate_fit, exact_fit = estimate, exact
-    estimate_fit = np.asarray(estimate_fit, np.float64)
-    exact_fit = np.asarray(exact_fit, np.float64)
-    norms = np.linalg.norm(estimate, axis=1) * np.linalg.norm(exact, axis=1)
-    dots = np.sum(estimate * exact, axis=1)
-    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
-    exact_energy = np.sum(np.square(exact))
-    fit_energy = np.sum(np.square(estimate_fit))
-    scale = float(np.sum(estimate_fit * exact_fit) / fit_energy) if fit_energy > 0 else 0.0
-    return {
-        "cosine": float(np.mean(cosine)),
-        "rel_error": float(np.sqrt(np.sum(np.square(estimate - exact)) / exact_energy)),
-        "scale_fit": scale,
-        "rel_error_fit": float(np.sqrt(np.sum(np.square(scale * estimate - exact)) / exact_energy)),
-    }
-
-
-@functools.cache
-def _hq_threshold(dim):
-    """The HQ radius in mode stds: sqrt of the χ²_d quantile at 1 − e^{−4.5} (3.0 for d = 2)."""
-    return float(np.sqrt(2.0 * tfp.math.igammainv(0.5 * dim, np.float64(_HQ_PROBABILITY))))
-
-
-def _scores(samples, reference, centers, stds, seed):
-    """Sample metrics: summarize() distances plus mode stats at the dimension-aware HQ radius."""
-    row = metrics.summarize(samples, reference, seed=seed)
-    stats = metrics.mode_stats(samples, centers, stds, threshold=_hq_threshold(centers.shape[1]))
-    row.update({key: stats[key] for key in ("modes", "n_modes", "high_quality", "mode_kl")})
-    return row
-
-
-def _nan_scores(n_modes):
-    return {"sliced_w2": math.nan, "mmd": math.nan, "energy": math.nan, "modes": 0, "n_modes": n_modes,
-            "high_quality": math.nan, "mode_kl": math.nan}
-
-
-# ------------------------------------------------------------------------------------------------
-# Oracle-free scale for raw gradients: one-feature logistic calibration per σ
-# ------------------------------------------------------------------------------------------------
-def _logistic_fit(feature_real, feature_fake):
-    """(a, b) maximising the likelihood of real-vs-fake under logit a·T + b (ridge-regularised Newton)."""
-    t = np.concatenate([feature_real, feature_fake]).astype(np.float64)
-    labels = np.concatenate([np.ones(len(feature_real)), np.zeros(len(feature_fake))])
-    design = np.stack([t, np.ones_like(t)], axis=1)
-    ridge = _CALIBRATION_RIDGE * len(t) * np.eye(2)
-    params = np.zeros(2)
-    for _ in range(50):
-        logits = design @ params
-        probs = 0.5 * (1.0 + np.tanh(0.5 * logits))  # a stable sigmoid
-        gradient = design.T @ (probs - labels) + ridge @ params
-        hessian = design.T @ (design * (probs * (1.0 - probs))[:, None]) + ridge
-        step = np.linalg.solve(hessian, gradient)
-        params -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return float(params[0]), float(params[1])
-
-
-def _calibration_scales(estimator, real, fake, sigmas, seed):
-    """Oracle-free scales a(σ) for a raw-output estimator (loss=None), one per σ in ``sigmas``."""
-    rng = np.random.default_rng(seed)
-    scales = []
-    for sigma in np.asarray(sigmas, np.float64):
-        noisy_real = real + sigma * rng.standard_normal(real.shape).astype(np.float32)
-        noisy_fake = fake + sigma * rng.standard_normal(fake.shape).astype(np.float32)
-        feature_real = np.asarray(estimator.raw_output(noisy_real, float(sigma)))
-        feature_fake = np.asarray(estimator.raw_output(noisy_fake, float(sigma)))
-        scales.append(_logistic_fit(feature_real, feature_fake)[0])
-    return np.asarray(scales, np.float32)
-
-
-class _ScaledPerSigma:
-    """``(x, σ) -> a(σ_k) · base(x, σ)`` with σ_k the nearest (in log σ) of the calibrated levels."""
-
-    def __init__(self, base, sigmas, scales):
-        self.base = base
-        self._log_sigmas = tf.constant(np.log(np.asarray(sigmas, np.float32)))
-        self._scales = tf.constant(np.asarray(scales, np.float32))
-
-    def __call__(self, x, sigma):
-        log_sigma = tf.math.log(tf.convert_to_tensor(sigma, tf.float32))
-        index = tf.argmin(tf.abs(self._log_sigmas - log_sigma))
-        return tf.gather(self._scales, index) * self.base(x, sigma)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,11 +170,11 @@ def _flow_scores(x0, estimator, schedule, step_scale, reference, centers, stds, 
     try:
         x = _flows.flow(x0, estimator, schedule, step_scale=step_scale, jit_compile=jit_compile)
     except _flows.FlowDivergenceError as error:
-        row = _nan_scores(len(centers))
+        row = nan_scores(len(centers))
         row.update(diverged=True, note=str(error).splitlines()[0], seconds=time.perf_counter() - started)
         return row, None
     x = np.asarray(x)
-    row = _scores(x, reference, centers, stds, seed)
+    row = sample_scores(x, reference, centers, stds, seed)
     row.update(diverged=False, note="", seconds=time.perf_counter() - started)
     return row, x
 
@@ -371,7 +252,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         settings["problems"][prob.name] = dict(
             dim=prob.dim, sigma_range=list(prob.sigma_range), eval_sigmas=eval_grid.tolist(),
             flow_sigmas=np.asarray(schedule).tolist(), source_loc=prob.source_loc.tolist(),
-            source_scale=prob.source_scale.tolist(), hq_threshold_stds=_hq_threshold(prob.dim))
+            source_scale=prob.source_scale.tolist(), hq_threshold_stds=hq_threshold(prob.dim))
         base_seed = seed + 1000 * prob_index
         real = toys.sample(prob.target, budget["n_train"], seed=base_seed)
         held_out = toys.sample(prob.target, budget["n_flow"], seed=base_seed + 1)
@@ -402,7 +283,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
 
         samples[prob.name] = {"source q (before flow)": x0}
         flow_rows.append(dict(problem=prob.name, field="source q (before flow)",
-                              **_scores(x0, held_out, centers, stds, seed), diverged=False, note="", seconds=0.0))
+                              **sample_scores(x0, held_out, centers, stds, seed), diverged=False, note="", seconds=0.0))
         oracle_row, oracle_x = _flow_scores(x0, exact, schedule, flow_step_scale, held_out, centers, stds, seed,
                                             jit_compile)
         flow_rows.append(dict(problem=prob.name, field="exact SD (oracle)", **oracle_row))
@@ -421,7 +302,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
             field_fn = tf.function(estimator.__call__, reduce_retracing=True)
             calibrated = None
             if loss.link_fn is None and info["finite"]:
-                eval_scales = _calibration_scales(estimator, calibration_real, calibration_fake, eval_grid,
+                eval_scales = calibration_scales(estimator, calibration_real, calibration_fake, eval_grid,
                                                   base_seed + 6)
                 calibrated = dict(zip(eval_grid.tolist(), eval_scales.tolist(), strict=False))
             for sigma, kind, ((fit_x, fit_v), (eval_x, eval_v)) in points:
@@ -449,16 +330,16 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
             stage_started = time.perf_counter()
             variants = [(_field_label(loss), estimator)]
             if calibrated is not None:
-                flow_scales = _calibration_scales(estimator, calibration_real, calibration_fake, schedule,
+                flow_scales = calibration_scales(estimator, calibration_real, calibration_fake, schedule,
                                                   base_seed + 7)
                 variants.append((_field_label(loss, calibrated=True),
-                                 _ScaledPerSigma(estimator, np.asarray(schedule), flow_scales)))
+                                 ScaledPerSigma(estimator, np.asarray(schedule), flow_scales)))
             for label, field in variants:
                 if info["finite"]:
                     row, x = _flow_scores(x0, field, schedule, flow_step_scale, held_out, centers, stds, seed,
                                           jit_compile)
                 else:
-                    row, x = _nan_scores(len(centers)), None
+                    row, x = nan_scores(len(centers)), None
                     row.update(diverged=True, note="discriminator training produced non-finite values", seconds=0.0)
                 flow_rows.append(dict(problem=prob.name, field=label, **row))
                 samples[prob.name][label] = x
@@ -469,7 +350,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
                       f"flows {info['seconds_flows']:.1f} s" + ("" if info["finite"] else "  (NOT FINITE)"),
                       flush=True)
         flow_rows.append(dict(problem=prob.name, field="target p (held-out)",
-                              **_scores(toys.sample(prob.target, budget["n_flow"], seed=base_seed + 8), held_out,
+                              **sample_scores(toys.sample(prob.target, budget["n_flow"], seed=base_seed + 8), held_out,
                                         centers, stds, seed), diverged=False, note="", seconds=0.0))
         samples[prob.name]["target p (held-out)"] = held_out
     settings["seconds"] = time.perf_counter() - started
@@ -552,9 +433,9 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
             seconds = time.perf_counter() - run_started
             x = np.asarray(gan.generate(budget["n_eval"], seed=run_seed + 10_000))
             if np.all(np.isfinite(x)):
-                scores = _scores(x, held_out, centers, stds, seed)
+                scores = sample_scores(x, held_out, centers, stds, seed)
             else:
-                scores = _nan_scores(len(centers))
+                scores = nan_scores(len(centers))
             row = dict(problem=prob.name, objective=objective, loss=loss.name, seed=run_seed, seconds=seconds,
                        d_loss=float(history.history["d_loss"][-1]), g_loss=float(history.history["g_loss"][-1]),
                        **scores)
