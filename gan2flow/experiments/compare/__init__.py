@@ -70,6 +70,13 @@ from gan2flow import flows as _flows
 from gan2flow import losses as _losses
 from gan2flow import sigmas as _sigmas
 from gan2flow import training as _training
+from gan2flow.experiments.compare.budgets import (
+    LOSS_BUDGETS,
+    OBJECTIVE_BUDGETS,
+    cosine_adam,
+    resolve_budget,
+    steps_per_execution,
+)
 from gan2flow.experiments.compare.fields import ScaledPerSigma, calibration_scales, field_errors
 from gan2flow.experiments.compare.problems import PROBLEMS, Problem, affine_generator, as_problem, problem
 from gan2flow.experiments.compare.scores import hq_threshold, nan_scores, sample_scores
@@ -92,46 +99,6 @@ __all__ = [
 #: The generator objectives :func:`compare_objectives` compares by default (all of SDGAN's).
 GENERATOR_OBJECTIVES = _training.GENERATOR_OBJECTIVES
 
-# Budgets. "full" is what docs/losses.md reports: 526 CPU-seconds, 9.4 minutes wall on the 2-core
-# machine at load average ~4 (other jobs running). "quick" is a smoke run: 97 CPU-seconds.
-_LOSS_BUDGETS = {
-    "full": dict(steps=1500, batch_size=256, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
-                 n_flow=2000, eval_sigmas=8, flow_levels=20),
-    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
-                  eval_sigmas=5, flow_levels=12),
-}
-_OBJECTIVE_BUDGETS = {
-    "full": dict(steps=1200, batch_size=256, hidden=(128, 128, 128), generator_hidden=(64, 64),
-                 n_train=50_000, n_eval=2000, seeds=2),
-    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), generator_hidden=(32, 32), n_train=8192,
-                  n_eval=1000, seeds=1),
-}
-_MAX_STEPS_PER_EXECUTION = 100
-
-
-# ------------------------------------------------------------------------------------------------
-# Training helpers
-# ------------------------------------------------------------------------------------------------
-def _budget(table, quick, overrides):
-    budget = dict(table["quick" if quick else "full"])
-    for key, value in overrides.items():
-        if value is not None:
-            budget[key] = value
-    return budget
-
-
-def _steps_per_execution(steps):
-    # Training steps per compiled call (Keras runs them in one graph loop): fewer Python round trips for
-    # these small MLPs, whose steps take milliseconds. A divisor of `steps`, so every call runs the
-    # same loop.
-    return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
-
-
-def _adam(learning_rate, steps, beta_1=0.9):
-    # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
-    return keras.optimizers.Adam(schedule, beta_1=beta_1)
-
 
 def _all_finite(model):
     return all(bool(np.all(np.isfinite(w))) for w in model.get_weights())
@@ -145,8 +112,8 @@ def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learnin
     penalty = "gradient_penalty" if loss.name == "wasserstein" else None
     gan = _training.SDGAN(affine_generator(prob.source_loc, prob.source_scale), discriminator, loss=loss,
                           generator_objective=None, sigma_range=prob.sigma_range, penalty=penalty, seed=seed)
-    gan.compile(d_optimizer=_adam(learning_rate, steps), jit_compile=jit_compile,
-                steps_per_execution=_steps_per_execution(steps))
+    gan.compile(d_optimizer=cosine_adam(learning_rate, steps), jit_compile=jit_compile,
+                steps_per_execution=steps_per_execution(steps))
     started = time.perf_counter()
     history = gan.fit(datasets.shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - started
@@ -225,7 +192,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
     if not problems:
         raise ValueError("`targets` must name at least one problem, got an empty list.")
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
-    budget = _budget(_LOSS_BUDGETS, quick, dict(
+    budget = resolve_budget(LOSS_BUDGETS, quick, dict(
         steps=steps, batch_size=batch_size, hidden=hidden, n_train=n_train, n_eval=n_eval, n_flow=n_flow,
         eval_sigmas=eval_sigmas, flow_levels=flow_levels))
     for key in ("steps", "batch_size", "n_train", "n_eval", "n_flow", "eval_sigmas", "flow_levels"):
@@ -403,7 +370,7 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
     if not objectives:
         raise ValueError("`objectives` must name at least one generator objective, got an empty list.")
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
-    budget = _budget(_OBJECTIVE_BUDGETS, quick, dict(
+    budget = resolve_budget(OBJECTIVE_BUDGETS, quick, dict(
         steps=steps, batch_size=batch_size, hidden=hidden, generator_hidden=generator_hidden, n_train=n_train,
         n_eval=n_eval, seeds=seeds))
     for key in ("steps", "batch_size", "n_train", "n_eval", "seeds"):
@@ -423,9 +390,9 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
             discriminator = models.mlp_discriminator((prob.dim,), hidden=budget["hidden"])
             gan = _training.SDGAN(generator, discriminator, loss=loss, generator_objective=objective,
                                   sigma_range=prob.sigma_range, seed=run_seed)
-            gan.compile(d_optimizer=_adam(learning_rate, budget["steps"], beta_1=0.5),
-                        g_optimizer=_adam(learning_rate, budget["steps"], beta_1=0.5), jit_compile=jit_compile,
-                        steps_per_execution=_steps_per_execution(budget["steps"]))
+            gan.compile(d_optimizer=cosine_adam(learning_rate, budget["steps"], beta_1=0.5),
+                        g_optimizer=cosine_adam(learning_rate, budget["steps"], beta_1=0.5), jit_compile=jit_compile,
+                        steps_per_execution=steps_per_execution(budget["steps"]))
             run_started = time.perf_counter()
             history = gan.fit(datasets.shuffled_batches(real, budget["batch_size"], run_seed),
                               steps_per_epoch=budget["steps"],
