@@ -50,4 +50,3 @@ def cosine_adam(learning_rate, steps, beta_1=0.9):
     # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
     return keras.optimizers.Adam(schedule, beta_1=beta_1)
-

@@ -65,6 +65,7 @@ def field_errors(estimate, exact, estimate_fit=None, exact_fit=None):
         "rel_error_fit": float(np.sqrt(np.sum(np.square(scale * estimate - exact)) / exact_energy)),
     }
 
+
 def logistic_fit(feature_real, feature_fake):
     """(a, b) maximising the likelihood of real-vs-fake under logit a·T + b (ridge-regularised Newton)."""
     t = np.concatenate([feature_real, feature_fake]).astype(np.float64)
