@@ -3,47 +3,29 @@
 Behind ``gan2flow compare`` (docs/losses.md, "Measured results"). Two comparisons:
 
 1. :func:`compare_losses`. For every loss in :func:`gan2flow.losses.names`, train a σ-conditioned
-   discriminator with :class:`gan2flow.SDGAN` (``generator_objective=None``) against a **frozen**
-   generator ``G(z) = A z + b``, ``z ~ N(0, I)``, whose law ``q = N(b, A Aᵀ)`` is known exactly, on a
-   Gaussian-mixture target ``p`` (tensorflow-probability), so the smoothed score difference
-   ``v_σ = ∇log p_σ − ∇log q_σ`` is exact (:class:`gan2flow.AnalyticScoreDifference`). Then, per σ on
-   a grid over the trained range, compare the discriminator's field
-
-       v̂_σ(x) = ∇ₓ link(T(x, σ))      (SD-consistent losses)
-       v̂_σ(x) = ∇ₓ T(x, σ)            (hinge, Wasserstein: no link, the raw gradient)
-
-   with ``v_σ`` at points ``x ~ q_σ`` (source samples plus σ-noise: the fake side of the
-   discriminator's own training distribution at that σ, i.e. the error "weighted under q"); the
-   same numbers at ``x ~ p_σ`` (target samples plus σ-noise: where the flow should end) are kept too
-   (``points = "p_sigma"``). Finally flow the clean
-   source samples along each field over a geometric σ schedule spanning the trained range and score
-   the result (sliced W2, MMD², modes, high-quality %).
+   discriminator against a **frozen** affine generator whose law is known exactly, so the smoothed score
+   difference ``v_σ = ∇log p_σ − ∇log q_σ`` is exact; measure the discriminator's field against it per σ,
+   then flow source samples along each field and score the result (sliced W2, MMD², modes,
+   high-quality %).
 2. :func:`compare_objectives`. Full SDGAN training (generator and discriminator) of a small MLP
    generator on the 2-D mixture with each generator objective (``minimax``, ``non_saturating``,
    ``logit``, ``flow_regression``) at an equal budget (same steps, batch, optimizers, seeds), scored on
    the generator's samples.
 
-Field errors, per σ (sums over the evaluation points, ‖·‖ the Euclidean norm):
+The field errors are defined in :mod:`~gan2flow.experiments.compare.fields`, the loss comparison's
+protocol (evaluation points, flows, the oracle row) in :mod:`~gan2flow.experiments.compare.losses`.
 
-* ``cosine``: mean over points of ``⟨v̂, v⟩ / (‖v̂‖ ‖v‖)`` (0 where ``v̂ = 0``): direction agreement,
-  scale-free.
-* ``rel_error``: ``sqrt(Σ‖v̂ − v‖² / Σ‖v‖²)``, the field as it is.
-* ``rel_error_fit``: the same after the best single scalar ``c* = Σ⟨v̂, v⟩ / Σ‖v̂‖²`` (``scale_fit``),
-  fitted on an independent sample of the same points. It is ≈ ``sqrt(1 − ρ²)`` with ρ the pooled
-  cosine ``Σ⟨v̂, v⟩ / sqrt(Σ‖v̂‖² Σ‖v‖²)``, so it is the fair comparison for the raw hinge/Wasserstein
-  gradients, whose scale is arbitrary (the fit uses the exact field: an oracle, for measurement only).
-* ``rel_error_calibrated`` (no-link losses only): after the **oracle-free** scale ``a(σ)`` of a
-  one-feature logistic regression ``log r ≈ a(σ) T + b(σ)`` of held-out noised target samples against
-  noised source samples at σ (what a user without the exact field can do).
+The sub-package, one job per module; each module imports only modules listed before it:
 
-Flows along fields without a link need a step size: the raw gradient has no natural scale. Rows
-``"<loss> (raw ∇T)"`` use it as it is with the same ``step_scale`` as every other row; rows
-``"<loss> (calibrated)"`` multiply it by the oracle-free ``a(σ_k)`` above at each level. No flow
-uses the oracle's scale. The exact field itself is flowed too (``"exact SD (oracle)"``) with the same
-schedule: every field here is the score difference against the *initial* source, so long flows
-over-concentrate (shared/SD_FLOW.md §7); the schedule (one Euler step per level, ε = 0.5) is short
-enough that the exact field gives a good flow, and the oracle row is the reference each estimator is
-measured against (not a strict ceiling: a field weaker than the exact one over-concentrates less).
+- :mod:`~gan2flow.experiments.compare.problems`: :class:`Problem`, :func:`problem`, :func:`affine_generator`.
+- :mod:`~gan2flow.experiments.compare.scores`: sample scores (distances, modes, high-quality fraction).
+- :mod:`~gan2flow.experiments.compare.fields`: :func:`field_errors` and the oracle-free calibration scale.
+- :mod:`~gan2flow.experiments.compare.budgets`: the full/quick budgets and the shared training set-up.
+- :mod:`~gan2flow.experiments.compare.losses`: :func:`compare_losses`.
+- :mod:`~gan2flow.experiments.compare.objectives`: :func:`compare_objectives`.
+- :mod:`~gan2flow.experiments.compare.report`: :func:`format_report` and the CSV tables.
+- :mod:`~gan2flow.experiments.compare.plots`: the figures.
+- this ``__init__``: :func:`run`, everything to a folder, and the public names.
 
 Example::
 
@@ -76,8 +58,6 @@ from gan2flow.experiments.compare.report import (
     to_csv,
 )
 
-tfd = tfp.distributions
-
 __all__ = [
     "Problem",
     "problem",
@@ -92,9 +72,6 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------------------------------
-# Everything, to a folder
-# ------------------------------------------------------------------------------------------------
 def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, targets=PROBLEMS,
         objectives=GENERATOR_OBJECTIVES, verbose=True, **budget):
     """Run :func:`compare_losses` and :func:`compare_objectives`; write tables, CSV, JSON and figures.
