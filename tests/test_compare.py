@@ -106,19 +106,19 @@ def test_logistic_calibration_recovers_a_known_log_odds():
     # is log N(t; 1, 1) − log N(t; −1, 1) = 2t, so (a, b) = (2, 0). With 20 000 per class the MLE's
     # standard error on a is ≈ 0.015 and the 1e-3 ridge shrinks it by < 0.01; allow 0.06.
     rng = np.random.default_rng(0)
-    a, b = compare._logistic_fit(rng.normal(1.0, 1.0, 20_000), rng.normal(-1.0, 1.0, 20_000))
+    a, b = compare.fields.logistic_fit(rng.normal(1.0, 1.0, 20_000), rng.normal(-1.0, 1.0, 20_000))
     assert a == pytest.approx(2.0, abs=0.06)
     assert b == pytest.approx(0.0, abs=0.06)
 
 
 def test_high_quality_radius_is_dimension_aware():
     # 2-D: the usual 3 stds (χ²₂ quantile at 1 − e^{−4.5} is exactly 9).
-    assert compare._hq_threshold(2) == pytest.approx(3.0, abs=1e-9)
+    assert compare.scores.hq_threshold(2) == pytest.approx(3.0, abs=1e-9)
     # 16-D: exact samples score ≈ 98.9% (binomial s.e. with 2000 samples ≈ 0.23%; allow 1%).
     prob = compare.problem("16d")
     centers, stds, _ = toys.mixture_modes(prob.target)
-    rows = compare._scores(toys.sample(prob.target, 2000, seed=3), toys.sample(prob.target, 200, seed=4),
-                           centers, stds, seed=0)
+    rows = compare.scores.sample_scores(toys.sample(prob.target, 2000, seed=3),
+                                        toys.sample(prob.target, 200, seed=4), centers, stds, seed=0)
     assert rows["high_quality"] == pytest.approx(1.0 - math.exp(-4.5), abs=0.01)
     assert rows["modes"] == 8
 

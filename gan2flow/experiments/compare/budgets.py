@@ -1,0 +1,52 @@
+"""The budgets of both comparisons and the training set-up they share.
+
+The ``full`` and ``quick`` budget tables, :func:`resolve_budget` (a table with the caller's overrides),
+:func:`steps_per_execution` (training steps per compiled call) and :func:`cosine_adam` (Adam with cosine
+decay to a tenth), used by :func:`~gan2flow.experiments.compare.compare_losses` and
+:func:`~gan2flow.experiments.compare.compare_objectives`.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+
+# Budgets. "full" is what docs/losses.md reports: 526 CPU-seconds, 9.4 minutes wall on the 2-core
+# machine at load average ~4 (other jobs running). "quick" is a smoke run: 97 CPU-seconds.
+LOSS_BUDGETS = {
+    "full": dict(steps=1500, batch_size=256, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
+                 n_flow=2000, eval_sigmas=8, flow_levels=20),
+    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
+                  eval_sigmas=5, flow_levels=12),
+}
+OBJECTIVE_BUDGETS = {
+    "full": dict(steps=1200, batch_size=256, hidden=(128, 128, 128), generator_hidden=(64, 64),
+                 n_train=50_000, n_eval=2000, seeds=2),
+    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), generator_hidden=(32, 32), n_train=8192,
+                  n_eval=1000, seeds=1),
+}
+_MAX_STEPS_PER_EXECUTION = 100
+
+
+def resolve_budget(table, quick, overrides):
+    """``table["quick"]`` or ``table["full"]`` (a copy), with every override that is not None."""
+    budget = dict(table["quick" if quick else "full"])
+    for key, value in overrides.items():
+        if value is not None:
+            budget[key] = value
+    return budget
+
+
+def steps_per_execution(steps):
+    """A divisor of ``steps``, at most 100: training steps per compiled call."""
+    # Training steps per compiled call (Keras runs them in one graph loop): fewer Python round trips for
+    # these small MLPs, whose steps take milliseconds. A divisor of `steps`, so every call runs the
+    # same loop.
+    return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
+
+
+def cosine_adam(learning_rate, steps, beta_1=0.9):
+    """Adam whose learning rate decays (cosine) to a tenth over ``steps``."""
+    # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
+    return keras.optimizers.Adam(schedule, beta_1=beta_1)

@@ -1,0 +1,138 @@
+"""The comparisons' results as text: Markdown tables (:func:`format_report`) and CSV (:func:`to_csv`).
+
+The ``*_COLUMNS`` tuples name the columns of ``fields.csv``, ``flows.csv``, ``objectives.csv`` and
+``training.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy as np
+
+from gan2flow import losses as _losses
+
+
+def _fmt(value, spec):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return format(value, spec)
+
+
+def _mean(rows, key):
+    values = [row[key] for row in rows if isinstance(row.get(key), float) and math.isfinite(row[key])]
+    if len(values) < len(rows) or not values:
+        return math.nan
+    return float(np.mean(values))
+
+
+def _metric_cells(row):
+    if row.get("diverged"):
+        return ["diverged", "—", "—", "—"]
+    return [_fmt(row["sliced_w2"], ".3f"), _fmt(row["mmd"], ".4f"), f"{row['modes']}/{row['n_modes']}",
+            _fmt(100.0 * row["high_quality"], ".1f")]
+
+
+def format_report(losses_result=None, objectives_result=None):
+    """Markdown tables of a :func:`compare_losses` and/or :func:`compare_objectives` result.
+
+    Per problem: a field table (σ-averaged cosine and errors under q_σ, the best scale at the smallest
+    and the largest σ, and the p_σ cosine and scale-fitted error), a per-σ table of cosine and
+    scale-fitted error under q_σ, and a flow table; then the generator-objective table (mean over seeds).
+
+    Returns:
+      A Markdown string.
+    """
+    lines = []
+    if losses_result is not None:
+        settings = losses_result["settings"]
+        lines += [
+            "Field errors (module docstring of gan2flow.experiments.compare): `cosine` is the mean per-point cosine "
+            "between the discriminator's field v̂ (∇ link(T); ∇T for losses without a link) and the exact "
+            "SD v; `rel. error` is ‖v̂ − v‖/‖v‖ pooled over the points; `best scale` refits one scalar c* "
+            "per σ on an independent sample (an oracle: for measurement only); `calibrated` uses the "
+            "oracle-free logistic scale a(σ) fitted on held-out samples. Columns marked q_σ evaluate at "
+            "source samples plus σ-noise, p_σ at target samples plus σ-noise. c* > 1: the field is too weak.",
+            ""]
+        for name, info in settings["problems"].items():
+            fields = [row for row in losses_result["fields"] if row["problem"] == name]
+            lines += [f"### {name}: discriminator fields against the exact SD", "",
+                      f"d = {info['dim']}, σ ∈ [{info['sigma_range'][0]:g}, {info['sigma_range'][1]:g}], "
+                      f"{settings['steps']} training steps of batch {settings['batch_size']}, discriminator "
+                      f"MLP {settings['hidden']}; means over {len(info['eval_sigmas'])} σ levels "
+                      f"(geometric), {settings['n_eval']} points per level and weighting.", "",
+                      "| loss | SD-consistent | cosine (q_σ) | rel. error (q_σ) | rel. error, best scale (q_σ) "
+                      "| c* at σ_min → σ_max (q_σ) | rel. error, calibrated (q_σ) | cosine (p_σ) "
+                      "| rel. error, best scale (p_σ) |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for loss in settings["losses"]:
+                rows = sorted((row for row in fields if row["loss"] == loss and row["points"] == "q_sigma"),
+                              key=lambda row: row["sigma"])
+                target_rows = [row for row in fields if row["loss"] == loss and row["points"] == "p_sigma"]
+                label = rows[0]["field"] if rows else loss
+                consistent = "yes" if _losses.get(loss).sd_consistent else "no"
+                scales = (f"{_fmt(rows[0]['scale_fit'], '.2g')} → {_fmt(rows[-1]['scale_fit'], '.2g')}"
+                          if rows else "—")
+                lines.append(
+                    f"| {label} | {consistent} | {_fmt(_mean(rows, 'cosine'), '.3f')} | "
+                    f"{_fmt(_mean(rows, 'rel_error'), '.3f')} | {_fmt(_mean(rows, 'rel_error_fit'), '.3f')} | "
+                    f"{scales} | {_fmt(_mean(rows, 'rel_error_calibrated'), '.3f')} | "
+                    f"{_fmt(_mean(target_rows, 'cosine'), '.3f')} | "
+                    f"{_fmt(_mean(target_rows, 'rel_error_fit'), '.3f')} |")
+            sigmas = info["eval_sigmas"]
+            lines += ["", "Per σ (x ~ q_σ): cosine / relative error after the best scale.", "",
+                      "| loss | " + " | ".join(f"σ={s:.3g}" for s in sigmas) + " |",
+                      "|---|" + "---|" * len(sigmas)]
+            for loss in settings["losses"]:
+                cells = []
+                for sigma in sigmas:
+                    match = [row for row in fields if row["loss"] == loss and row["points"] == "q_sigma"
+                             and abs(row["sigma"] - sigma) <= 1e-9 * sigma]
+                    row = match[0] if match else {}
+                    cells.append(f"{_fmt(row.get('cosine'), '.2f')} / {_fmt(row.get('rel_error_fit'), '.2f')}")
+                lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+            flows = [row for row in losses_result["flows"] if row["problem"] == name]
+            lines += ["", f"### {name}: flows of {settings['n_flow']} source samples, {len(info['flow_sigmas'])} "
+                          f"levels σ {info['sigma_range'][1]:g} → {info['sigma_range'][0]:g}, one Euler step each, "
+                          f"ε = {settings['flow_step_scale']:g}", "",
+                      "| field | sliced W2 | MMD² | modes | high-quality % |", "|---|---|---|---|---|"]
+            for row in flows:
+                lines.append(f"| {row['field']} | " + " | ".join(_metric_cells(row)) + " |")
+            lines.append("")
+    if objectives_result is not None:
+        settings = objectives_result["settings"]
+        rows = objectives_result["rows"]
+        lines += [f"### Generator objectives: SDGAN on {settings['problem']}, loss {settings['loss']}, "
+                  f"{settings['steps']} steps of batch {settings['batch_size']}, mean over {settings['seeds']} "
+                  "seed(s)", "",
+                  "| objective | sliced W2 | MMD² | modes | high-quality % | seconds |", "|---|---|---|---|---|---|"]
+        for objective in settings["objectives"]:
+            group = [row for row in rows if row["objective"] == objective]
+            modes = np.mean([row["modes"] for row in group])
+            lines.append(f"| {objective} | {_fmt(_mean(group, 'sliced_w2'), '.3f')} | "
+                         f"{_fmt(_mean(group, 'mmd'), '.4f')} | {modes:g}/{group[0]['n_modes']} | "
+                         f"{_fmt(100.0 * _mean(group, 'high_quality'), '.1f')} | "
+                         f"{_fmt(_mean(group, 'seconds'), '.0f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_csv(rows, columns):
+    """CSV text of ``rows`` (dicts) with a header of ``columns``; missing keys give empty cells."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in columns})
+    return buffer.getvalue()
+
+
+FIELD_COLUMNS = ("problem", "field", "loss", "sd_consistent", "points", "sigma", "cosine", "rel_error",
+                  "scale_fit", "rel_error_fit", "calibration_scale", "rel_error_calibrated")
+FLOW_COLUMNS = ("problem", "field", "sliced_w2", "mmd", "energy", "modes", "n_modes", "high_quality", "mode_kl",
+                 "diverged", "seconds", "note")
+OBJECTIVE_COLUMNS = ("problem", "objective", "loss", "seed", "seconds", "d_loss", "g_loss", "sliced_w2", "mmd",
+                      "energy", "modes", "n_modes", "high_quality", "mode_kl")
+TRAINING_COLUMNS = ("problem", "loss", "penalty", "steps", "seconds", "d_loss", "finite", "seconds_fields",
+                     "seconds_flows")
