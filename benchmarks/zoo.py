@@ -247,13 +247,15 @@ def markdown(rows, machine):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         images = "fd" in row["raw"]
-        headline = ("FD " + _pair(row, "fd") + f"; precision {_pair(row, 'precision', 2)}; recall {_pair(row, 'recall', 2)}"
+        headline = ("FD " + _pair(row, "fd") + f"; precision {_pair(row, 'precision', 2)}; "
+                    f"recall {_pair(row, 'recall', 2)}"
                     if images else "SW2 " + _pair(row, "sw"))
         floor = _number(row["floor"]["fd" if images else "sw"])
         modes = (f"{row['raw']['modes']}/{row['raw']['n_modes']} → "
                  f"{row['refined']['modes'] if row['refined'] else 'error'}/{row['raw']['n_modes']}"
                  if "modes" in row["raw"] else "–")
-        lines.append(f"| {row['member']} | {row['loss']} | {headline} | {floor} | {modes} | {_pair(row, 'min_share', 2)} "
+        lines.append(f"| {row['member']} | {row['loss']} | {headline} | {floor} | {modes} | "
+                     f"{_pair(row, 'min_share', 2)} "
                      f"| {_pair(row, 'hq', 2)} | {_pair(row, 'nn_ratio', 2)} | {_pair(row, 'out', 2)} "
                      f"| {_number(row.get('convert_seconds'))} | {_number(row.get('sample_seconds'))} |")
     keys = list(rows[0]["targets"]) if rows else []
@@ -275,7 +277,8 @@ def main(argv=None):
     parser.add_argument("--members", help="comma-separated member names (default: all, or the fast ones with --quick)")
     parser.add_argument("--n", type=int, help="samples per member (default 2 000; 1 000 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="the zoo's training seed")
-    parser.add_argument("--cache-dir", help="the zoo's cache folder (default ~/.cache/gan2flow/zoo or $GAN2FLOW_CACHE/zoo)")
+    parser.add_argument("--cache-dir",
+                        help="the zoo's cache folder (default ~/.cache/gan2flow/zoo or $GAN2FLOW_CACHE/zoo)")
     parser.add_argument("--out", default="zoo-benchmark", help="folder for zoo.json and zoo.md")
     args = parser.parse_args(argv)
     members = args.members.split(",") if args.members else zoo.names(fast=True if args.quick else None)

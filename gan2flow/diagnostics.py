@@ -109,7 +109,8 @@ def format_diagnostics(report):
                   "| stage | sigma | held-out loss | train loss | accuracy | verdict |", "|---|---|---|---|---|---|"]
         for row in stages:
             verdict = "trusted" if row["trusted"] else f"not trusted: {row['why']}"
-            lines.append(f"| {row['stage']} | {row['sigma']:.3g} | {row['heldout_loss']:.3f} | {row['train_loss']:.3f} | "
+            lines.append(f"| {row['stage']} | {row['sigma']:.3g} | {row['heldout_loss']:.3f} | "
+                         f"{row['train_loss']:.3f} | "
                          f"{row['accuracy']:.1%} | {verdict} |")
         trusted = [row["sigma"] for row in stages if row["trusted"]]
         lines.append(f"trusted σ range: [{min(trusted):.3g}, {max(trusted):.3g}] ({len(trusted)} of {len(stages)} "

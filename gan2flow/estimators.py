@@ -704,7 +704,8 @@ class StagedScoreDifference:
         for weight, variable in zip(stage_weights, variables, strict=True):
             if tuple(weight.shape) != (len(sigmas),) + tuple(variable.shape):
                 raise ValueError(f"`stage_weights` for {variable.path} must have shape "
-                                 f"{(len(sigmas),) + tuple(variable.shape)} (one per stage), got {tuple(weight.shape)}.")
+                                 f"{(len(sigmas),) + tuple(variable.shape)} (one per stage), got "
+                                 f"{tuple(weight.shape)}.")
         if len(sigmas) == 0 or np.any(sigmas <= 0):
             raise ValueError(f"`sigmas` must give one positive σ per stage, got {sigmas.tolist()}.")
         self.discriminator = discriminator

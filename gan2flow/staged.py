@@ -307,7 +307,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                 print(f"σ_max probe {sigmas[0]:.3g}: held-out accuracy {float(accuracy):.3f}", flush=True)
             if float(accuracy) <= start_accuracy or attempt == max_doublings:
                 break
-            sigmas = np.geomspace(2 * sigmas[0], sigmas[-1], len(sigmas) + int(round(math.log(2) / -math.log(sigma_ratio))))
+            added = int(round(math.log(2) / -math.log(sigma_ratio)))
+            sigmas = np.geomspace(2 * sigmas[0], sigmas[-1], len(sigmas) + added)
             model.set_weights(initial)
     copy_scale = float(np.median(image_metrics.nearest_distances(real_heldout, real_train))) or 1.0
 
@@ -339,7 +340,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         moves = bool(trusted and (min_signal is None or signal > min_signal))
         if trusted and not moves:
             why = f"no signal: held-out loss {float(heldout_loss):.4f} within {min_signal} s.e. of log 2, not moved"
-        entry = {"stage": k, "sigma": float(sigma), "train_loss": float(train_loss), "heldout_loss": float(heldout_loss),
+        entry = {"stage": k, "sigma": float(sigma), "train_loss": float(train_loss),
+                 "heldout_loss": float(heldout_loss),
                  "gap": float(heldout_loss - train_loss), "accuracy": float(accuracy), "saturated": float(saturated),
                  "signal": float(signal), "trusted": bool(trusted), "moves": moves, "why": why}
         weights.append([np.array(w) for w in model.get_weights()])
@@ -347,7 +349,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         report.append(entry)
         if verbose:
             print(f"stage {k:2d} σ={sigma:.3g} train {entry['train_loss']:.3f} held-out {entry['heldout_loss']:.3f} "
-                  f"acc {entry['accuracy']:.3f} sat {entry['saturated']:.3f} signal {signal:.1f} {'moves' if moves else why}"
+                  f"acc {entry['accuracy']:.3f} sat {entry['saturated']:.3f} signal {signal:.1f} "
+                  f"{'moves' if moves else why}"
                   f"  [{time.time() - started:.0f}s]", flush=True)
         if not trusted and stop_untrusted:
             break
@@ -385,7 +388,7 @@ def _step_functions(model, optimizer):
         with tf.GradientTape() as tape:
             loss = loss_of(logits(real, sigma), logits(fake, sigma))
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=False))
         return loss
 
     @tf.function(reduce_retracing=True)
@@ -431,7 +434,8 @@ def format_report(staged):
     """The per-stage report as text, one line per stage."""
     lines = [f"{'stage':>5} {'sigma':>8} {'train':>7} {'heldout':>7} {'gap':>7} {'acc':>6} {'sat':>6}  verdict"]
     for entry in staged.report:
-        lines.append(f"{entry['stage']:>5} {entry['sigma']:>8.4g} {entry['train_loss']:>7.3f} {entry['heldout_loss']:>7.3f} "
+        lines.append(f"{entry['stage']:>5} {entry['sigma']:>8.4g} {entry['train_loss']:>7.3f} "
+                     f"{entry['heldout_loss']:>7.3f} "
                      f"{entry['gap']:>7.3f} {entry['accuracy']:>6.3f} {entry['saturated']:>6.3f}  "
                      f"{'trusted' if entry['trusted'] else entry['why']}")
     lines.append(f"refinement uses the first {staged.n_trusted} of {len(staged.report)} stages")

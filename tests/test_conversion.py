@@ -34,8 +34,8 @@ def gaussian_flow():
     p = tfd.MultivariateNormalDiag([1.5, -1.0], [0.5, 0.8])
     q = tfd.MultivariateNormalTriL(np.float32(shift), np.linalg.cholesky(matrix @ matrix.T).astype(np.float32))
     real = toys.sample(p, 8000, seed=0)
-    flow = gan2flow.convert(_affine_generator(matrix, shift), None, real, steps=800, sigma_range=(0.1, 1.0), stages=False,
-                            hidden=(64, 64), fourier_features=0, verbose=0, seed=0)
+    flow = gan2flow.convert(_affine_generator(matrix, shift), None, real, steps=800, sigma_range=(0.1, 1.0),
+                            stages=False, hidden=(64, 64), fourier_features=0, verbose=0, seed=0)
     return flow, p, q
 
 

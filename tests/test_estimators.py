@@ -4,20 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from hypothesis import given
-from hypothesis.extra import numpy as hnp
 
 import gan2flow
 from gan2flow import losses
-
-from _helpers import (
-    QUICK,
-    any_float32,
-    constant_discriminator,
-    pull,
-    three_input_discriminator,
-    two_output_discriminator,
-)
 
 tfd = tfp.distributions
 

@@ -51,7 +51,6 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional
 
 import keras
 import numpy as np
@@ -114,7 +113,7 @@ class Recipe:
     g_learning_rate: float = 1e-3
     beta_1: float = 0.5
     beta_2: float = 0.999
-    drop_mode: Optional[int] = None
+    drop_mode: int | None = None
     fast: bool = True
 
     @property
@@ -340,14 +339,14 @@ class KerasGAN(keras.Model):
                 if self.loss_name == "wgan_gp":
                     d_loss += self.gp_weight * self._gradient_penalty(real, fake)
             weights = self.discriminator.trainable_weights
-            self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, weights), weights))
+            self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, weights), weights, strict=False))
         for _ in range(self.g_steps):
             z = self._latents(batch)
             with tf.GradientTape() as tape:
                 g_loss = _generator_loss(self.loss_name,
                                          self.discriminator(self.generator(z, training=True), training=True))
             weights = self.generator.trainable_weights
-            self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, weights), weights))
+            self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, weights), weights, strict=False))
         return {"d_loss": d_loss, "g_loss": g_loss}
 
 
@@ -377,7 +376,7 @@ class ZooGAN:
     train: np.ndarray
     heldout: np.ndarray
     gan_train: np.ndarray
-    loss: Optional[str]
+    loss: str | None
     latent_dim: int
     info: dict
 
