@@ -181,7 +181,8 @@ def pipeline(tmp_path_factory):
                      "--d-learning-rate", "2e-3", "--out", train_dir]) == 0
     assert cli.main(["convert", "--generator", f"{train_dir}/generator.keras",
                      "--discriminator", f"{train_dir}/discriminator.keras", "--data", f"{train_dir}/data.npy",
-                     "--loss", "logistic", "--steps", "10", "--batch-size", "64", "--out", flow_dir]) == 0
+                     "--loss", "logistic", "--steps", "10", "--batch-size", "64", "--no-stages",
+                     "--out", flow_dir]) == 0
     return {"root": str(root), "train": train_dir, "flow": f"{flow_dir}/flow.keras", "flow_dir": flow_dir}
 
 
@@ -393,3 +394,16 @@ def test_errors_raised_while_tracing_show_their_own_line():
     assert cli._one_line(traced) == "ValueError: `x` is bad"
     assert cli._one_line(ValueError("first\nsecond")) == "first"
     assert cli._one_line(ValueError("")) == "ValueError"
+
+
+def test_refine_names_the_flag_that_does_not_apply_to_a_staged_flow(tmp_path, capsys):
+    """A staged flow takes no schedule (its stages fix the σ's): --levels is refused with a one-line error
+    naming the flag and the field it belongs to; without it the staged refinement runs."""
+    from test_ganflow import _staged_flow
+
+    path = str(tmp_path / "staged.keras")
+    _staged_flow().save(path)
+    assert cli.main(["refine", "--flow", path, "--n", "8", "--levels", "4", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "`--levels` applies to field='calibrated'" in capsys.readouterr().err
+    assert cli.main(["refine", "--flow", path, "--n", "8", "--out", str(tmp_path / "x.npy")]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (8, 2)
