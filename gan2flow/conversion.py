@@ -221,7 +221,7 @@ def _calibrate_stages(generator, train, heldout, latent_shape, seed, verbose, op
             "sigma_search": list(calibration.sigma_search),
         },
         "stage_discriminator": calibration.model,
-        "stage_weights": _trainable_stage_weights(calibration, used),
+        "stage_weights": _trainable_stage_weights(calibration, used) if used else None,
     }
 
 

@@ -98,3 +98,22 @@ def test_a_staged_flow_saves_and_loads_with_its_stages(tmp_path):
     x = tf.random.stateless_uniform((16, 2), seed=[1, 2], minval=-1, maxval=1)
     np.testing.assert_array_equal(loaded.refine(x), flow.refine(x))
     assert loaded.stages["sigmas"] == [1.0, 0.5]
+
+
+def test_a_flow_with_no_trusted_stage_leaves_samples_unchanged_and_says_so():
+    """A staged calibration whose first stage was not trusted keeps no stage: the staged field is then the
+    identity (refine returns x), and the diagnostics' stage table says why."""
+    flow = gan2flow.GANFlow(_identity_generator(), _linear_discriminator((1.0, 0.0)), sigma_range=(0.5, 1.0),
+                            latent_shape=(2,), stages={"sigmas": [], "step_sizes": [], "flow_steps": 2,
+                                                       "box": [[-1, -1], [1, 1]], "max_displacement": 1.0},
+                            stage_discriminator=_linear_discriminator((1.0, 0.0)))
+    x = np.array([[0.1, 0.2], [0.3, -0.4]], np.float32)
+    report = {}
+    np.testing.assert_array_equal(flow.refine(x, report=report), x)
+    assert report["field"] == "staged" and report["projected"] == 0
+    text = gan2flow.diagnostics.format_diagnostics({
+        "levels": [], "warnings": [], "good_enough": True, "chance_loss": 1.386,
+        "stages": [{"stage": 0, "sigma": 2.0, "heldout_loss": 0.9, "train_loss": 0.5, "accuracy": 0.7,
+                    "trusted": False, "why": "held-out loss exceeds training loss by 0.400 > 0.15"}]})
+    assert "not trusted: held-out loss exceeds training loss by 0.400" in text
+    assert "no trusted stage: staged refinement leaves samples unchanged" in text
