@@ -7,6 +7,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow_probability as tfp
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -134,3 +135,20 @@ class Recorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.after_epoch[epoch] = [w.copy() for w in self.model.get_weights()]
+
+
+def bad_call_tests(table):
+    """The two tests every module's table of bad calls gets: each row ``(id, call on the kit, error type, regex)``
+    raises that error with a message matching the regex (naming the argument and what was found), and the
+    ids are unique. Use: ``test_bad_input_..., test_bad_calls_... = bad_call_tests(BAD_CALLS)``."""
+
+    @pytest.mark.parametrize("call, error, message", [row[1:] for row in table], ids=[row[0] for row in table])
+    def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
+        with pytest.raises(error, match=message):
+            call(kit)
+
+    def test_bad_calls_table_has_unique_ids():
+        ids = [row[0] for row in table]
+        assert len(ids) == len(set(ids))
+
+    return test_bad_input_is_rejected_with_a_message_naming_it, test_bad_calls_table_has_unique_ids

@@ -3,9 +3,10 @@
 Most of its checks are exercised through ``convert``, ``load`` and the estimators (tests/test_conversion.py,
 tests/test_estimators.py); here, bad calls to the adapter itself.
 """
-import pytest
 
 from gan2flow import adapters
+
+from _helpers import bad_call_tests
 
 # --------------------------------------------------------------------------------------------------
 # Reliability (issue 8): bad input to the model adapter.
@@ -19,12 +20,4 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
-def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
-    with pytest.raises(error, match=message):
-        call(kit)
-
-
-def test_bad_calls_table_has_unique_ids():
-    ids = [row[0] for row in BAD_CALLS]
-    assert len(ids) == len(set(ids))
+test_bad_input_is_rejected_with_a_message_naming_it, test_bad_calls_table_has_unique_ids = bad_call_tests(BAD_CALLS)

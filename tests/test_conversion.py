@@ -13,7 +13,7 @@ import gan2flow
 from gan2flow import metrics, models, toys
 from gan2flow.experiments import demo
 
-from _helpers import Interrupted, Recorder, same_bits, small_convert, two_output_discriminator
+from _helpers import Interrupted, Recorder, bad_call_tests, same_bits, small_convert, two_output_discriminator
 
 tfd = tfp.distributions
 
@@ -296,15 +296,7 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
-def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
-    with pytest.raises(error, match=message):
-        call(kit)
-
-
-def test_bad_calls_table_has_unique_ids():
-    ids = [row[0] for row in BAD_CALLS]
-    assert len(ids) == len(set(ids))
+test_bad_input_is_rejected_with_a_message_naming_it, test_bad_calls_table_has_unique_ids = bad_call_tests(BAD_CALLS)
 
 
 def test_a_rejected_backup_folder_is_left_untouched(kit):

@@ -12,7 +12,7 @@ import gan2flow
 from gan2flow import flows, metrics
 from gan2flow import sigmas as schedules
 
-from _helpers import TRACED, one_nan, pull, same_bits
+from _helpers import TRACED, bad_call_tests, one_nan, pull, same_bits
 
 tfd = tfp.distributions
 
@@ -336,15 +336,7 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
-def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
-    with pytest.raises(error, match=message):
-        call(kit)
-
-
-def test_bad_calls_table_has_unique_ids():
-    ids = [row[0] for row in BAD_CALLS]
-    assert len(ids) == len(set(ids))
+test_bad_input_is_rejected_with_a_message_naming_it, test_bad_calls_table_has_unique_ids = bad_call_tests(BAD_CALLS)
 
 
 @TRACED

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gan2flow import sigmas
 
-from _helpers import QUICK, any_float32, finite_positive
+from _helpers import QUICK, any_float32, bad_call_tests, finite_positive
 
 
 @pytest.mark.parametrize("schedule", [sigmas.geometric, sigmas.linear, sigmas.karras])
@@ -86,15 +86,7 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
-def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
-    with pytest.raises(error, match=message):
-        call(kit)
-
-
-def test_bad_calls_table_has_unique_ids():
-    ids = [row[0] for row in BAD_CALLS]
-    assert len(ids) == len(set(ids))
+test_bad_input_is_rejected_with_a_message_naming_it, test_bad_calls_table_has_unique_ids = bad_call_tests(BAD_CALLS)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import tensorflow_probability as tfp
 import gan2flow
 from gan2flow import estimators, models, training
 
-from _helpers import Interrupted, Recorder, one_nan
+from _helpers import Interrupted, Recorder, bad_call_tests, one_nan
 
 tfd = tfp.distributions
 RTOL, ATOL = 1e-5, 1e-6
@@ -567,15 +567,7 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD_CALLS], ids=[row[0] for row in BAD_CALLS])
-def test_bad_input_is_rejected_with_a_message_naming_it(kit, call, error, message):
-    with pytest.raises(error, match=message):
-        call(kit)
-
-
-def test_bad_calls_table_has_unique_ids():
-    ids = [row[0] for row in BAD_CALLS]
-    assert len(ids) == len(set(ids))
+test_bad_input_is_rejected_with_a_message_naming_it, test_bad_calls_table_has_unique_ids = bad_call_tests(BAD_CALLS)
 
 
 # --------------------------------------------------------------------------------------------------
