@@ -124,3 +124,20 @@ def test_dgflow_velocity_is_the_f_weighted_log_ratio_gradient(gaussian_flow, div
     velocity = refiners.FDivergenceDrift(gaussian_flow.estimator, divergence)(x, sigma).numpy()
     expected = np.stack([weight(value) * gradient for value in d])
     np.testing.assert_allclose(velocity, expected, rtol=1e-5, atol=1e-6)  # float32 algebra
+
+
+def test_comparison_summary_and_table_from_rows():
+    from gan2flow.experiments import refiners as experiment
+
+    rows = [{"member": "m", "method": method, "seed": seed, "sw": value + seed * 0.1, "seconds": 1.0 + seed,
+             "gradient_evaluations": 10}
+            for method, value in (("raw", 1.0), ("drs", 0.5), ("gan2flow", 0.2)) for seed in (0, 1, 2)]
+    rows.append({"member": "m", "method": "dot", "seed": 0, "error": "ValueError: x", "seconds": 0.1})
+    summary = experiment.summarize(rows)
+    mean, std = summary[("m", "gan2flow")]["sw"]
+    assert mean == pytest.approx(0.3) and std == pytest.approx(0.1)  # values 0.2, 0.3, 0.4
+    assert summary[("m", "drs")]["seconds"][0] == 2.0  # the median, which leaves out a first call's compilation
+    assert summary[("m", "dot")]["errors"] == 1
+    machine = {"date": "today", "cores": 2, "cpu": "cpu", "load_average": [1.0], "tensorflow": "2"}
+    table = experiment.markdown(summary, machine, seeds=[0, 1, 2], n=10, conversions={"m": 5.0})
+    assert "| gan2flow | **0.3 ± 0.1** |" in table and "| dot (1 errors) |" in table

@@ -53,20 +53,28 @@ def _kind(member):
 
 
 def converted(member, folder, *, verbose=True):
-    """The member's GANFlow, converted with the defaults once and cached as ``<folder>/<name>.keras``."""
+    """(The member's GANFlow, convert seconds): converted with the defaults once and cached as
+    ``<folder>/<name>.keras`` (its convert time in ``<name>.json``)."""
     import keras
 
     import gan2flow
 
     path = os.path.join(folder, f"{member.name}.keras")
+    timing = os.path.join(folder, f"{member.name}.json")
     if os.path.isfile(path):
-        return gan2flow.load(path), None
+        seconds = None
+        if os.path.isfile(timing):
+            with open(timing, encoding="utf-8") as handle:
+                seconds = json.load(handle).get("convert_seconds")
+        return gan2flow.load(path), seconds
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
     flow = gan2flow.convert(member.generator, member.discriminator, member.train, loss=member.loss, verbose=0)
     seconds = time.perf_counter() - start
     os.makedirs(folder, exist_ok=True)
     flow.save(path)
+    with open(timing, "w", encoding="utf-8") as handle:
+        json.dump({"convert_seconds": seconds}, handle)
     if verbose:
         print(f"  converted {member.name} in {seconds:.0f} s -> {path}", flush=True)
     return flow, seconds
@@ -140,7 +148,9 @@ def run(out, *, quick=False, members=None, seeds=None, n=None, methods=None, ver
                 if seed == seeds[0] and samples is not None:
                     panels.append((method, samples))
         figures[name] = _figure(member, panels, os.path.join(out, f"samples_{name}.png"))
-        _write(out, rows, machine, conversions, members, seeds, n, methods)
+        partial = markdown(summarize(rows), machine, seeds=seeds, n=n, conversions=conversions)
+        _write(out, rows, machine, conversions, members, seeds, n, methods, report=partial)  # readable if interrupted
+    machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     summary = summarize(rows)
     report = markdown(summary, machine, seeds=seeds, n=n, conversions=conversions)
     _write(out, rows, machine, conversions, members, seeds, n, methods, report=report)
