@@ -141,3 +141,22 @@ def test_comparison_summary_and_table_from_rows():
     machine = {"date": "today", "cores": 2, "cpu": "cpu", "load_average": [1.0], "tensorflow": "2"}
     table = experiment.markdown(summary, machine, seeds=[0, 1, 2], n=10, conversions={"m": 5.0})
     assert "| gan2flow | **0.3 ± 0.1** |" in table and "| dot (1 errors) |" in table
+
+
+@pytest.mark.slow
+def test_compare_refiners_end_to_end_on_one_member(tmp_path):
+    """``gan2flow compare --refiners`` on the quickest zoo member (trains it if not cached, converts it):
+    every refiner gives a row, the files are written, and a rerun reuses the cached flow."""
+    import os
+
+    from gan2flow import cli
+
+    argv = ["compare", "--refiners", "--members", "ring_overfit_bce", "--seeds", "0", "--n", "200",
+            "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    for name in ("refiners.csv", "refiners.md", "refiners.json", "samples_ring_overfit_bce.png",
+                 "flows/ring_overfit_bce.keras"):
+        assert os.path.exists(tmp_path / name), name
+    table = (tmp_path / "refiners.md").read_text()
+    assert all(f"| {method}" in table for method in ["raw"] + refiners.names())
+    assert cli.main(argv + ["--methods", "drs"]) == 0  # from the cached flow
