@@ -187,12 +187,17 @@ def summarize(rows):
 
 
 def _best(summary, member, column):
-    """The method with the best mean of ``column`` on ``member`` (refiners only, not raw)."""
-    candidates = [(stats[column][0], method) for (name, method), stats in summary.items()
-                  if name == member and method != "raw" and column in stats]
-    if not candidates:
-        return None
-    return (max if column in _HIGHER_BETTER else min)(candidates)[1]
+    """The refiners (not raw) with the best mean of ``column`` on ``member``: a set, empty when every refiner
+    ties or for the guard columns (``nn_ratio``, ``out``: lower is not better there, below 0.75 is copying)."""
+    if column in ("nn_ratio", "out"):
+        return set()
+    means = {method: stats[column][0] for (name, method), stats in summary.items()
+             if name == member and method != "raw" and column in stats}
+    if not means:
+        return set()
+    target = max(means.values()) if column in _HIGHER_BETTER else min(means.values())
+    winners = {method for method, mean in means.items() if mean == target}
+    return set() if len(winners) == len(means) else winners
 
 
 def _cell(stats, column, digits=3):
@@ -203,16 +208,17 @@ def _cell(stats, column, digits=3):
 
 
 def markdown(summary, machine, *, seeds, n, conversions):
-    """The per-member tables (mean ± standard deviation over seeds; **bold**: the best refiner)."""
+    """The per-member tables (mean ± standard deviation over seeds; **bold**: the best refiner(s) on that quality
+    column; seconds: the median over seeds)."""
     members = list(dict.fromkeys(member for member, _ in summary))
     lines = [f"Measured {machine['date']} on {machine['cores']} × {machine['cpu']} (load average "
              f"{', '.join(map(str, machine['load_average']))}), TensorFlow {machine['tensorflow']}; "
              f"n = {n} samples per refiner, seeds {', '.join(map(str, seeds))}; mean ± standard deviation over "
-             "seeds (seconds: median). d-evals: discriminator forward passes; grads: input-gradient "
+             "seeds (seconds: median); **bold**: the best refiner on a quality column. d-evals: discriminator "
+             "forward passes; grads: input-gradient "
              "evaluations (through G in latent space); acc.: acceptance rate.", ""]
     for member in members:
         methods = [method for name, method in summary if name == member]
-        first = summary[(member, methods[0])]
         columns = [c for c in ("fd", "precision", "recall", "sw", "modes", "hq", "min_share", "nn_ratio", "out")
                    if any(c in summary[(member, m)] for m in methods)]
         convert = conversions.get(member)
@@ -225,12 +231,12 @@ def markdown(summary, machine, *, seeds, n, conversions):
             cells = []
             for column in columns:
                 text = _cell(stats, column)
-                cells.append(f"**{text}**" if best[column] == method else text)
-            cost = [_cell(stats, "seconds", 2), _cell(stats, "discriminator_evaluations", 2),
-                    _cell(stats, "gradient_evaluations", 2), _cell(stats, "acceptance_rate", 2)]
+                cells.append(f"**{text}**" if method in best[column] else text)
+            seconds = f"{stats['seconds'][0]:.2g}" if "seconds" in stats else "–"
+            cost = [seconds, _cell(stats, "discriminator_evaluations", 2), _cell(stats, "gradient_evaluations", 2),
+                    _cell(stats, "acceptance_rate", 2)]
             error = f" ({stats['errors']} errors)" if stats["errors"] else ""
             lines.append(f"| {method}{error} | " + " | ".join(cells + cost) + " |")
-        del first
         lines.append("")
     return "\n".join(lines)
 
