@@ -14,11 +14,11 @@ and ``acceptance_rate``.
 =================== ========================================================================================
 name                method (reference, equation)
 =================== ========================================================================================
-``drs``             Discriminator Rejection Sampling (Azadi et al., ICLR 2019, Alg. 1 / Eq. 8)
-``mh_gan``          Metropolis–Hastings GAN, independence sampler (Turner et al., ICML 2019, Alg. 1 / Eq. 4)
-``dot``             Discriminator Optimal Transport in latent space (Tanaka, NeurIPS 2019, Alg. 2 / Eq. 9)
-``ddls``            Discriminator Driven Latent Sampling (Che et al., NeurIPS 2020, Alg. 1 / Eq. 5)
-``dgflow``          Discriminator Gradient flow (Ansari et al., ICLR 2021, Eq. 10 and its latent form)
+``drs``             Discriminator Rejection Sampling (Azadi et al., ICLR 2019, Algorithm 1)
+``mh_gan``          Metropolis–Hastings GAN, independence sampler (Turner et al., ICML 2019, Algorithm 1)
+``dot``             Discriminator Optimal Transport in latent space (Tanaka, NeurIPS 2019, latent DOT)
+``ddls``            Discriminator Driven Latent Sampling (Che et al., NeurIPS 2020, Algorithm 1)
+``dgflow``          Discriminator Gradient flow (Ansari et al., ICLR 2021, the Euler–Maruyama update)
 ``gan2flow``        gan2flow's default: ``flow.sample(n, seed=seed)``, the staged data-space refinement
 ``gan2flow_latent`` gan2flow's latent refinement: ``flow.sample(n, seed=seed, space="latent")``
 =================== ========================================================================================
@@ -34,6 +34,9 @@ Gradient refiners (``dot``, ``ddls``, ``dgflow``) are latent (or data-space) dri
 executed by the one flow engine (:func:`gan2flow.flows.make_plan` + :func:`gan2flow.flows.run`) at a
 single σ level with ``steps_per_sigma`` = the method's number of updates; noise is the engine's
 counter-based Langevin term. The samplers (``drs``, ``mh_gan``) score generator proposals in batches.
+
+Each docstring writes out the update it implements (the papers' equations, in this module's notation:
+d = log p/q, r = e^d, p₀ the latent prior).
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ import tensorflow as tf
 from gan2flow import _checks, estimators, flows
 
 __all__ = ["names", "get", "drs", "mh_gan", "dot", "ddls", "dgflow", "gan2flow", "gan2flow_latent",
-           "drs_acceptance", "mh_acceptance", "DIVERGENCES", "TransportDrift", "FDivergenceDrift"]
+           "drs_acceptance", "mh_acceptance", "lipschitz_estimate", "DIVERGENCES", "TransportDrift",
+           "FDivergenceDrift"]
 
 #: The f-divergences of DGflow and the weight w(d) of ∇d in the velocity −∇f'(q/p) (d = log p/q).
 DIVERGENCES = ("kl", "js", "logd")
@@ -94,7 +98,7 @@ def _as_samples(flow, x, n):
 
 
 def drs_acceptance(log_ratio, log_max, *, gamma=0.0, epsilon=1e-6):
-    """DRS's acceptance probabilities (Azadi et al. 2019, Eq. 8): σ(F(x)) with
+    """DRS's acceptance probabilities (Azadi et al. 2019, the acceptance rule of Algorithm 1): σ(F(x)) with
 
         F(x) = d(x) − d_M − log(1 − exp(d(x) − d_M − ε)) − γ
 
@@ -125,7 +129,7 @@ def drs(flow, n, *, seed=None, sigma=None, gamma=None, gamma_percentile=95.0, ep
 
     Algorithm 1 of the paper: estimate d_M = max d(G(z)) on ``burn_in`` generator samples; then draw
     batches of proposals, raise d_M to any larger value seen (before scoring the batch), and accept each x
-    with probability σ(F(x)) (:func:`drs_acceptance`, Eq. 8), until n are accepted. γ is set per batch to the
+    with probability σ(F(x)) (:func:`drs_acceptance`), until n are accepted. γ is set per batch to the
     ``gamma_percentile`` (95) percentile of F (with γ = 0), as in the paper's experiments, so the sample at
     that percentile is accepted with probability ½; pass a number as ``gamma`` for a fixed shift (γ = 0:
     the exact rejection sampler r/r_M when d_M is the true maximum).
@@ -167,7 +171,7 @@ def drs(flow, n, *, seed=None, sigma=None, gamma=None, gamma_percentile=95.0, ep
 
 
 def mh_acceptance(log_ratio_current, log_ratio_proposal):
-    """The independence Metropolis–Hastings acceptance of MH-GAN (Turner et al. 2019, Eq. 4):
+    """The independence Metropolis–Hastings acceptance of MH-GAN (Turner et al. 2019, Algorithm 1):
 
         α = min(1, (1/D(x_k) − 1) / (1/D(x') − 1)) = min(1, r(x') / r(x_k)),   D = σ(d), r = e^d.
 
@@ -182,7 +186,7 @@ def mh_gan(flow, n, *, seed=None, sigma=None, chain_length=640, block=16, report
     """Metropolis–Hastings GAN (Turner, Hung, Frank, Saatci & Yosinski, ICML 2019).
 
     Algorithm 1 of the paper, one independent chain per output sample: proposals x' = G(z'), z' ~ N(0, I),
-    are accepted with probability :func:`mh_acceptance` (Eq. 4, the calibrated ratio); after
+    are accepted with probability :func:`mh_acceptance` (the calibrated ratio); after
     ``chain_length`` (K = 640, the paper's longest and headline chain) proposals the chain's state is the
     sample. The target of the chain is q·r = p (for an exact ratio).
 
@@ -229,7 +233,7 @@ class TransportDrift:
 
         v_z = −∇_z ‖z − z₀ + δ‖ + ∇_z d(G(z)) / k,     v_{z₀} = 0
 
-    the negative gradient of Tanaka's objective ‖z − z₀ + δ‖ − d(G(z))/k (Eq. 9); z₀ rides along unchanged
+    the negative gradient of Tanaka's objective ‖z − z₀ + δ‖ − d(G(z))/k; z₀ rides along unchanged
     so that the flow engine's state carries each sample's start.
     """
 
@@ -253,7 +257,7 @@ class TransportDrift:
 
 
 class FDivergenceDrift:
-    """DGflow's velocity −∇ f'(q/p) for q/p = e^{−d}, d = log p/q (Ansari et al. 2021, Eq. 10):
+    """DGflow's velocity −∇ f'(q/p) for q/p = e^{−d}, d = log p/q (Ansari et al. 2021):
 
         KL   (f(u) = u log u):                     v = ∇d
         JS   (f(u) = u log u − (1+u) log((1+u)/2)): v = σ(d) ∇d    (the minimax generator loss's weight)
@@ -291,7 +295,7 @@ def _run_single_level(state, estimator, sigma, *, step_size, steps, noise_scale,
 
 
 def lipschitz_estimate(flow, sigma, *, pairs=100, seed=0):
-    """DOT's k_eff (Tanaka 2019, §3.2): max over ``pairs`` independent latent pairs of
+    """DOT's k_eff (Tanaka 2019): max over ``pairs`` independent latent pairs of
     |d(G(z₁)) − d(G(z₂))| / ‖z₁ − z₂‖."""
     z = _proposals(flow, 2 * pairs, seed, 3)
     _, log_r = _scored(flow, z, sigma)
@@ -304,14 +308,15 @@ def dot(flow, n, *, seed=None, sigma=None, steps=20, learning_rate=0.01, delta=1
         report=None):
     """Discriminator Optimal Transport in latent space (Tanaka, NeurIPS 2019).
 
-    Algorithm 2 (latent DOT): k_eff from ``pairs`` (100) latent pairs (:func:`lipschitz_estimate`), then
-    from each z₀ ~ N(0, I), ``steps`` descent steps on ‖z − z₀ + δ‖ − d(G(z))/k_eff (Eq. 9, δ = 0.001,
+    Latent-space DOT: k_eff from ``pairs`` (100) latent pairs (:func:`lipschitz_estimate`), then
+    from each z₀ ~ N(0, I), ``steps`` descent steps on ‖z − z₀ + δ‖ − d(G(z))/k_eff (δ = 0.001,
     :class:`TransportDrift`), output G(z).
 
     Choice forced by gan2flow's one engine: the paper updates z with Adam (lr 0.01, β = (0, 0.9)); the
     engine takes plain gradient steps, so the step is η = lr·sqrt(dim z), the length of an Adam step of
-    lr per coordinate (both terms of the gradient have norm ≈ 1 by the choice of k_eff). ``steps`` = 20
-    updates (the paper's latent runs use a few tens).
+    lr per coordinate (both terms of the gradient have norm ≈ 1 by the choice of k_eff). k_eff over 100 pairs
+    and δ = 0.001 follow the authors' code; lr 0.01 and ``steps`` = 20 are our reading of the paper's latent
+    experiments, not checked against it here.
     """
     n = _checks.positive_int(n, "n")
     seed = _seed(seed)
@@ -334,14 +339,15 @@ def ddls(flow, n, *, seed=None, sigma=None, steps=1000, step_size=0.01, batch_si
     """Discriminator Driven Latent Sampling (Che, Zhang, Sohl-Dickstein, Larochelle, Paull, Cao & Bengio,
     NeurIPS 2020).
 
-    Algorithm 1: Langevin dynamics in latent space on the energy E(z) = −log p₀(z) − d(G(z)) (Eq. 5),
+    Algorithm 1: Langevin dynamics in latent space on the energy E(z) = −log p₀(z) − d(G(z)),
 
         z ← z − (ε/2) ∇E(z) + sqrt(ε)·n,   n ~ N(0, I),
 
     whose stationary law is p₀(z)·e^{d(G(z))}, i.e. G pushes it to p for an exact ratio. The drift is
     :class:`gan2flow.estimators.ReweightedPriorScore` (prior weight 1), run by the engine with η = ε/2 and
-    noise scale 1 (sqrt(2η) = sqrt(ε)). ε = 0.01 and 1 000 steps: the paper's CIFAR-10 setting (no step
-    decay, no Metropolis correction, as in the paper's main results).
+    noise scale 1 (sqrt(2η) = sqrt(ε)). ε = 0.01 and 1 000 steps, no Metropolis correction: the setting of
+    the implementations we know of (one also decays ε ×0.1 every 200 steps; we do not); not checked
+    against the paper's text here.
     """
     n = _checks.positive_int(n, "n")
     seed = _seed(seed)
@@ -361,13 +367,14 @@ def dgflow(flow, n, *, seed=None, sigma=None, divergence="kl", space="latent", s
     """Discriminator Gradient flow (Ansari, Ang & Soh, ICLR 2021).
 
     The Euler–Maruyama discretisation of the gradient flow of the entropy-regularised f-divergence
-    (Eq. 10), with the density ratio q/p = e^{−d} from the discriminator:
+    with the density ratio q/p = e^{−d} from the discriminator:
 
         x ← x − η ∇ f'(q/p)(x) + sqrt(2γη)·n      (:class:`FDivergenceDrift`; KL, JS or logD)
 
     in latent space (``space="latent"``, the paper's main refinement: x = G(z), gradients with respect to
     z; the latent ratio equals the data ratio for an injective G, §4) or in data space (``"data"``).
-    Defaults: KL, η = 0.1, γ = 0.01, 25 steps — the paper's image-experiment settings.
+    Defaults: KL, η = 0.1, γ = 0.01, 25 steps — our reading of the paper's image experiments, not checked
+    against its text here.
     """
     n = _checks.positive_int(n, "n")
     seed = _seed(seed)
