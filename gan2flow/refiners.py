@@ -187,7 +187,7 @@ def mh_gan(flow, n, *, seed=None, sigma=None, chain_length=640, block=16, report
 
     Algorithm 1 of the paper, one independent chain per output sample: proposals x' = G(z'), z' ~ N(0, I),
     are accepted with probability :func:`mh_acceptance` (the calibrated ratio); after
-    ``chain_length`` (K = 640, the paper's longest and headline chain) proposals the chain's state is the
+    ``chain_length`` (K = 640, our reading of the paper's longest chain) proposals the chain's state is the
     sample. The target of the chain is q·r = p (for an exact ratio).
 
     Choice the paper leaves to the data: the paper starts each chain at a *real* sample (restarting from a
