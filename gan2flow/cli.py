@@ -563,8 +563,9 @@ def _add_compare_command(commands):
                          help="instead: every refiner of gan2flow.refiners (DRS, MH-GAN, DOT, DDLS, DGflow, gan2flow's "
                               "own) on every zoo GAN, converted once and cached in OUT/flows; refiners.csv, "
                               "refiners.md, refiners.json and sample figures (docs/refiners.md). Full: 7 members, "
-                              "3 seeds, 1 000 samples (about 20-30 minutes on 2 cores, after ~7 minutes of "
-                              "conversions); --quick: the 4 fast members, 2 seeds, 500 samples")
+                              "3 seeds, 1 000 samples (measured: 17 minutes on 2 shared cores, after 8 minutes "
+                              "of conversions); --quick: the 4 fast members, 2 seeds, 500 samples (about 2 "
+                              "minutes, plus 3-4 of conversions on the first run)")
     compare.add_argument("--members", default=None, metavar="NAMES",
                          help="with --refiners: comma-separated zoo members (default: all)")
     compare.add_argument("--methods", default=None, metavar="NAMES",
