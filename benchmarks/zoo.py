@@ -48,92 +48,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-_OUT_MARGIN = 0.1  # a value is out of range beyond [lo − 0.1·(hi − lo), hi + 0.1·(hi − lo)]
 _NO_COPY = 0.75  # refined nn median ≥ 75 % of held-out's
-_PR_K = 3
 
 
-def _image_metrics():
-    """The module with the digit-classifier metrics (gan2flow.image_metrics today; gan2flow.metrics
-    re-exports them, should the module move)."""
-    try:
-        from gan2flow import image_metrics as module
-    except ImportError:
-        from gan2flow import metrics as module
-    return module
+def _reference(member, n, seed=0):
+    from gan2flow.experiments import measures
 
-
-def _flat(x):
-    x = np.asarray(x, np.float64)
-    return x.reshape(len(x), -1)
-
-
-def _out_of_range(x, data_range):
-    low, high = data_range
-    margin = _OUT_MARGIN * (high - low)
-    x = np.asarray(x)
-    return float(np.mean((x < low - margin) | (x > high + margin)))
-
-
-class _Reference:
-    """What every evaluation of one member reuses: held-out features, moons thresholds, nn of held-out."""
-
-    def __init__(self, member, n, seed=0):
-        from gan2flow import metrics
-
-        self.member = member
-        self.info = member.info
-        self.images = member.train.ndim > 2
-        self.heldout = _flat(member.heldout)
-        self.train = _flat(member.train)
-        images = _image_metrics()
-        self.nearest = images.nearest_distances
-        self.heldout_nn = float(np.median(self.nearest(self.heldout, self.train)))
-        rng = np.random.default_rng(seed)
-        floor_train = self.train[rng.choice(len(self.train), min(n, len(self.train)), replace=False)]
-        self.floor = {"sw": metrics.sliced_wasserstein(floor_train, self.heldout)}
-        if self.images:
-            self.images_module = images
-            classifier = images.digit_classifier() if hasattr(images, "digit_classifier") else None
-            self.classifier = classifier
-            self.heldout_features = images.image_features(member.heldout, classifier)
-            floor_images = member.train[rng.choice(len(member.train), min(n, len(member.train)), replace=False)]
-            floor_features = images.image_features(floor_images, classifier)
-            self.floor["fd"] = images.frechet_distance(floor_features, self.heldout_features)
-            self.floor.update(images.precision_recall(self.heldout_features,
-                                                      floor_features[:len(self.heldout_features)], k=_PR_K))
-        elif "centers" not in self.info:  # a shape without modes (moons): nearest-neighbour quality
-            half = len(self.heldout) // 2
-            self.half_a, self.half_b = self.heldout[:half], self.heldout[half:]
-            self.hq_radius = float(np.quantile(self.nearest(self.half_a, self.half_b), 0.95))
-
-    def evaluate(self, samples):
-        from gan2flow import metrics
-
-        samples = np.asarray(samples)
-        if not np.all(np.isfinite(samples)):
-            return {"error": f"{int(np.sum(~np.isfinite(samples)))} non-finite values"}
-        flat = _flat(samples)
-        nn = float(np.median(self.nearest(flat, self.train)))
-        result = {"sw": metrics.sliced_wasserstein(flat, self.heldout), "nn": nn, "nn_ratio": nn / self.heldout_nn,
-                  "out": _out_of_range(samples, self.info["data_range"]),
-                  "min": float(samples.min()), "max": float(samples.max())}
-        if self.images:
-            images = self.images_module
-            features = images.image_features(samples, self.classifier)
-            result["fd"] = images.frechet_distance(features, self.heldout_features)
-            result.update(images.precision_recall(self.heldout_features, features[:len(self.heldout_features)],
-                                                  k=_PR_K))
-        elif "centers" in self.info:
-            weights = np.asarray(self.info["weights"])
-            stats = metrics.mode_stats(flat, np.asarray(self.info["centers"]), np.asarray(self.info["stds"]),
-                                       self.info["mode_threshold"], weights=weights)
-            result.update(modes=stats["modes"], n_modes=stats["n_modes"], hq=stats["high_quality"],
-                          min_share=float(np.min(stats["counts"] / len(flat) / weights)),
-                          counts=stats["counts"].tolist())
-        else:
-            result["hq"] = float(np.mean(self.nearest(flat, self.half_b) <= self.hq_radius))
-        return result
+    return measures.Reference(member, n, seed)
 
 
 def _targets(raw, refined, images, mixture):
@@ -168,7 +89,7 @@ def run_member(name, *, n, seed=0, cache_dir=None, verbose=True):
     start = time.perf_counter()
     member = zoo.load(name, seed=seed, cache_dir=cache_dir, verbose=int(verbose))
     load_seconds = time.perf_counter() - start
-    reference = _Reference(member, n, seed)
+    reference = _reference(member, n, seed)
     row = {"member": name, "loss": member.info["recipe"]["loss"], "gan2flow_loss": member.loss,
            "architecture": member.info["recipe"]["architecture"], "n": n, "n_train": len(member.train),
            "n_heldout": len(member.heldout), "train_seconds": member.info.get("train_seconds"),

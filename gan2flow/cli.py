@@ -478,6 +478,10 @@ def _add_pipeline_commands(commands):
 # compare: which GAN losses give score-difference estimators (docs/losses.md, "Measured results")
 
 def _compare(args):
+    if args.refiners:
+        return _compare_refiners(args)
+    if args.members is not None or args.methods is not None or args.seeds is not None or args.n is not None:
+        raise _CommandLineError("`--members`, `--methods`, `--seeds` and `--n` apply to `gan2flow compare --refiners`.")
     from gan2flow import losses as loss_registry
     from gan2flow.experiments import compare
 
@@ -492,8 +496,42 @@ def _compare(args):
     losses = None if args.losses is None else names(args.losses, "--losses", loss_registry.names())
     targets = compare.PROBLEMS if args.targets is None else names(args.targets, "--targets", compare.PROBLEMS)
     _positive(args.seed, "--seed", allow_zero=True)
-    compare.run(args.out, quick=args.quick, seed=args.seed, losses=losses, targets=targets,
+    compare.run(args.out or "gan2flow-out/compare", quick=args.quick, seed=args.seed, losses=losses, targets=targets,
                 objectives=() if args.no_objectives else compare.GENERATOR_OBJECTIVES)
+    return 0
+
+
+def _compare_refiners(args):
+    """``gan2flow compare --refiners``: every refiner on every zoo GAN (docs/refiners.md)."""
+    from gan2flow import refiners
+    from gan2flow.experiments import refiners as experiment
+    from gan2flow.experiments import zoo
+
+    def names(text, flag, choices):
+        values = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [value for value in values if value not in choices]
+        if not values or unknown:
+            raise _CommandLineError(
+                f"`{flag}` must be a comma-separated list of names from {', '.join(choices)}; got {text!r}.")
+        return values
+
+    if args.losses is not None or args.targets is not None or args.no_objectives:
+        raise _CommandLineError("`--losses`, `--targets` and `--no-objectives` apply to the loss comparison, "
+                                "not to `--refiners`.")
+    members = None if args.members is None else names(args.members, "--members", zoo.names())
+    methods = None if args.methods is None else names(args.methods, "--methods", refiners.names())
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(item) for item in args.seeds.split(",") if item.strip()]
+        except ValueError:
+            raise _CommandLineError(f"`--seeds` must be comma-separated integers, got {args.seeds!r}.") from None
+        if not seeds or any(seed < 0 for seed in seeds):
+            raise _CommandLineError(f"`--seeds` must be comma-separated integers >= 0, got {args.seeds!r}.")
+    if args.n is not None:
+        _positive(args.n, "--n")
+    experiment.run(args.out or "gan2flow-out/refiners", quick=args.quick, members=members, seeds=seeds, n=args.n,
+                   methods=methods)
     return 0
 
 
@@ -517,12 +555,15 @@ def _add_compare_command(commands):
                     "about 9 CPU-minutes (10 minutes on 2 cores, more when they are shared); --quick about 2.",
         epilog="examples:\n"
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
-               "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1",
+               "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1\n"
+               "  gan2flow compare --refiners --quick          # DRS, MH-GAN, DOT, DDLS, DGflow, gan2flow on the zoo\n"
+               "  gan2flow compare --refiners --members digits_dcgan --seeds 0,1,2 --n 1000",
     )
     compare.add_argument("--quick", action="store_true",
                          help="small budget (about 2 minutes): 300 training steps per loss, smaller networks "
                               "and samples; a smoke test, its numbers are not the measured results")
-    compare.add_argument("--out", default="gan2flow-out/compare", help="output folder (default gan2flow-out/compare)")
+    compare.add_argument("--out", default=None,
+                         help="output folder (default gan2flow-out/compare; gan2flow-out/refiners with --refiners)")
     compare.add_argument("--seed", type=int, default=0,
                          help="base seed for data, initial weights, noise and metrics (default 0)")
     compare.add_argument("--losses", default=None, metavar="NAMES",
@@ -531,6 +572,21 @@ def _add_compare_command(commands):
                          help="comma-separated problems among 2d,16d (default: both)")
     compare.add_argument("--no-objectives", action="store_true",
                          help="skip the generator-objective comparison")
+    compare.add_argument("--refiners", action="store_true",
+                         help="instead: every refiner of gan2flow.refiners (DRS, MH-GAN, DOT, DDLS, DGflow, gan2flow's "
+                              "own) on every zoo GAN, converted once and cached in OUT/flows; refiners.csv, "
+                              "refiners.md, refiners.json and sample figures (docs/refiners.md). Full: 7 members, "
+                              "3 seeds, 1 000 samples (measured: 17 minutes on 2 shared cores, after 8 minutes "
+                              "of conversions); --quick: the 4 fast members, 2 seeds, 500 samples (about 2 "
+                              "minutes, plus 3-4 of conversions on the first run)")
+    compare.add_argument("--members", default=None, metavar="NAMES",
+                         help="with --refiners: comma-separated zoo members (default: all)")
+    compare.add_argument("--methods", default=None, metavar="NAMES",
+                         help="with --refiners: comma-separated refiners (default: all of gan2flow.refiners.names())")
+    compare.add_argument("--seeds", default=None, metavar="S,S,...",
+                         help="with --refiners: sampling seeds (default 0,1,2; 0,1 with --quick)")
+    compare.add_argument("--n", type=int, default=None,
+                         help="with --refiners: samples per refiner and seed (default 1000; 500 with --quick)")
     compare.set_defaults(handler=_compare)
 
 

@@ -136,7 +136,7 @@ class GANFlow(keras.Model):
                  for i in range(0, int(z.shape[0]), batch_size)]
         return tf.concat(parts, axis=0)
 
-    def sample(self, n, *, refine=True, space="data", seed=None, **options):
+    def sample(self, n, *, refine=True, space="data", seed=None, method=None, **options):
         """Draw n samples: G(z), then refined in data space (``refine``) or latent space (``refine_latent``).
 
         Args:
@@ -144,11 +144,19 @@ class GANFlow(keras.Model):
             refine: False gives the raw generator samples.
             space: ``"data"`` or ``"latent"``.
             seed: integer seed for z and any noise: the same seed gives the same samples.
-            **options: passed to :meth:`refine` or :meth:`refine_latent` (``strategy=`` shards the refinement).
+            method: None (this method's own refinement), or a refiner from ``gan2flow.refiners.names()``
+                (``"drs"``, ``"mh_gan"``, ``"dot"``, ``"ddls"``, ``"dgflow"``, ``"gan2flow"``, ...) that draws
+                the n samples instead, with ``options`` (docs/refiners.md).
+            **options: passed to :meth:`refine` or :meth:`refine_latent` (``strategy=`` shards the refinement),
+                or to the refiner ``method``.
 
         Returns:
             float32 tensor [n, *sample_shape].
         """
+        if method is not None:
+            from gan2flow import refiners  # built on this class's methods; never imports this module (no cycle)
+
+            return tf.convert_to_tensor(refiners.get(method)(self, n, seed=seed, **options))
         _checks.one_of(space, "space", ("data", "latent"))
         z = self.latents(n, seed)
         if refine and space == "latent":

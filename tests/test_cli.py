@@ -154,6 +154,12 @@ BAD_INPUTS = [
     ("refine --flow {corrupt_keras} --n 8 --out {out}/x.txt", "--out"),
     ("refine --flow {corrupt_keras} --n 8 --levels 0 --out {out}/x.npy", "--levels"),
     ("refine --flow {corrupt_keras} --n 8 --step-scale 0 --out {out}/x.npy", "--step-scale"),
+    ("compare --refiners --methods drs,nope --out {out}", "--methods"),
+    ("compare --refiners --members nope --out {out}", "--members"),
+    ("compare --refiners --seeds 0,x --out {out}", "--seeds"),
+    ("compare --refiners --n 0 --out {out}", "--n"),
+    ("compare --refiners --losses logistic --out {out}", "--losses"),
+    ("compare --seeds 0 --out {out}", "--seeds"),
 ]
 
 
