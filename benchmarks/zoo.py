@@ -36,10 +36,8 @@ A convert or sample that raises is reported with its error and fails every targe
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -127,21 +125,6 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def _machine():
-    import tensorflow as tf
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
-            "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
-            "tensorflow": tf.__version__, "python": platform.python_version(),
-            "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
-
-
 def _number(value, digits=3):
     if value is None:
         return "–"
@@ -206,7 +189,9 @@ def main(argv=None):
     for name in members:
         zoo.recipe(name)  # unknown names fail before any work
     n = args.n or (1000 if args.quick else 2000)
-    machine = _machine()
+    from gan2flow.experiments import measures
+
+    machine = measures.machine()
     rows = []
     for name in members:
         print(f"== {name}", flush=True)

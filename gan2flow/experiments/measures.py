@@ -9,9 +9,13 @@ metric's definition.
 """
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+
 import numpy as np
 
-__all__ = ["OUT_MARGIN", "PR_K", "Reference", "flat", "out_of_range"]
+__all__ = ["OUT_MARGIN", "PR_K", "Reference", "flat", "out_of_range", "machine"]
 
 OUT_MARGIN = 0.1  # a value is out of range beyond [lo − 0.1·(hi − lo), hi + 0.1·(hi − lo)]
 PR_K = 3
@@ -89,3 +93,20 @@ class Reference:
         else:
             result["hq"] = float(np.mean(self.nearest(rows, self.half_b) <= self.hq_radius))
         return result
+
+
+def machine():
+    """Where and when a measurement ran: date, CPU model, cores, load average, TensorFlow and Python versions,
+    and the intra-op thread setting (benchmark tables print it beside their numbers)."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
+            "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+            "tensorflow": tf.__version__, "python": platform.python_version(),
+            "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}

@@ -27,10 +27,8 @@ machine) and ``samples_<member>.png`` (2-D: samples side by side; digits: an ima
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -127,7 +125,7 @@ def run(out, *, quick=False, members=None, seeds=None, n=None, methods=None, ver
     for method in methods:
         refiners.get(method)
     os.makedirs(out, exist_ok=True)
-    machine = _machine()
+    machine = measures.machine()
     rows, figures, conversions = [], {}, {}
     for name in members:
         member = zoo.load(name, verbose=int(verbose))
@@ -256,20 +254,6 @@ def _figure(member, panels, path):
     margin = 0.25 * (high - low)
     return plotting.scatter_panels(view, path, reference=heldout[:, :2], limits=(low - margin, high + margin),
                                    title=member.name + ("" if heldout.shape[1] == 2 else " (first two coordinates)"))
-
-
-def _machine():
-    import tensorflow as tf
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
-            "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
-            "tensorflow": tf.__version__, "python": platform.python_version()}
 
 
 def _write(out, rows, machine, conversions, members, seeds, n, methods, report=None):
