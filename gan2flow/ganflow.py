@@ -282,7 +282,8 @@ class GANFlow(keras.Model):
 
     def _calibrated_plan(self, x, method, noise_scale, seed, on_divergence, *, sigmas, levels, steps_per_sigma,
                          step_scale, drift_correction, drift_min_sigma, kernel_block_size):
-        sigmas = self.default_sigmas(40 if levels is None else levels) if sigmas is None else schedules.validate(sigmas)
+        if sigmas is None:  # (a given schedule is validated once, by make_plan)
+            sigmas = self.default_sigmas(40 if levels is None else levels)
         if drift_min_sigma is not None:
             drift_min_sigma = _checks.positive_float(drift_min_sigma, "drift_min_sigma", allow_zero=True)
         plan = flows.make_plan(x, self.estimator, sigmas, step_scale=0.5 if step_scale is None else step_scale,
