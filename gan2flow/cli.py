@@ -477,6 +477,16 @@ def _add_pipeline_commands(commands):
 # --------------------------------------------------------------------------------------------------
 # compare: which GAN losses give score-difference estimators (docs/losses.md, "Measured results")
 
+def _names(text, flag, choices):
+    """A comma-separated list of names from ``choices`` (a one-line error naming ``flag`` otherwise)."""
+    values = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [value for value in values if value not in choices]
+    if not values or unknown:
+        raise _CommandLineError(
+            f"`{flag}` must be a comma-separated list of names from {', '.join(choices)}; got {text!r}.")
+    return values
+
+
 def _compare(args):
     if args.refiners:
         return _compare_refiners(args)
@@ -485,16 +495,8 @@ def _compare(args):
     from gan2flow import losses as loss_registry
     from gan2flow.experiments import compare
 
-    def names(text, flag, choices):
-        values = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [value for value in values if value not in choices]
-        if not values or unknown:
-            raise _CommandLineError(
-                f"`{flag}` must be a comma-separated list of names from {', '.join(choices)}; got {text!r}.")
-        return values
-
-    losses = None if args.losses is None else names(args.losses, "--losses", loss_registry.names())
-    targets = compare.PROBLEMS if args.targets is None else names(args.targets, "--targets", compare.PROBLEMS)
+    losses = None if args.losses is None else _names(args.losses, "--losses", loss_registry.names())
+    targets = compare.PROBLEMS if args.targets is None else _names(args.targets, "--targets", compare.PROBLEMS)
     _positive(args.seed, "--seed", allow_zero=True)
     compare.run(args.out or "gan2flow-out/compare", quick=args.quick, seed=args.seed, losses=losses, targets=targets,
                 objectives=() if args.no_objectives else compare.GENERATOR_OBJECTIVES)
@@ -507,19 +509,11 @@ def _compare_refiners(args):
     from gan2flow.experiments import refiners as experiment
     from gan2flow.experiments import zoo
 
-    def names(text, flag, choices):
-        values = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [value for value in values if value not in choices]
-        if not values or unknown:
-            raise _CommandLineError(
-                f"`{flag}` must be a comma-separated list of names from {', '.join(choices)}; got {text!r}.")
-        return values
-
     if args.losses is not None or args.targets is not None or args.no_objectives:
         raise _CommandLineError("`--losses`, `--targets` and `--no-objectives` apply to the loss comparison, "
                                 "not to `--refiners`.")
-    members = None if args.members is None else names(args.members, "--members", zoo.names())
-    methods = None if args.methods is None else names(args.methods, "--methods", refiners.names())
+    members = None if args.members is None else _names(args.members, "--members", zoo.names())
+    methods = None if args.methods is None else _names(args.methods, "--methods", refiners.names())
     seeds = None
     if args.seeds is not None:
         try:
