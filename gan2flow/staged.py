@@ -59,7 +59,7 @@ import tensorflow as tf
 
 from gan2flow import _checks, image_metrics, metrics, models
 from gan2flow.estimators import DiscriminatorScoreDifference
-from gan2flow.flows import flow as _flow
+from gan2flow.flows import make_plan, run
 
 __all__ = [
     "StagedCalibration",
@@ -193,15 +193,11 @@ def _judge(train_loss, heldout_loss, accuracy, saturated, *, max_gap, max_accura
     return (not reasons), ("; ".join(reasons) if reasons else "ok")
 
 
-def _project(x, bounds):
-    return tf.clip_by_value(x, bounds[0], bounds[1])
-
-
 def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
-    for _ in range(flow_steps):
-        x = _flow(x, estimator, [float(sigma)], step_scale=step_scale, steps_per_sigma=1, jit_compile=False)
-        x = _project(x, bounds)
-    return x
+    """``flow_steps`` Euler steps of ε σ² ∇T at one σ, each projected onto ``bounds``: one plan of the flow engine
+    (the same arithmetic as a step-by-step loop with a clip after every step)."""
+    plan = make_plan(x, estimator, [float(sigma)], step_scale=step_scale, steps_per_sigma=flow_steps, box=bounds)
+    return run(plan, x, jit_compile=False).x
 
 
 def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None, sigma_ratio=0.9,
