@@ -63,8 +63,11 @@ def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0, train_
     conditional = train_labels is not None
     y_heldout = None if not conditional else np.asarray(heldout_labels)[heldout_rows]
     y_train = None if not conditional else np.asarray(train_labels)[train_rows]
-    fake = flow.generate(flow.latents(len(heldout), seed=seed + 7919), labels=y_heldout).numpy()
-    fake_for_train = flow.generate(flow.latents(len(train), seed=seed + 7920), labels=y_train).numpy()
+    # (labels only for conditional flows: an unconditional one is called exactly as before)
+    fake = flow.generate(flow.latents(len(heldout), seed=seed + 7919),
+                         **({} if not conditional else {"labels": y_heldout})).numpy()
+    fake_for_train = flow.generate(flow.latents(len(train), seed=seed + 7920),
+                                   **({} if not conditional else {"labels": y_train})).numpy()
     rows, class_terms = [], []
     for sigma in sigmas:
         def noised(a, k, sigma=sigma):
