@@ -286,6 +286,7 @@ def test_convert_refuses_a_conditional_generator_without_labels_before_any_work(
                          steps=1, verbose=0)
 
 
+@pytest.mark.slow  # about 50 s on 2 loaded cores (XLA compiles of the calibration and the stages)
 def test_convert_a_conditional_pair_end_to_end_small():
     """A few calibration steps and two stages: the machinery runs, the flow is conditional and saveable."""
     rng = np.random.default_rng(0)
@@ -306,6 +307,21 @@ def test_convert_a_conditional_pair_end_to_end_small():
 
 # --------------------------------------------------------------------------------------------------
 # The zoo's conditional GAN, with the defaults
+
+
+def test_zoo_lists_the_conditional_member_apart_and_its_labels_follow_the_modes():
+    from gan2flow.experiments import zoo
+
+    assert zoo.names(conditional=True) == ["ring_classes_cgan"]
+    assert "ring_classes_cgan" not in zoo.names() and "ring_classes_cgan" in zoo.names(conditional=None)
+    recipe = zoo.recipe("ring_classes_cgan")
+    data = zoo.make_data(recipe, seed=0)
+    centers, classes = np.asarray(data["info"]["centers"]), np.asarray(data["info"]["mode_classes"])
+    for samples, labels in ((data["train"], data["train_labels"]), (data["heldout"], data["heldout_labels"])):
+        nearest = np.linalg.norm(samples[:, None] - centers[None], axis=2).argmin(1)
+        # std 0.1 around modes 1.37 apart: every sample is nearest its own mode, whose class is its label
+        np.testing.assert_array_equal(classes[nearest], labels)
+    assert np.bincount(data["train_labels"]).min() > 1300  # 4 500 samples, 3 classes of 3 equal modes
 
 
 @pytest.mark.slow
@@ -334,3 +350,38 @@ def test_flows_engine_contract_is_unchanged():
                                                         sigma_conditioned=True)
     moved = flows.flow(x, estimator, [0.5], step_scale=1.0).numpy()  # η = 0.25
     np.testing.assert_allclose(moved, x + 0.25 * (MEANS[labels] - x), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_refine_takes_a_label_or_a_labels_file_and_names_the_flags_without_them(flow, tmp_path, capsys):
+    from gan2flow import cli
+
+    path = str(tmp_path / "conditional.keras")
+    flow.save(path)
+    out = str(tmp_path / "x.npy")
+    assert cli.main(["refine", "--flow", path, "--n", "6", "--seed", "4", "--out", out]) == 2
+    assert "`--label/--labels` must be given" in capsys.readouterr().err
+    assert cli.main(["refine", "--flow", path, "--n", "6", "--seed", "4", "--label", "2", "--out", out]) == 0
+    np.testing.assert_array_equal(np.load(out), flow.sample(6, seed=4, labels=2).numpy())
+    labels = np.array([0, 1, 2, 2, 1, 0])
+    np.save(tmp_path / "y.npy", labels)
+    assert cli.main(["refine", "--flow", path, "--n", "6", "--seed", "4", "--labels", str(tmp_path / "y.npy"),
+                     "--no-refine", "--out", out]) == 0
+    np.testing.assert_array_equal(np.load(out), flow.sample(6, seed=4, labels=labels, refine=False).numpy())
+    assert cli.main(["refine", "--flow", path, "--n", "6", "--label", "7", "--out", out]) == 2
+    assert "`--label/--labels` must be class indices below n_classes=3" in capsys.readouterr().err
+
+
+def test_cli_convert_names_the_labels_flag(tmp_path, capsys):
+    from gan2flow import cli
+
+    generator = str(tmp_path / "G.keras")
+    _means_generator().save(generator)
+    data = str(tmp_path / "x.npy")
+    np.save(data, np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32))
+    assert cli.main(["convert", "--generator", generator, "--data", data, "--steps", "1",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "`--labels` must be given: the generator takes two inputs" in capsys.readouterr().err
