@@ -69,12 +69,16 @@ def _points(n=23, seed=0):
     return rng.normal(size=(n, 2)).astype(np.float32), rng.integers(0, K, n).astype(np.int32)
 
 
-def _staged_closed_form(x, labels):
-    """μ'_k + (1 − η_k)^2 (x − μ'_k) per stage, μ' the stage's means."""
-    for k, eta in enumerate(STAGE_STEPS):
+def _stages_closed_form(x, labels, stages):
+    """μ'_k + (1 − η_k)^2 (x − μ'_k) for the first ``stages`` stages, μ' the stage's means."""
+    for k, eta in enumerate(STAGE_STEPS[:stages]):
         target = MEANS[labels] + (np.array([0.5, 0.0], np.float32) if k else 0.0)
         x = target + (1 - eta) ** FLOW_STEPS * (x - target)
     return x
+
+
+def _staged_closed_form(x, labels):
+    return _stages_closed_form(x, labels, len(STAGE_STEPS))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,6 +150,9 @@ def test_staged_refine_with_labels_matches_the_closed_form_chunked_and_per_row(f
     for row in (0, 7, 22):
         single = flow.refine(x[row:row + 1], labels=labels[row:row + 1], check=False).numpy()
         np.testing.assert_allclose(single[0], expected[row], atol=1e-5)
+    states, sigmas = flow.trajectory(x, labels=labels)
+    np.testing.assert_allclose(states[-1].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(states[1].numpy(), _stages_closed_form(x, labels, 1), atol=1e-5)
 
 
 def test_an_int_label_gives_every_row_that_class(flow):
