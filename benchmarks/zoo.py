@@ -32,6 +32,15 @@ Targets (pass/fail per member): low-dimensional members: sliced W2 ≥ 40 % lowe
 lower (``fd_-30%``) and recall not lower (``recall_kept``); ``in_range``: no refined value out of range;
 ``not_worse``: the headline metric (sliced W2; FD on digits) not worse than raw; ``no_copy``: nn_ratio ≥ 0.75.
 A convert or sample that raises is reported with its error and fails every target.
+
+Conditional members (``--conditional``; issue 16), converted with ``convert(G, D, train, loss=..., labels=...)``
+and sampled per class (``flow.sample(n, labels=k, ...)``, the same latents raw and refined), are measured per
+class against that class's held-out data: ``sw`` (floor: the class's training against its held-out data),
+``own`` (the share of samples within the HQ radius of one of the class's own modes), ``other`` (within it
+of another class's mode), the class's modes covered and its smallest mode's share over its true share, ``out``
+and ``nn_ratio`` (nearest *class* training sample, over the same for the class's held-out data). Targets per
+class: ``sw_-40%``, ``own_kept`` (own share not lower than raw), ``in_range``, ``no_copy``. Written to
+``zoo_conditional.json`` / ``zoo_conditional.md``.
 """
 from __future__ import annotations
 
@@ -121,6 +130,90 @@ def run_member(name, *, n, seed=0, cache_dir=None, verbose=True):
     return row
 
 
+def _class_stats(samples, label, member, held, train_class):
+    """One class's measurements of ``samples`` (see the module docstring)."""
+    from gan2flow import image_metrics, metrics
+    from gan2flow.experiments import measures
+
+    centers, classes = np.asarray(member.info["centers"]), np.asarray(member.info["mode_classes"])
+    std, threshold = np.asarray(member.info["stds"]), member.info["mode_threshold"]
+    distance = np.linalg.norm(samples[:, None] - centers[None], axis=2)
+    nearest = distance.argmin(1)
+    close = distance[np.arange(len(samples)), nearest] <= threshold * std[nearest]
+    own = close & (classes[nearest] == label)
+    counts = np.bincount(nearest[own], minlength=len(centers))[classes == label]
+    share = counts / len(samples) * len(counts)  # each own mode's share over its true share (1 / modes of class)
+    heldout_nn = float(np.median(image_metrics.nearest_distances(held, train_class)))
+    nn = float(np.median(image_metrics.nearest_distances(samples, train_class)))
+    covered = int(np.sum(counts >= 0.2 * len(samples) / len(counts)))  # PacGAN's rule, as metrics.mode_stats
+    return {"sw": metrics.sliced_wasserstein(samples, held), "own": float(own.mean()),
+            "other": float((close & (classes[nearest] != label)).mean()), "modes": covered,
+            "n_modes": int(len(counts)), "min_share": float(share.min()), "counts": counts.tolist(),
+            "out": measures.out_of_range(samples, member.info["data_range"]), "nn_ratio": nn / heldout_nn}
+
+
+def run_conditional_member(name, *, n, seed=0, cache_dir=None, verbose=True):
+    """Convert a conditional member with the defaults (and its labels); measure raw and refined per class."""
+    import keras
+
+    import gan2flow
+    from gan2flow import metrics
+    from gan2flow.experiments import zoo
+
+    member = zoo.load(name, seed=seed, cache_dir=cache_dir, verbose=int(verbose))
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    flow = gan2flow.convert(member.generator, member.discriminator, member.train, loss=member.loss,
+                            labels=member.train_labels, verbose=0)
+    row = {"member": name, "n": n, "convert_seconds": round(time.perf_counter() - start, 2),
+           "train_seconds": member.info.get("train_seconds"), "diagnostics": _jsonable(flow.diagnostics),
+           "classes": []}
+    for label in range(member.info["n_classes"]):
+        held = member.heldout[member.heldout_labels == label]
+        train_class = member.train[member.train_labels == label]
+        raw = np.asarray(flow.sample(n, refine=False, seed=0, labels=label))
+        start = time.perf_counter()
+        refined = np.asarray(flow.sample(n, seed=0, labels=label))
+        seconds = round(time.perf_counter() - start, 2)
+        entry = {"label": label, "floor": metrics.sliced_wasserstein(train_class[:n], held),
+                 "raw": _class_stats(raw, label, member, held, train_class),
+                 "refined": _class_stats(refined, label, member, held, train_class), "sample_seconds": seconds}
+        raw_, refined_ = entry["raw"], entry["refined"]
+        entry["targets"] = {"sw_-40%": refined_["sw"] <= 0.6 * raw_["sw"], "own_kept": refined_["own"] >= raw_["own"],
+                            "in_range": refined_["out"] == 0.0, "no_copy": refined_["nn_ratio"] >= _NO_COPY}
+        entry["pass"] = all(entry["targets"].values())
+        row["classes"].append(entry)
+    row["pass"] = all(entry["pass"] for entry in row["classes"])
+    return row
+
+
+def conditional_markdown(rows, machine):
+    """The per-class tables of the conditional members as Markdown."""
+    lines = [f"Measured {machine['date']} on {machine['cores']} × {machine['cpu']} (load average "
+             f"{', '.join(map(str, machine['load_average']))}), TensorFlow {machine['tensorflow']}.", "",
+             "| member | class | SW2 (raw → refined) | change | floor | own-class modes | other class | modes | "
+             "min share | nn ratio | out of range | sample s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for entry in row["classes"]:
+            raw, refined = entry["raw"], entry["refined"]
+            lines.append(
+                f"| {row['member']} | {entry['label']} | {raw['sw']:.3g} → {refined['sw']:.3g} | "
+                f"{100 * (refined['sw'] / raw['sw'] - 1):+.0f} % | {entry['floor']:.3g} | {raw['own']:.3f} → "
+                f"{refined['own']:.3f} | {raw['other']:.3f} → {refined['other']:.3f} | {raw['modes']}/{raw['n_modes']} "
+                f"→ {refined['modes']}/{refined['n_modes']} | {raw['min_share']:.2f} → {refined['min_share']:.2f} | "
+                f"{raw['nn_ratio']:.2f} → {refined['nn_ratio']:.2f} | {raw['out']:.2g} → {refined['out']:.2g} | "
+                f"{entry['sample_seconds']} |")
+    keys = ["sw_-40%", "own_kept", "in_range", "no_copy"]
+    lines += ["", "| member | class | " + " | ".join(keys) + " | all | convert s |",
+              "|---|---|" + "---|" * (len(keys) + 2)]
+    for row in rows:
+        for entry in row["classes"]:
+            lines.append(f"| {row['member']} | {entry['label']} | "
+                         + " | ".join(_number(entry["targets"][k]) for k in keys)
+                         + f" | {_number(entry['pass'])} | {row['convert_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
@@ -184,7 +277,11 @@ def main(argv=None):
     parser.add_argument("--cache-dir",
                         help="the zoo's cache folder (default ~/.cache/gan2flow/zoo or $GAN2FLOW_CACHE/zoo)")
     parser.add_argument("--out", default="zoo-benchmark", help="folder for zoo.json and zoo.md")
+    parser.add_argument("--conditional", action="store_true",
+                        help="the class-conditional members, measured per class (zoo_conditional.json / .md)")
     args = parser.parse_args(argv)
+    if args.conditional:
+        return _main_conditional(args)
     members = args.members.split(",") if args.members else zoo.names(fast=True if args.quick else None)
     for name in members:
         zoo.recipe(name)  # unknown names fail before any work
@@ -207,6 +304,31 @@ def main(argv=None):
     with open(os.path.join(args.out, "zoo.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     print(f"wrote {os.path.join(args.out, 'zoo.json')} and {os.path.join(args.out, 'zoo.md')}")
+    return 0 if all(row["pass"] for row in rows) else 1
+
+
+def _main_conditional(args):
+    from gan2flow.experiments import measures, zoo
+
+    members = args.members.split(",") if args.members else zoo.names(conditional=True)
+    for name in members:
+        if not zoo.recipe(name).conditional:
+            raise SystemExit(f"--conditional: {name} is not a class-conditional member ({zoo.names(conditional=True)})")
+    n = args.n or (1000 if args.quick else 2000)
+    machine = measures.machine()
+    rows = []
+    for name in members:
+        print(f"== {name}", flush=True)
+        rows.append(run_conditional_member(name, n=n, seed=args.seed, cache_dir=args.cache_dir))
+    machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    text = conditional_markdown(rows, machine)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "zoo_conditional.json"), "w", encoding="utf-8") as handle:
+        json.dump({"machine": machine, "argv": sys.argv[1:], "rows": _jsonable(rows)}, handle, indent=2)
+    with open(os.path.join(args.out, "zoo_conditional.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"wrote {os.path.join(args.out, 'zoo_conditional.json')} and {os.path.join(args.out, 'zoo_conditional.md')}")
     return 0 if all(row["pass"] for row in rows) else 1
 
 

@@ -10,6 +10,8 @@ inputs counted, its σ-conditioning inferred and its output normalised the same 
 - :func:`sigma_conditioning`: whether a discriminator takes ``[x, sigma]`` (given, inferred, or contradicted);
 - :func:`latent_shape`: a generator's latent shape (given or inferred);
 - :func:`output_column`: a discriminator's raw output as ``[batch, 1]``;
+- :func:`check_labels`, :func:`label_input`: integer class labels checked, and shaped for a class-conditional
+  model's label input (``[n]``, ``[n, 1]`` or one-hot ``[n, K]``, whichever the model declares);
 - conventions noticed instead of calibrated through silently: :func:`ends_in_sigmoid` (a discriminator
   that outputs probabilities, keras-io style, not logits) and :func:`check_ranges` (data in 0..255 for a
   tanh generator, say).
@@ -28,7 +30,7 @@ import tensorflow as tf
 from gan2flow import _checks
 
 __all__ = ["load_model", "load_array", "model_arity", "input_sample_shape", "sigma_conditioning", "latent_shape",
-           "output_column", "final_activation", "ends_in_sigmoid", "check_ranges"]
+           "output_column", "final_activation", "ends_in_sigmoid", "check_ranges", "check_labels", "label_input"]
 
 
 def load_model(value, name):
@@ -104,14 +106,22 @@ def input_sample_shape(model):
     return None if shape is None or isinstance(structure, dict) else tuple(shape[1:])
 
 
-def sigma_conditioning(model, sigma_conditioned=None, name="discriminator"):
+def sigma_conditioning(model, sigma_conditioned=None, name="discriminator", *, labelled=False):
     """Whether ``model`` takes ``[x, sigma]``: ``sigma_conditioned`` checked against its inputs, or inferred.
+
+    With ``labelled`` the model is class-conditional and takes a label as its last input (``[x, label]`` or
+    ``[x, sigma, label]``); the label input is not counted.
 
     Raises:
         ValueError: more than two inputs; None for a model without Keras ``inputs`` (cannot infer); or a
             value that contradicts the model's inputs.
     """
     arity = model_arity(model)
+    if labelled and arity is not None:
+        if arity not in (2, 3):
+            raise ValueError(f"`{name}` must take [x, label] or [x, sigma, label] (class-conditional), got a model "
+                             f"with {arity} input{'s' if arity != 1 else ''}.")
+        arity -= 1
     if arity is not None and arity not in (1, 2):
         raise ValueError(f"`{name}` must take x or [x, sigma], got a model with {arity} inputs.")
     if sigma_conditioned is None:
@@ -217,3 +227,75 @@ def check_ranges(real, fake, *, generator=None, real_name="real_data", fake_name
     inside = np.mean((fake >= real_low - 0.5 * span) & (fake <= real_high + 0.5 * span))
     if inside < 0.5:
         raise ValueError(f"{message}: only {inside:.0%} of the generator's values fall near the data's range.{advice}")
+
+
+def check_labels(labels, n, name="labels", n_classes=None):
+    """Integer class labels for ``n`` rows as an int32 NumPy array ``[n]`` (an int gives every row that class).
+
+    Args:
+        labels: an int, or an array (or ``.npy`` path) of ``n`` integer labels (shape ``[n]`` or ``[n, 1]``).
+        n: the number of rows the labels are for.
+        name: the argument's name in error messages.
+        n_classes: the number of classes; labels must lie in ``0 … n_classes − 1`` (None: only ≥ 0).
+
+    Raises:
+        ValueError: non-integers, negative labels or labels ≥ ``n_classes``, or not one label per row.
+        FileNotFoundError: a path with no file.
+    """
+    if isinstance(labels, (str, os.PathLike)):
+        path = os.fspath(labels)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected a .npy array of integer labels).")
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"`{name}`: {path!r} is not a readable .npy array ({first}).") from None
+    if isinstance(labels, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be an integer class or an array of integer classes, got {labels!r}.")
+    if isinstance(labels, numbers.Integral):
+        labels = np.full(n, int(labels), np.int64)
+    array = np.asarray(labels.numpy() if isinstance(labels, tf.Tensor) else labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"`{name}` must hold integer class labels, got dtype {array.dtype}.")
+    if array.ndim != 1 or len(array) != n:
+        raise ValueError(f"`{name}` must hold one integer label per row, shape [{n}], got shape {array.shape}.")
+    if array.size and array.min() < 0:
+        raise ValueError(f"`{name}` must be class indices >= 0, got {int(array.min())}.")
+    if n_classes is not None and array.size and array.max() >= n_classes:
+        raise ValueError(f"`{name}` must be class indices below n_classes={n_classes}, got {int(array.max())}.")
+    return array.astype(np.int32)
+
+
+def label_input(model, labels, n_classes=None):
+    """Labels shaped for a class-conditional model's label input (its last Keras input).
+
+    An input declared ``[batch]`` gets labels ``[batch]``, ``[batch, 1]`` gets a column (integer or float as the
+    input's dtype), ``[batch, K]`` with K > 1 gets one-hot rows (K classes). A model without Keras ``inputs``
+    gets an int32 column.
+
+    Args:
+        model: the Keras model (a generator ``[z, label]`` or discriminator ``[x, (sigma,) label]``).
+        labels: integer tensor ``[batch]``.
+        n_classes: checked against a one-hot input's width when given.
+    """
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    inputs = getattr(model, "inputs", None)
+    spec = inputs[-1] if inputs else None
+    shape = getattr(spec, "shape", None)
+    if shape is None or len(shape) < 1:
+        return labels[:, None]
+    dtype = tf.as_dtype(getattr(spec, "dtype", None) or "float32")
+    if len(shape) == 1:
+        return tf.cast(labels, dtype)
+    width = shape[-1]
+    if len(shape) == 2 and width is not None and width > 1:
+        if n_classes is not None and width != n_classes:
+            raise ValueError(f"the model's label input takes one-hot rows of {width} classes, but the labels have "
+                             f"{n_classes} classes (pass n_classes={width}).")
+        return tf.one_hot(labels, width, dtype=dtype if dtype.is_floating else tf.float32)
+    return tf.cast(labels[:, None], dtype)

@@ -268,22 +268,25 @@ def _convert(args):
     with _flag_names({"generator": "--generator", "discriminator": "--discriminator", "real_data": "--data",
                          "loss": "--loss", "latent_dim": "--latent-dim", "steps": "--steps",
                          "batch_size": "--batch-size", "sigma_range": "--sigma-min/--sigma-max",
-                         "learning_rate": "--learning-rate",
+                         "learning_rate": "--learning-rate", "labels": "--labels",
                          "backup_dir": "--output" if args.output is not None else "--out"}):
         flow = conversion.convert(generator, discriminator, real, loss=args.loss, latent_dim=args.latent_dim,
                                   sigma_range=sigma_range, steps=args.steps, batch_size=args.batch_size,
                                   learning_rate=args.learning_rate, seed=args.seed, verbose=1,
-                                  backup_dir=backup_dir, stages=not args.no_stages)
+                                  backup_dir=backup_dir, stages=not args.no_stages, labels=args.labels)
     flow.diagnostics["seconds"] = time.perf_counter() - started
     flow.diagnostics["inputs"] = {"generator": args.generator, "discriminator": args.discriminator,
                                   "data": args.data, "loss": args.loss, "seed": args.seed}
+    if args.labels is not None:
+        flow.diagnostics["inputs"]["labels"] = args.labels
     _save_model(flow, flow_path)
     _io.write_json(diagnostics_path, flow.diagnostics)
     print(f"wrote flow: {os.path.abspath(flow_path)}")
     print(f"wrote diagnostics: {os.path.abspath(diagnostics_path)}")
     if not flow.diagnostics.get("good_enough", True):
         print("the calibration has warnings (above): consider more --steps or more data before refining")
-    print(f"next: gan2flow refine --flow {flow_path} --n 1000 --out samples.npy")
+    print(f"next: gan2flow refine --flow {flow_path} --n 1000 "
+          f"{'--label 0 ' if flow.n_classes is not None else ''}--out samples.npy")
     return 0
 
 
@@ -313,12 +316,15 @@ def _refine(args):
         for name, value in (("levels", args.levels), ("step_scale", args.step_scale)):
             if value is not None:
                 options[name] = value
+    labels = args.label if args.label is not None else args.labels
     what = "raw generator samples" if args.no_refine else f"samples refined in {args.space} space"
-    print(f"drawing {args.n} {what} (seed {args.seed})")
+    print(f"drawing {args.n} {what} (seed {args.seed})"
+          + (f" of class {args.label}" if args.label is not None else ""))
     try:
         with _flag_names({"n": "--n", "batch_size": "--batch-size", "levels": "--levels", "seed": "--seed",
-                          "step_scale": "--step-scale", "field": "--field"}):
-            x = flow.sample(args.n, refine=not args.no_refine, space=args.space, seed=args.seed, **options)
+                          "step_scale": "--step-scale", "field": "--field", "labels": "--label/--labels"}):
+            x = flow.sample(args.n, refine=not args.no_refine, space=args.space, seed=args.seed, labels=labels,
+                            **options)
     except flows.FlowDivergenceError as error:
         raise ValueError(
             f"`--step-scale`: refinement diverged at sigma={error.sigma:.3g} (step size {error.step_size:.3g}); "
@@ -346,6 +352,7 @@ examples:
   gan2flow convert --generator runs/grid25/generator.keras \\
       --discriminator runs/grid25/discriminator.keras --data runs/grid25/data.npy --out runs/flow
   gan2flow convert --generator G.keras --data x.npy --output my_flow.keras   # no discriminator
+  gan2flow convert --generator cG.keras --discriminator cD.keras --data x.npy --labels y.npy   # conditional
 
 The diagnostics table lists, per noise level sigma, the calibrated discriminator's held-out
 logistic loss (chance = 1.386; lower is better) next to its training loss (a gap means
@@ -358,6 +365,7 @@ examples:
   gan2flow refine --flow runs/flow/flow.keras --n 1000 --out refined.npy
   gan2flow refine --flow flow.keras --n 1000 --space latent --out latent_refined.npy
   gan2flow refine --flow flow.keras --n 1000 --no-refine --out raw.npy     # the GAN's own samples
+  gan2flow refine --flow conditional.keras --n 1000 --label 3 --out class3.npy   # a conditional flow
 
 The same --seed gives the same samples, bit for bit. Data-space refinement couples the samples of
 one batch (its drift correction is a kernel estimate over them): keep --batch-size in the
@@ -444,6 +452,9 @@ def _add_pipeline_commands(commands):
     convert.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     convert.add_argument("--no-stages", action="store_true",
                          help="skip the staged calibration (faster; refinement then uses --field calibrated)")
+    convert.add_argument("--labels", default=None, metavar="LABELS.npy",
+                         help="a class-conditional GAN (generator [z, label], discriminator [x, label]): the integer "
+                              "class of each row of --data (docs/convert.md, 'Conditional GANs')")
     convert.set_defaults(handler=_convert)
 
     refine = commands.add_parser(
@@ -471,6 +482,11 @@ def _add_pipeline_commands(commands):
     refine.add_argument("--batch-size", type=int, default=None, metavar="B",
                         help="refine this many samples at a time (default: all at once)")
     refine.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    classes = refine.add_mutually_exclusive_group()
+    classes.add_argument("--label", type=int, default=None, metavar="K",
+                         help="a class-conditional flow: draw every sample of class K")
+    classes.add_argument("--labels", default=None, metavar="LABELS.npy",
+                         help="a class-conditional flow: the class of each of the N samples (integers, shape [N])")
     refine.set_defaults(handler=_refine)
 
 

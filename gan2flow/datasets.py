@@ -56,7 +56,8 @@ def shuffled_batches(data, batch_size, seed):
     """An endless tf.data stream of full batches of ``data``, reshuffled every pass (seeded), prefetched.
 
     Args:
-        data: an array [n, ...] (or anything ``tf.data.Dataset.from_tensor_slices`` takes).
+        data: an array [n, ...], or a tuple of arrays with n rows each, e.g. ``(samples, labels)`` (anything
+            ``tf.data.Dataset.from_tensor_slices`` takes).
         batch_size: rows per batch; a last partial batch of each pass is dropped.
         seed: the shuffle's seed (the order of every pass follows from it).
 
@@ -66,5 +67,6 @@ def shuffled_batches(data, batch_size, seed):
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    rows = len(data[0]) if isinstance(data, tuple) else len(data)  # (samples, labels) pairs: rows of the samples
+    dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(rows, seed=seed, reshuffle_each_iteration=True)
     return dataset.repeat().batch(batch_size, drop_remainder=True).prefetch(2)

@@ -30,7 +30,8 @@ def _logistic_terms(logits_real, logits_fake):
     return real_terms.numpy(), fake_terms.numpy()
 
 
-def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0):
+def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0, train_labels=None, heldout_labels=None,
+             min_class_samples=50):
     """Calibration report: per σ, held-out vs training loss and accuracy, divergence and ratio checks.
 
     For each σ, with noised real samples y + σn (held-out and training) and noised fresh generator
@@ -45,24 +46,42 @@ def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0):
       Monte Carlo means of heavy-tailed weights: they are only checked (warned about) where the weights'
       effective sample fraction ``ratio_ess_q`` = (Σw)²/(nΣw²) is ≥ 0.1; at small σ, where p_σ and q_σ
       barely overlap, the check is not possible by sampling and E_p[1/r] reads low even when exact.
+
+    A class-conditional flow (``train_labels``, ``heldout_labels``: the integer classes of the real samples)
+    is measured on the class-conditional log-ratio log p_σ(x | y)/q_σ(x | y), each fake drawn with its real
+    partner's class, and the report gains ``classes``: per class its training and held-out counts and, per σ,
+    held-out and training loss; a class is not ``trusted`` when it has fewer than ``min_class_samples``
+    training samples or its held-out loss exceeds its training loss by more than max(0.1, 3 standard errors)
+    at some σ (too little data: its log-ratio is sharp and wrong there, §8). Untrusted classes are named in
+    the warnings.
     """
     rng = np.random.default_rng(seed)
     sigmas = np.geomspace(flow.sigma_range[1], flow.sigma_range[0], levels)
-    heldout = real_heldout[rng.choice(len(real_heldout), min(n, len(real_heldout)), replace=False)]
-    train = real_train[rng.choice(len(real_train), min(n, len(real_train)), replace=False)]
-    fake = flow.generate(flow.latents(len(heldout), seed=seed + 7919)).numpy()
-    fake_for_train = flow.generate(flow.latents(len(train), seed=seed + 7920)).numpy()
-    rows = []
+    heldout_rows = rng.choice(len(real_heldout), min(n, len(real_heldout)), replace=False)
+    train_rows = rng.choice(len(real_train), min(n, len(real_train)), replace=False)
+    heldout, train = real_heldout[heldout_rows], real_train[train_rows]
+    conditional = train_labels is not None
+    y_heldout = None if not conditional else np.asarray(heldout_labels)[heldout_rows]
+    y_train = None if not conditional else np.asarray(train_labels)[train_rows]
+    # (labels only for conditional flows: an unconditional one is called exactly as before)
+    fake = flow.generate(flow.latents(len(heldout), seed=seed + 7919),
+                         **({} if not conditional else {"labels": y_heldout})).numpy()
+    fake_for_train = flow.generate(flow.latents(len(train), seed=seed + 7920),
+                                   **({} if not conditional else {"labels": y_train})).numpy()
+    rows, class_terms = [], []
     for sigma in sigmas:
         def noised(a, k, sigma=sigma):
             return (a + sigma * np.random.default_rng([seed, k]).normal(size=a.shape)).astype(np.float32)
 
-        l_real = flow.log_ratio(noised(heldout, 1), sigma).numpy()
-        l_fake = flow.log_ratio(noised(fake, 2), sigma).numpy()
-        l_train = flow.log_ratio(noised(train, 3), sigma).numpy()
-        l_train_fake = flow.log_ratio(noised(fake_for_train, 4), sigma).numpy()
+        labelled = {} if not conditional else {"labels": y_heldout}
+        l_real = flow.log_ratio(noised(heldout, 1), sigma, **labelled).numpy()
+        l_fake = flow.log_ratio(noised(fake, 2), sigma, **labelled).numpy()
+        labelled = {} if not conditional else {"labels": y_train}
+        l_train = flow.log_ratio(noised(train, 3), sigma, **labelled).numpy()
+        l_train_fake = flow.log_ratio(noised(fake_for_train, 4), sigma, **labelled).numpy()
         real_terms, fake_terms = _logistic_terms(l_real, l_fake)
         train_real_terms, train_fake_terms = _logistic_terms(l_train, l_train_fake)
+        class_terms.append((real_terms + fake_terms, train_real_terms + train_fake_terms))
         heldout_loss = float(real_terms.mean() + fake_terms.mean())
         train_loss = float(train_real_terms.mean() + train_fake_terms.mean())
         rows.append({
@@ -85,8 +104,43 @@ def diagnose(flow, real_train, real_heldout, *, n=2000, levels=5, seed=0):
         if row["ratio_ess_q"] >= 0.1 and abs(row["log_mean_ratio_q"]) > 0.25:
             warnings_.append(f"sigma={row['sigma']:.3g}: density ratio mis-calibrated (log E_q[r] = "
                              f"{row['log_mean_ratio_q']:.2f}, should be ~0): train longer")
-    return {"levels": rows, "warnings": warnings_, "good_enough": not warnings_,
-            "chance_loss": 2 * math.log(2.0)}
+    report = {"levels": rows, "warnings": warnings_, "good_enough": not warnings_, "chance_loss": 2 * math.log(2.0)}
+    if conditional:
+        report["classes"] = _per_class(sigmas, class_terms, y_heldout, y_train, np.asarray(train_labels),
+                                       np.asarray(heldout_labels), min_class_samples)
+        untrusted = [row for row in report["classes"] if not row["trusted"]]
+        warnings_.extend(f"class {row['label']}: {row['why']}" for row in untrusted)
+        report["good_enough"] = not warnings_
+    return report
+
+
+def _per_class(sigmas, class_terms, y_heldout, y_train, train_labels, heldout_labels, min_class_samples):
+    """Per class: counts and, per σ, held-out and training logistic loss (pair terms), with the trust verdict."""
+    classes = []
+    for label in np.unique(np.concatenate([train_labels, heldout_labels])):
+        in_heldout, in_train = y_heldout == label, y_train == label
+        entry = {"label": int(label), "n_train": int(np.sum(train_labels == label)),
+                 "n_heldout": int(np.sum(heldout_labels == label)), "levels": []}
+        reasons = []
+        if entry["n_train"] < min_class_samples:
+            reasons.append(f"too little data: {entry['n_train']} training samples (< {min_class_samples})")
+        for sigma, (heldout_terms, train_terms) in zip(sigmas, class_terms, strict=True):
+            if not in_heldout.any() or not in_train.any():
+                continue
+            held, trained = heldout_terms[in_heldout], train_terms[in_train]
+            error = math.sqrt(held.var() / len(held) + train_terms[in_train].var() / len(trained))
+            gap = float(held.mean() - trained.mean())
+            entry["levels"].append({"sigma": float(sigma), "heldout_loss": float(held.mean()),
+                                    "train_loss": float(trained.mean()), "gap": gap, "standard_error": error})
+            if gap > max(0.1, 3 * error):
+                reasons.append(f"too little data to trust: held-out loss exceeds training loss by {gap:.3f} at "
+                               f"sigma={sigma:.3g} (overfit)")
+        if not in_heldout.any():
+            reasons.append("no held-out samples to check it on")
+        entry["trusted"] = not reasons
+        entry["why"] = "; ".join(reasons) if reasons else "trusted"
+        classes.append(entry)
+    return classes
 
 
 def format_diagnostics(report):
@@ -102,6 +156,13 @@ def format_diagnostics(report):
     lines.append(f"chance loss = {report['chance_loss']:.3f}; "
                  + ("calibration looks good enough to flow." if report["good_enough"] else "warnings:"))
     lines.extend(f"- {warning}" for warning in report["warnings"])
+    classes = report.get("classes")
+    if classes:
+        lines += ["", "per class (log p_σ(x | y)/q_σ(x | y); largest held-out − training loss gap over σ):",
+                  "| class | train samples | held-out samples | worst gap | verdict |", "|---|---|---|---|---|"]
+        for row in classes:
+            gap = max((level["gap"] for level in row["levels"]), default=float("nan"))
+            lines.append(f"| {row['label']} | {row['n_train']} | {row['n_heldout']} | {gap:.3f} | {row['why']} |")
     stages = report.get("stages")
     if stages:
         lines += ["", "staged refinement (one discriminator per stage, calibrated on the particles as the flow moved "

@@ -10,6 +10,8 @@ float32 tensor shaped like ``x``. They run eagerly, inside ``tf.function`` and u
 - :class:`DiscriminatorScoreDifference`: the GAN route, ∇ₓ link(T(x, σ)) (§3.2).
 - :class:`DenoiserScoreDifference`: (D_p − D_q)/σ², the diffusion link (§3.4).
 - :class:`ScoreDifferenceSum` and :func:`drift_corrected`: keep the source term current (§7).
+- :class:`RowLabels` and :class:`LabelledModel`: class-conditional models with the rows' labels bound, so a
+  conditional field is an ordinary estimator ``(x, sigma) -> v`` (docs/convert.md, "Conditional GANs").
 
 Reference: shared/SD_FLOW.md; Tweedie's formula ∇log p_σ(x) = (D_p(x, σ) − x)/σ².
 """
@@ -35,6 +37,8 @@ __all__ = [
     "drift_corrected",
     "ReweightedPriorScore",
     "StagedScoreDifference",
+    "RowLabels",
+    "LabelledModel",
     "kernel_denoise",
     "checked_block_size",
     "kernel_samples",
@@ -670,6 +674,82 @@ class ReweightedPriorScore:
 
 
 # --------------------------------------------------------------------------------------------------
+# Class-conditional models: the labels of the rows, bound
+
+
+class RowLabels:
+    """The integer class labels of the rows an estimator is asked about, bound once for a batch.
+
+    A class-conditional field v_σ(x | y) = ∇ₓ log p_σ(x | y) − ∇ₓ log q_σ(x | y) needs each row's label y. The
+    flow engine's contract stays ``(x, sigma) -> v``: the labels live here, in a variable the compiled flow
+    reads when it runs (so new labels never retrace), and conditional estimators read the labels of x's rows
+    from it. Row i of x has label ``labels[i]``: bind the labels of exactly the batch being flowed (a chunk of a
+    larger batch: bind that chunk's labels, as ``GANFlow.refine`` does per chunk). x may also be the first
+    rows of the bound batch (the engine probes an estimator on the first rows of x before compiling).
+
+    Args:
+        n_classes: the number of classes K (labels in 0 … K − 1).
+
+    Example:
+        >>> labels = gan2flow.estimators.RowLabels(10)
+        >>> estimator = gan2flow.estimators.StagedScoreDifference(model, weights, sigmas, labels=labels)
+        >>> labels.assign(y)                                      # y: [n] ints, the rows of x
+        >>> v = estimator(x, 0.5)                                 # v_σ(x | y)
+    """
+
+    def __init__(self, n_classes):
+        self.n_classes = _checks.positive_int(n_classes, "n_classes")
+        self.variable = tf.Variable(tf.zeros([0], tf.int32), shape=tf.TensorShape([None]), trainable=False,
+                                    name="row_labels")
+
+    def assign(self, labels):
+        """Bind ``labels`` (integers [n], each in 0 … K − 1) to the rows of the next batch; returns self.
+
+        Raises:
+            ValueError: not a 1-D array of integer labels in range (naming ``labels``).
+        """
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+            raise ValueError(f"`labels` must be a 1-D array of integer class labels, got shape {labels.shape} and "
+                             f"dtype {labels.dtype}.")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise ValueError(f"`labels` must lie in 0 … {self.n_classes - 1}, got {int(labels.min())} … "
+                             f"{int(labels.max())}.")
+        self.variable.assign(labels.astype(np.int32))
+        return self
+
+    def __call__(self, x):
+        """The labels of x's rows, int32 [batch] (x: the bound batch or its first rows)."""
+        rows = tf.shape(x)[0]
+        if tf.executing_eagerly() and int(rows) > int(tf.shape(self.variable)[0]):
+            raise ValueError(f"`labels`: {int(tf.shape(self.variable)[0])} labels are bound, but x has {int(rows)} "
+                             "rows (bind one label per row of the batch before flowing it).")
+        return self.variable[:rows]
+
+
+class LabelledModel:
+    """A class-conditional Keras model with its label input bound: ``inputs -> model([*inputs, labels])``.
+
+    ``LabelledModel(generator, labels)(z)`` is G(z, y) and ``LabelledModel(discriminator, labels)([x, sigma])`` is
+    T(x, σ, y), y the labels bound in ``labels`` (a :class:`RowLabels`) for the rows of the first input, shaped as
+    the model's label input declares (``gan2flow.adapters.label_input``: ``[n]``, ``[n, 1]`` or one-hot). So
+    :class:`DiscriminatorScoreDifference` (pass ``sigma_conditioned``) and :class:`ReweightedPriorScore` take
+    conditional models unchanged.
+    """
+
+    def __init__(self, model, labels):
+        if not isinstance(labels, RowLabels):
+            raise ValueError(f"`labels` must be a gan2flow.estimators.RowLabels, got {type(labels).__name__}.")
+        self.model = model
+        self.labels = labels
+
+    def __call__(self, inputs, training=False):
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        label = adapters.label_input(self.model, self.labels(inputs[0]), self.labels.n_classes)
+        return self.model([*inputs, label], training=training)
+
+
+# --------------------------------------------------------------------------------------------------
 # A family of fields, one per σ stage
 
 
@@ -689,12 +769,14 @@ class StagedScoreDifference:
             ``discriminator.trainable_variables`` order), each shaped ``[K, *variable.shape]``.
         sigmas: the K stage levels σ_k.
         loss: the loss the stages were trained with (its link maps outputs to log-ratios).
+        labels: a :class:`RowLabels` for class-conditional stages (``[x, sigma, label] -> logit``): the field is
+            then v_σ(x | y) with y the labels bound there for x's rows; None: unconditional.
 
     Raises:
         ValueError: stage weights that do not fit the model, or not one σ per stage.
     """
 
-    def __init__(self, discriminator, stage_weights, sigmas, loss="logistic"):
+    def __init__(self, discriminator, stage_weights, sigmas, loss="logistic", labels=None):
         sigmas = np.asarray(sigmas, np.float64).reshape(-1)
         variables = discriminator.trainable_variables
         stage_weights = list(stage_weights)
@@ -712,7 +794,10 @@ class StagedScoreDifference:
         self.stage_weights = stage_weights
         self.sigmas = sigmas
         self.loss = _losses.get(loss)
-        self.sigma_conditioned = adapters.sigma_conditioning(discriminator)
+        if labels is not None and not isinstance(labels, RowLabels):
+            raise ValueError(f"`labels` must be a gan2flow.estimators.RowLabels or None, got {type(labels).__name__}.")
+        self.labels = labels
+        self.sigma_conditioned = adapters.sigma_conditioning(discriminator, labelled=labels is not None)
         self._log_sigmas = tf.constant(np.log(sigmas), tf.float32)
 
     @staticmethod
@@ -733,6 +818,9 @@ class StagedScoreDifference:
         weights = [tf.gather(tf.convert_to_tensor(w, tf.float32), index) for w in self.stage_weights]
         frozen = [v.value for v in self.discriminator.non_trainable_variables]
         inputs = [x, tf.fill([tf.shape(x)[0], 1], _sigma_tensor(sigma))] if self.sigma_conditioned else x
+        if self.labels is not None:
+            inputs = (inputs if self.sigma_conditioned else [x]) + [
+                adapters.label_input(self.discriminator, self.labels(x), self.labels.n_classes)]
         output, _ = self.discriminator.stateless_call(weights, frozen, inputs, training=False)
         return self.loss.log_ratio(tf.cast(adapters.output_column(output, "discriminator")[:, 0], tf.float32))
 

@@ -22,6 +22,7 @@ from gan2flow import sigmas as schedules
 __all__ = ["GANFlow", "load"]
 
 _MAX_LATENT_STEP = 0.5
+_PROBE_ROWS = 16  # rows flows.make_plan probes a field on (the labels of at least these are bound first)
 
 
 @keras.saving.register_keras_serializable(package="gan2flow")
@@ -44,17 +45,24 @@ class GANFlow(keras.Model):
             ``[K, *variable.shape]`` (:meth:`gan2flow.estimators.StagedScoreDifference.stack`); stage k's
             discriminator was calibrated against the generator's samples *as they are at stage k* of the
             flow (``gan2flow.staged``). Kept as non-trainable weights of this model (saved with it).
+        n_classes: K for a class-conditional flow: the generator takes ``[z, label]``, the discriminator and the
+            stages' architecture ``[x, sigma, label]``; every method that draws, refines or weighs samples then
+            takes ``labels=`` (an int for one class, or one integer per row) and the fields are v_σ(x | y).
+            None: unconditional.
     """
 
     def __init__(self, generator, discriminator, *, sigma_range, latent_shape, diagnostics=None, stages=None,
-                 stage_discriminator=None, stage_weights=None, name="gan_flow", **kwargs):
+                 stage_discriminator=None, stage_weights=None, n_classes=None, name="gan_flow", **kwargs):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
         self.latent_shape = tuple(int(d) for d in latent_shape)
         self.diagnostics = diagnostics or {}
-        self.estimator = estimators.DiscriminatorScoreDifference(discriminator, loss="logistic",
+        self.n_classes = None if n_classes is None else _checks.positive_int(n_classes, "n_classes")
+        # A conditional flow's fields read each row's label from here (bound per chunk by _run).
+        self.row_labels = None if self.n_classes is None else estimators.RowLabels(self.n_classes)
+        self.estimator = estimators.DiscriminatorScoreDifference(self._labelled(discriminator), loss="logistic",
                                                                  sigma_conditioned=True)
         self._latent_estimators = {}
         self.stages = dict(stages) if stages else None
@@ -70,7 +78,7 @@ class GANFlow(keras.Model):
                 for variable, value in zip(self.stage_weights.stacked, stage_weights, strict=True):
                     variable.assign(np.asarray(value, np.float32))
             self.staged_estimator = estimators.StagedScoreDifference(stage_discriminator, self.stage_weights.stacked,
-                                                                     self.stages["sigmas"])
+                                                                     self.stages["sigmas"], labels=self.row_labels)
         self.built = True
 
     # keras plumbing ----------------------------------------------------------------------------
@@ -89,7 +97,7 @@ class GANFlow(keras.Model):
             "stages": self.stages,
             "stage_discriminator": (None if self.stage_discriminator is None
                                     else keras.saving.serialize_keras_object(self.stage_discriminator)),
-        }
+        } | ({} if self.n_classes is None else {"n_classes": self.n_classes})
 
     @classmethod
     def from_config(cls, config):
@@ -117,6 +125,61 @@ class GANFlow(keras.Model):
     def sample_shape(self):
         return tuple(self.generator.output_shape[1:])
 
+    # class labels (conditional flows) ------------------------------------------------------------
+    def _labelled(self, model):
+        """``model`` with the rows' labels bound (conditional flows), else ``model`` itself."""
+        return model if self.row_labels is None else estimators.LabelledModel(model, self.row_labels)
+
+    def check_labels(self, labels, n, name="labels"):
+        """``labels`` for n rows as int32 [n] (an int: every row that class); None for an unconditional flow.
+
+        Raises:
+            ValueError: labels for an unconditional flow, none for a conditional one (saying how to pass them),
+                or labels that are not n integer classes in 0 … n_classes − 1.
+        """
+        if self.n_classes is None:
+            if labels is not None:
+                raise ValueError(f"`{name}` applies to class-conditional flows only; this flow's generator takes z "
+                                 "alone (convert a generator [z, label] with convert(..., labels=y)).")
+            return None
+        if labels is None:
+            raise ValueError(f"`{name}` must be given: this flow is class-conditional (its generator takes [z, label], "
+                             f"{self.n_classes} classes). Pass {name}=K for one class 0 … {self.n_classes - 1}, or an "
+                             f"array of one integer class per sample (CLI: --label K or --labels LABELS.npy).")
+        return adapters.check_labels(labels, n, name, self.n_classes)
+
+    def _run(self, plan, x, labels, *, phases=None, batch_size=None, callback=None, progress=None, record=False):
+        """``flows.run`` with a conditional flow's labels bound chunk by chunk.
+
+        The chunks are those of ``flows.run`` (``batch_size`` rows, noise keyed by the global row), and each
+        chunk's labels are bound just before it runs: the fields read the labels of the rows they are given,
+        so a chunked run equals one pass. With ``phases`` (the drift correction, whose kernel term couples the
+        rows of a chunk) the rows are first grouped by class (stable order), so that a sample's correction
+        compares only samples of its own class: ∇log q₀,σ(x | y) − ∇log q_t,σ(x | y); noise is then keyed by
+        the row's position in that grouped order."""
+        if labels is None:
+            return flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback, progress=progress,
+                             record=record)
+        n = int(x.shape[0])
+        chunk = n if batch_size is None else min(_checks.positive_int(batch_size, "batch_size"), max(n, 1))
+        order = np.arange(n) if phases is None else np.argsort(labels, kind="stable")
+        groups = [order] if phases is None else [order[labels[order] == k] for k in np.unique(labels)]
+        pieces, results, position = [], [], 0
+        for group in groups:
+            for start in range(0, len(group), chunk):
+                rows = group[start:start + chunk]
+                self.row_labels.assign(labels[rows])
+                results.append(flows.run(plan.rows(position), tf.gather(x, rows), phases=phases, callback=callback,
+                                         progress=progress, record=record))
+                pieces.append(rows)
+                position += len(rows)
+        if not results:
+            return flows.run(plan, x, phases=phases, record=record)
+        inverse = np.argsort(np.concatenate(pieces), kind="stable")
+        moved = tf.gather(tf.concat([r.x for r in results], axis=0), inverse)
+        history = None if not record else tf.gather(tf.concat([r.history for r in results], axis=1), inverse, axis=1)
+        return flows.FlowResult(moved, history, sum(r.clipped for r in results), sum(r.projected for r in results))
+
     # sampling ----------------------------------------------------------------------------------
     def latents(self, n, seed=None):
         """z ~ N(0, I), [n, *latent_shape]; reproducible for an integer seed (stateless Philox)."""
@@ -126,17 +189,24 @@ class GANFlow(keras.Model):
         seed = _checks.positive_int(seed, "seed", allow_zero=True)
         return tf.random.stateless_normal((n,) + self.latent_shape, seed=[seed, 0], alg="philox")
 
-    def generate(self, z, batch_size=4096):
-        """G(z) in batches, float32."""
+    def generate(self, z, batch_size=4096, *, labels=None):
+        """G(z) in batches, float32; G(z, y) for a conditional flow (``labels``: an int or one class per row)."""
         z = _checks.as_float_tensor(z, "z", min_rank=2)
         if tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"`z` must have shape [batch, {', '.join(map(str, self.latent_shape))}], "
                              f"got {tuple(z.shape)}.")
-        parts = [tf.cast(self.generator(z[i:i + batch_size], training=False), tf.float32)
-                 for i in range(0, int(z.shape[0]), batch_size)]
+        labels = self.check_labels(labels, int(z.shape[0]))
+
+        def call(rows):
+            if labels is None:
+                return self.generator(z[rows], training=False)
+            label = adapters.label_input(self.generator, labels[rows], self.n_classes)
+            return self.generator([z[rows], label], training=False)
+
+        parts = [tf.cast(call(slice(i, i + batch_size)), tf.float32) for i in range(0, int(z.shape[0]), batch_size)]
         return tf.concat(parts, axis=0)
 
-    def sample(self, n, *, refine=True, space="data", seed=None, method=None, **options):
+    def sample(self, n, *, refine=True, space="data", seed=None, method=None, labels=None, **options):
         """Draw n samples: G(z), then refined in data space (``refine``) or latent space (``refine_latent``).
 
         Args:
@@ -147,23 +217,29 @@ class GANFlow(keras.Model):
             method: None (this method's own refinement), or a refiner from ``gan2flow.refiners.names()``
                 (``"drs"``, ``"mh_gan"``, ``"dot"``, ``"ddls"``, ``"dgflow"``, ``"gan2flow"``, ...) that draws
                 the n samples instead, with ``options`` (docs/refiners.md).
+            labels: a conditional flow's classes: an int (all n samples of that class) or n integer classes;
+                the latents are the same for the same seed whatever the labels. Required for conditional flows.
             **options: passed to :meth:`refine` or :meth:`refine_latent` (``strategy=`` shards the refinement),
                 or to the refiner ``method``.
 
         Returns:
             float32 tensor [n, *sample_shape].
         """
+        labels = self.check_labels(labels, _checks.positive_int(n, "n"))
         if method is not None:
+            if labels is not None:
+                raise ValueError("`method`: the refiners of gan2flow.refiners take no labels; refine a conditional "
+                                 "flow with method=None (its own staged or calibrated field).")
             from gan2flow import refiners  # built on this class's methods; never imports this module (no cycle)
 
             return tf.convert_to_tensor(refiners.get(method)(self, n, seed=seed, **options))
         _checks.one_of(space, "space", ("data", "latent"))
         z = self.latents(n, seed)
         if refine and space == "latent":
-            z = self.refine_latent(z, seed=seed, **options)
-        x = self.generate(z)
+            z = self.refine_latent(z, seed=seed, labels=labels, **options)
+        x = self.generate(z, labels=labels)
         if refine and space == "data":
-            x = self.refine(x, seed=seed, **options)
+            x = self.refine(x, seed=seed, labels=labels, **options)
         return x
 
     def default_sigmas(self, levels=40):
@@ -173,7 +249,7 @@ class GANFlow(keras.Model):
     def refine(self, x, *, field="auto", sigmas=None, levels=None, steps_per_sigma=None, step_scale=None,
                drift_correction=None, drift_min_sigma=None, kernel_block_size=None, method="euler", noise_scale=0.0,
                seed=None, batch_size=None, verbose=False, callback=None, on_divergence="raise", strategy=None,
-               check=True, report=None):
+               check=True, report=None, labels=None):
         """Refine samples in data space along a calibrated score difference.
 
         Two fields (``field``; ``"auto"``: ``"staged"`` when the flow has stages, else ``"calibrated"``):
@@ -208,6 +284,8 @@ class GANFlow(keras.Model):
             report: optional dict, filled with what happened: ``field``, ``clipped`` (velocity evaluations cut
                 to the Tweedie bound), ``projected`` (coordinates projected onto the data's range),
                 ``log_ratio_before``/``log_ratio_after``/``check_sigma`` and ``fell_back``.
+            labels: a conditional flow's classes of the rows of x (an int: all rows that class); each sample moves
+                along its own class's field v_σ(x | y). Required for conditional flows (not with ``strategy``).
 
         Returns:
             float32 tensor shaped like x.
@@ -221,6 +299,12 @@ class GANFlow(keras.Model):
             raise ValueError(f"`x` must have shape [batch, {', '.join(map(str, self.sample_shape))}], "
                              f"got {tuple(x.shape)}.")
         field = _checks.one_of(field, "field", ("auto", "staged", "calibrated"))
+        labels = self.check_labels(labels, int(x.shape[0]))
+        if labels is not None:
+            if strategy is not None:
+                raise ValueError("`strategy` is not supported with `labels` (the replicas would share the bound "
+                                 "labels); refine a conditional flow on one device.")
+            self.row_labels.assign(labels[:_PROBE_ROWS])  # the plan probes its field on the first rows
         if field == "auto":
             field = "staged" if self.stages is not None else "calibrated"
         schedule = dict(sigmas=sigmas, levels=levels, steps_per_sigma=steps_per_sigma, step_scale=step_scale,
@@ -245,17 +329,18 @@ class GANFlow(keras.Model):
             result = distribute.run(plan, x, strategy=strategy, phases=phases, batch_size=batch_size,
                                     verbose=verbose)
         else:
-            result = flows.run(plan, x, phases=phases, batch_size=batch_size, callback=callback,
+            result = self._run(plan, x, labels, phases=phases, batch_size=batch_size, callback=callback,
                                progress="refining in data space" if verbose else None)
         outcome = {"field": field, "clipped": result.clipped, "projected": result.projected, "fell_back": False}
         refined = result.x
         if check and int(x.shape[0]) > 1:
-            refined = self._checked(x, refined, float(np.min(plan.sigmas)) if plan.n_levels else None, outcome)
+            refined = self._checked(x, refined, float(np.min(plan.sigmas)) if plan.n_levels else None, outcome,
+                                    labels=labels)
         if report is not None:
             report.update(outcome)
         return refined
 
-    def trajectory(self, x, *, seed=None):
+    def trajectory(self, x, *, seed=None, labels=None):
         """The staged refinement of x recorded after every stage: (states [stages + 1, n, ...], the stages' σ's).
 
         The same flow as ``refine(x, field="staged", check=False)`` (its last state equals that result).
@@ -266,8 +351,11 @@ class GANFlow(keras.Model):
         x = _checks.as_float_tensor(x, "x", min_rank=2)
         if self.stages is None:
             raise ValueError("`trajectory` follows the staged field; this flow was converted without stages.")
+        labels = self.check_labels(labels, int(x.shape[0]))
+        if labels is not None:
+            self.row_labels.assign(labels[:_PROBE_ROWS])
         plan = self._staged_plan(x, "euler", 0.0, seed, "raise")
-        return flows.run(plan, x, record=True).history, np.asarray(plan.sigmas)
+        return self._run(plan, x, labels, record=True).history, np.asarray(plan.sigmas)
 
     def _staged_plan(self, x, method, noise_scale, seed, on_divergence):
         """The trusted stages as one plan (none trusted: an empty plan, the identity)."""
@@ -310,10 +398,12 @@ class GANFlow(keras.Model):
         sigma = min(trusted) if trusted else self.sigma_range[1]
         return max(sigma, smallest or 0.0)
 
-    def _checked(self, before, after, smallest, outcome, max_points=2000):
+    def _checked(self, before, after, smallest, outcome, max_points=2000, labels=None):
         """Fall back to ``before`` (with a warning) when the mean calibrated log-ratio fell."""
         sigma = self.check_sigma(smallest)
         rows = slice(0, min(int(before.shape[0]), max_points))
+        if labels is not None:
+            self.row_labels.assign(labels[rows])
         log_before = float(tf.reduce_mean(self.estimator.log_ratio(before[rows], sigma)))
         log_after = float(tf.reduce_mean(self.estimator.log_ratio(after[rows], sigma)))
         outcome.update(log_ratio_before=log_before, log_ratio_after=log_after, check_sigma=sigma)
@@ -335,15 +425,17 @@ class GANFlow(keras.Model):
             z = self.latents(n, seed=seed)
             directions = tf.random.stateless_normal(tf.shape(z), seed=[seed, 1])
             directions = directions / tf.norm(tf.reshape(directions, [n, -1]), axis=1)[:, None]
+            if self.row_labels is not None:  # conditional: every class in turn
+                self.row_labels.assign(np.arange(n) % self.n_classes)
             with tf.autodiff.ForwardAccumulator(z, directions) as accumulator:
-                x = tf.cast(self.generator(z, training=False), tf.float32)
+                x = tf.cast(self._labelled(self.generator)(z, training=False), tf.float32)
             jvp = tf.reshape(accumulator.jvp(x), [n, -1])
             self._jacobian_scale = float(tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(jvp), axis=1))))
         return self._jacobian_scale
 
     def refine_latent(self, z, *, sigmas=None, levels=40, steps_per_sigma=2, step_scale=0.2, noise_scale=1.0,
                       prior_weight=1.0, seed=None, batch_size=None, verbose=False, callback=None,
-                      on_divergence="raise", strategy=None):
+                      on_divergence="raise", strategy=None, labels=None):
         """Refine latents: z ← z + η_k ∇_z[link(T(G(z), σ_k)) + log p₀(z)] + sqrt(2η_k)·noise_scale·n.
 
         Annealed over the same σ schedule as :meth:`refine`, with η_k = step_scale·σ_k² / s² where s is
@@ -362,9 +454,12 @@ class GANFlow(keras.Model):
             strategy: a ``tf.distribute`` strategy to shard the latents over (:func:`gan2flow.distribute.flow`;
                 the same latents as on one device (with ``verbose=False`` when ``on_divergence="backoff"``);
                 no ``callback`` or progress bar then).
+            labels: a conditional flow's classes of the rows of z (an int: all rows that class): the label
+                stays fixed while z moves along ∇_z[log r_σ(G(z, y) | y) + log p₀(z)]. Required for conditional
+                flows (not with ``strategy``).
 
         Returns:
-            The refined latents (pass them to :meth:`generate`).
+            The refined latents (pass them to :meth:`generate`, with the same labels).
         """
         z = _checks.as_float_tensor(z, "z", min_rank=2)
         if tuple(z.shape[1:]) != self.latent_shape:
@@ -373,13 +468,19 @@ class GANFlow(keras.Model):
         sigmas = self.default_sigmas(levels) if sigmas is None else schedules.validate(sigmas)
         step_scale = _checks.positive_float(step_scale, "step_scale")
         prior_weight = _checks.positive_float(prior_weight, "prior_weight", allow_zero=True)
+        labels = self.check_labels(labels, int(z.shape[0]))
+        if labels is not None and strategy is not None:
+            raise ValueError("`strategy` is not supported with `labels` (the replicas would share the bound labels); "
+                             "refine a conditional flow on one device.")
         if prior_weight not in self._latent_estimators:
             self._latent_estimators[prior_weight] = estimators.ReweightedPriorScore(
-                self.generator, self.estimator, prior_weight)
+                self._labelled(self.generator), self.estimator, prior_weight)
         estimator = self._latent_estimators[prior_weight]
         # Capped at 0.5: beyond η = 2 the prior term alone (z ← (1 − η) z) is unstable, and unadjusted Langevin
         # is biased well before that; a generator that barely stretches its latent would otherwise get huge steps.
         step_sizes = tf.minimum(step_scale * tf.square(sigmas) / self.jacobian_scale() ** 2, _MAX_LATENT_STEP)
+        if labels is not None:
+            self.row_labels.assign(labels[:_PROBE_ROWS])  # the plan probes its field on the first rows
         plan = flows.make_plan(z, estimator, sigmas, step_sizes=step_sizes, steps_per_sigma=steps_per_sigma,
                                noise_scale=noise_scale, seed=seed, on_divergence=on_divergence)
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
@@ -387,25 +488,39 @@ class GANFlow(keras.Model):
                 raise ValueError("`callback` is not supported under a strategy (it would stop every replica at every "
                                  "step); use gan2flow.flow on one device to trace a flow step by step.")
             return distribute.run(plan, z, strategy=strategy, batch_size=batch_size).x
-        return flows.run(plan, z, batch_size=batch_size, callback=callback,
+        return self._run(plan, z, labels, batch_size=batch_size, callback=callback,
                          progress="refining in latent space" if verbose else None).x
 
     # density ratio -----------------------------------------------------------------------------
-    def log_ratio(self, x, sigma=None):
-        """Estimated log p_σ(x)/q_σ(x) (the calibrated logit), [batch]; σ defaults to the smallest."""
+    def log_ratio(self, x, sigma=None, *, labels=None):
+        """Estimated log p_σ(x)/q_σ(x) (the calibrated logit), [batch]; σ defaults to the smallest. Conditional
+        flows: log p_σ(x | y)/q_σ(x | y) for the rows' ``labels`` (an int or one class per row; required)."""
         x = _checks.as_float_tensor(x, "x", min_rank=2)
         sigma = self.sigma_range[0] if sigma is None else _checks.positive_float(sigma, "sigma")
+        labels = self.check_labels(labels, int(x.shape[0]))
+        if labels is not None:
+            self.row_labels.assign(labels)
         return self.estimator.log_ratio(x, sigma)
 
-    def importance_weights(self, x, sigma=None, normalize=True):
+    def importance_weights(self, x, sigma=None, normalize=True, *, labels=None):
         """Density-ratio weights r(x) = exp(log_ratio(x)) for generator samples x (reweighting, rejection).
 
-        With ``normalize`` they are divided by their mean (self-normalised importance weights, mean 1).
+        With ``normalize`` they are divided by their mean (self-normalised importance weights, mean 1). Conditional
+        flows: r(x | y) = p(x | y)/q(x | y) for the rows' ``labels`` (required), normalised within each class
+        (mean 1 over the samples of each class).
         """
-        log_r = self.log_ratio(x, sigma)
-        if normalize:
+        log_r = self.log_ratio(x, sigma, labels=labels)
+        if not normalize:
+            return tf.exp(log_r)
+        labels = self.check_labels(labels, int(x.shape[0]))
+        if labels is None:
             return tf.exp(log_r - tf.reduce_logsumexp(log_r) + tf.math.log(tf.cast(tf.size(log_r), tf.float32)))
-        return tf.exp(log_r)
+        groups = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+        weights = np.zeros(int(x.shape[0]), np.float32)
+        for rows in groups:
+            part = tf.gather(log_r, rows)
+            weights[rows] = tf.exp(part - tf.reduce_logsumexp(part) + tf.math.log(float(len(rows)))).numpy()
+        return tf.constant(weights)
 
 
 def load(path):

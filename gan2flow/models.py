@@ -353,8 +353,9 @@ class FrozenFeature(keras.layers.Layer):
     """
 
     def __init__(self, discriminator, *, loss=None, sigma_conditioned=False, mean=0.0, std=1.0, probability=False,
-                 **kwargs):
+                 labelled=False, **kwargs):
         super().__init__(**kwargs)
+        self.labelled = bool(labelled)
         self.discriminator = discriminator
         self.discriminator.trainable = False
         self.loss_name = None if loss is None else losses.get(loss).name
@@ -363,8 +364,10 @@ class FrozenFeature(keras.layers.Layer):
         self.std = float(std)
         self.probability = bool(probability)
 
-    def raw(self, x, sigma):
+    def raw(self, x, sigma, label=None):
         inputs = [x, sigma] if self.sigma_conditioned else x
+        if self.labelled:  # a class-conditional discriminator: [x, (sigma,) label] in its own label format
+            inputs = (inputs if self.sigma_conditioned else [x]) + [adapters.label_input(self.discriminator, label)]
         output = tf.reshape(tf.cast(self.discriminator(inputs, training=False), tf.float32), [-1, 1])
         if self.probability:
             clipped = tf.clip_by_value(output, 1e-6, 1.0 - 1e-6)
@@ -374,8 +377,7 @@ class FrozenFeature(keras.layers.Layer):
         return output
 
     def call(self, inputs):
-        x, sigma = inputs
-        return (self.raw(x, sigma) - self.mean) / self.std
+        return (self.raw(*inputs) - self.mean) / self.std
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], 1)
@@ -387,6 +389,8 @@ class FrozenFeature(keras.layers.Layer):
             "loss": self.loss_name, "sigma_conditioned": self.sigma_conditioned,
             "mean": self.mean, "std": self.std, "probability": self.probability,
         })
+        if self.labelled:  # (only then: unconditional configs stay as they were)
+            config["labelled"] = True
         return config
 
     @classmethod
@@ -450,7 +454,8 @@ class FourierFeatures(keras.layers.Layer):
 
 
 def calibration_discriminator(sample_shape, *, given=None, given_loss=None, reference=None, hidden=(256, 256, 256),
-                              fourier_features=0, fourier_scales=(0.05, 5.0), name="calibrated_discriminator"):
+                              fourier_features=0, fourier_scales=(0.05, 5.0), name="calibrated_discriminator",
+                              n_classes=None, reference_labels=None, label_features=16):
     """A σ-conditioned MLP discriminator [x, sigma] -> logit, optionally fed the given discriminator's output.
 
     Args:
@@ -459,35 +464,56 @@ def calibration_discriminator(sample_shape, *, given=None, given_loss=None, refe
         given_loss: the loss it was trained with (for its link), or None (raw output).
         reference: samples used to standardise the given output (mean/std).
         hidden: hidden widths.
+        n_classes: K for a class-conditional discriminator ``[x, sigma, label] -> logit`` (label: int32
+            ``[batch, 1]``), which learns log p_σ(x | y)/q_σ(x | y): the label enters twice, as a learned embedding
+            of ``label_features`` numbers concatenated to the features and as a projection term
+            ⟨embed(y), h⟩ on the last hidden layer (Miyato & Koyama 2018). A given discriminator then takes
+            ``[x, label]`` (or ``[x, sigma, label]``) and ``reference_labels`` are the labels of ``reference``.
+            None: unconditional.
 
     Returns:
-        A functional ``keras.Model`` ``[x, sigma] -> [batch, 1]``.
+        A functional ``keras.Model`` ``[x, sigma] -> [batch, 1]`` (``[x, sigma, label]`` with ``n_classes``).
     """
     x = keras.Input(shape=tuple(sample_shape), name="x")
     sigma = keras.Input(shape=(1,), name="sigma")
     embedding = SigmaEmbedding(name="sigma_embedding")(sigma)
     features = [keras.layers.Flatten(name="flatten")(x) if len(sample_shape) > 1 else x, embedding]
+    label = None
+    if n_classes is not None:
+        label = keras.Input(shape=(1,), dtype="int32", name="label")
+        features.append(keras.layers.Flatten(name="label_flatten")(
+            keras.layers.Embedding(int(n_classes), int(label_features), name="label_embedding")(label)))
     if fourier_features:
         features.append(FourierFeatures(fourier_features, *fourier_scales, name="fourier_features")([x, sigma]))
     if given is not None:
-        conditioned = adapters.model_arity(given) == 2
+        labelled = label is not None
+        conditioned = adapters.model_arity(given) - int(labelled) == 2
         # A discriminator ending in a sigmoid outputs D = σ(logit): use its logit, except for the least-squares
         # loss, whose link log T − log(1 − T) already expects T ∈ (0, 1).
         probability = adapters.ends_in_sigmoid(given) and given_loss != "least_squares"
         feature = FrozenFeature(given, loss=given_loss, sigma_conditioned=conditioned, probability=probability,
-                                name="given_discriminator")
+                                labelled=labelled, name="given_discriminator")
         if reference is not None:
             reference = tf.convert_to_tensor(reference, tf.float32)
-            raw = feature.raw(reference, tf.zeros([tf.shape(reference)[0], 1])).numpy()
+            zeros = tf.zeros([tf.shape(reference)[0], 1])
+            raw = (feature.raw(reference, zeros, tf.convert_to_tensor(reference_labels)) if labelled
+                   else feature.raw(reference, zeros)).numpy()
             feature.mean = float(np.mean(raw))
             feature.std = float(np.std(raw)) or 1.0
-        features.append(feature([x, sigma]))
+        features.append(feature([x, sigma, label] if labelled else [x, sigma]))
     h = keras.layers.Concatenate(name="features")(features)
     for index, width in enumerate(hidden):
         h = keras.layers.Concatenate(name=f"concat_sigma_{index}")([h, embedding]) if index else h
         h = keras.layers.Dense(width, activation="swish", name=f"dense_{index}")(h)
     output = keras.layers.Dense(1, name="logit")(h)
-    return keras.Model([x, sigma], output, name=name)
+    if label is None:
+        return keras.Model([x, sigma], output, name=name)
+    projection = keras.layers.Flatten(name="label_projection_flatten")(
+        keras.layers.Embedding(int(n_classes), int(h.shape[-1]), embeddings_initializer="zeros",
+                               name="label_projection")(label))
+    output = keras.layers.Add(name="logit_projected")([output, keras.layers.Dot(axes=1, name="projection")(
+        [h, projection])])
+    return keras.Model([x, sigma, label], output, name=name)
 
 
 @keras.saving.register_keras_serializable(package="gan2flow")

@@ -57,8 +57,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, image_metrics, metrics, models
-from gan2flow.estimators import DiscriminatorScoreDifference
+from gan2flow import _checks, adapters, image_metrics, metrics, models
+from gan2flow.estimators import DiscriminatorScoreDifference, LabelledModel, RowLabels
 from gan2flow.flows import make_plan, run
 
 __all__ = [
@@ -97,6 +97,7 @@ class StagedCalibration:
         self.report = list(report)
         self.n_trusted = int(n_trusted)
         self.sigma_search = []
+        self.row_labels = None  # a RowLabels for class-conditional stages (set by calibrate_stages)
         self._estimator = None
 
     def discriminator(self, k):
@@ -108,7 +109,8 @@ class StagedCalibration:
     def estimator(self, k):
         """``DiscriminatorScoreDifference`` of stage k (the shared model set to stage k's weights)."""
         if self._estimator is None:
-            self._estimator = DiscriminatorScoreDifference(self.model, loss="logistic", sigma_conditioned=True)
+            model = self.model if self.row_labels is None else LabelledModel(self.model, self.row_labels)
+            self._estimator = DiscriminatorScoreDifference(model, loss="logistic", sigma_conditioned=True)
         self.model.set_weights(self.weights[k])
         return self._estimator
 
@@ -205,7 +207,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                      flow_steps=2, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
                      given_loss=None, warm_start=True, max_gap=0.15, max_accuracy=0.95, max_saturated=0.05,
                      min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.75,
-                     seed=0, verbose=0):
+                     seed=0, verbose=0, train_labels=None, heldout_labels=None, n_classes=None):
     """Calibrate one discriminator per σ stage on the particles the flow holds, moving them as it goes.
 
     For k = 1 … K: fit T_k (logistic loss, ``train_steps`` Adam updates of ``batch_size`` real and
@@ -246,6 +248,11 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             that pulls particles onto training samples is not trusted.
         seed: seeds latents, noise, batches and initialisation.
         verbose: 1 prints one line per stage.
+        train_labels, heldout_labels, n_classes: a class-conditional generator ``[z, label] -> x``: the integer
+            labels of ``real_train`` and ``real_heldout`` and the number of classes K. Each particle gets a label
+            drawn from ``train_labels`` (so q(y) = p(y)) that it keeps as it moves, and every stage's
+            discriminator takes ``[x, sigma, label]``: T_k ≈ log p_σk(x | y) − log q_k,σk(x | y), whose gradient
+            moves each particle towards its own class (``given`` then takes ``[x, label]``). None: unconditional.
 
     Returns:
         A :class:`StagedCalibration`.
@@ -266,9 +273,25 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     n_heldout = int(heldout_particles or len(real_heldout))
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
+    labelled = train_labels is not None
+    row_labels = particle_labels = fake_labels = heldout_fake_labels = None
+    if labelled:
+        if heldout_labels is None or n_classes is None:
+            raise ValueError("`heldout_labels` and `n_classes` must be given with `train_labels` (a class-conditional "
+                             "calibration).")
+        train_labels = adapters.check_labels(train_labels, len(real_train), "train_labels", n_classes)
+        heldout_labels = adapters.check_labels(heldout_labels, len(real_heldout), "heldout_labels", n_classes)
+        particle_labels = np.random.default_rng([seed, 5]).choice(train_labels, n_particles + n_heldout)
+        fake_labels, heldout_fake_labels = particle_labels[:n_particles], particle_labels[n_particles:]
+        row_labels = RowLabels(n_classes).assign(particle_labels)
+
+    def generate(rows):
+        if not labelled:
+            return generator(z[rows], training=False)
+        return generator([z[rows], adapters.label_input(generator, particle_labels[rows], n_classes)], training=False)
 
     z = tf.random.stateless_normal((n_particles + n_heldout,) + latent_shape, seed=[seed, 1], alg="philox")
-    particles = tf.concat([tf.cast(generator(z[i:i + 1024], training=False), tf.float32)
+    particles = tf.concat([tf.cast(generate(slice(i, i + 1024)), tf.float32)
                            for i in range(0, n_particles + n_heldout, 1024)], 0)
     if tuple(particles.shape[1:]) != sample_shape:
         raise ValueError(f"`generator` returns samples of shape {tuple(particles.shape[1:])}, `real_train` holds "
@@ -277,12 +300,14 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     def build():
         return models.calibration_discriminator(
             sample_shape, given=given, given_loss=given_loss, reference=real_train if given is not None else None,
-            hidden=hidden, fourier_features=fourier_features, fourier_scales=(float(sigmas[-1]), 2 * float(sigmas[0])))
+            hidden=hidden, fourier_features=fourier_features, fourier_scales=(float(sigmas[-1]), 2 * float(sigmas[0])),
+            n_classes=n_classes if labelled else None, reference_labels=train_labels)
 
     model = build()
     optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.5)
     step_fn, eval_fn = _step_functions(model, optimizer)
-    estimator = DiscriminatorScoreDifference(model, loss="logistic", sigma_conditioned=True)
+    estimator = DiscriminatorScoreDifference(model if row_labels is None else LabelledModel(model, row_labels),
+                                             loss="logistic", sigma_conditioned=True)
     weights, report, sizes = [], [], []
     m = min(len(real_heldout), n_heldout)
     started = time.time()
@@ -295,9 +320,10 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         for attempt in range(max_doublings + 1):
             sigma_t = tf.constant(sigmas[0], tf.float32)
             for _ in range(train_steps * 3):
-                step_fn(real_train[rng.integers(0, len(real_train), batch_size)],
-                        tf.gather(fake_train, rng.integers(0, n_particles, batch_size)), sigma_t)
-            _, _, accuracy, _ = eval_fn(real_heldout[:m], fake_heldout[:m], sigma_t)
+                step_fn(_pick(real_train, train_labels, rng.integers(0, len(real_train), batch_size)),
+                        _pick(fake_train, fake_labels, rng.integers(0, n_particles, batch_size)), sigma_t)
+            _, _, accuracy, _ = eval_fn(_pick(real_heldout, heldout_labels, np.arange(m)),
+                                        _pick(fake_heldout, heldout_fake_labels, np.arange(m)), sigma_t)
             search.append({"sigma": float(sigmas[0]), "accuracy": float(accuracy)})
             if verbose:
                 print(f"σ_max probe {sigmas[0]:.3g}: held-out accuracy {float(accuracy):.3f}", flush=True)
@@ -320,13 +346,15 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         fake_train, fake_heldout = particles[:n_particles], particles[n_particles:]
         sigma_t = tf.constant(sigma, tf.float32)
         for _ in range(train_steps * (3 if k == 0 or not warm_start else 1)):
-            real_batch = real_train[rng.integers(0, len(real_train), batch_size)]
-            fake_batch = tf.gather(fake_train, rng.integers(0, n_particles, batch_size))
+            real_batch = _pick(real_train, train_labels, rng.integers(0, len(real_train), batch_size))
+            fake_batch = _pick(fake_train, fake_labels, rng.integers(0, n_particles, batch_size))
             step_fn(real_batch, fake_batch, sigma_t)
         train_idx = rng.choice(len(real_train), m, replace=m > len(real_train))
-        train_loss, _, _, _ = eval_fn(real_train[train_idx], tf.gather(fake_train, rng.integers(0, n_particles, m)),
-                                      sigma_t)
-        heldout_loss, error, accuracy, saturated = eval_fn(real_heldout[:m], fake_heldout[:m], sigma_t)
+        train_loss, _, _, _ = eval_fn(_pick(real_train, train_labels, train_idx),
+                                      _pick(fake_train, fake_labels, rng.integers(0, n_particles, m)), sigma_t)
+        heldout_loss, error, accuracy, saturated = eval_fn(_pick(real_heldout, heldout_labels, np.arange(m)),
+                                                           _pick(fake_heldout, heldout_fake_labels, np.arange(m)),
+                                                           sigma_t)
         trusted, why = _judge(float(train_loss), float(heldout_loss), float(accuracy), float(saturated),
                               max_gap=max_gap, max_accuracy=max_accuracy, max_saturated=max_saturated)
         if trusted and report and not report[-1]["trusted"]:
@@ -365,16 +393,30 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     result = StagedCalibration(model, weights, sigmas[:len(weights)], sizes, flow_steps, bounds, report,
                                trusted_prefix(report))
     result.sigma_search = search
+    result.row_labels = row_labels
+    result.particle_labels = particle_labels
     return result
 
 
+def _pick(samples, labels, index):
+    """Rows ``index`` of ``samples`` (array or tensor); with ``labels``, the pair (rows, their labels)."""
+    rows = samples[index] if isinstance(samples, np.ndarray) else tf.gather(samples, index)
+    return rows if labels is None else (rows, labels[index])
+
+
 def _step_functions(model, optimizer):
-    """A compiled logistic training step and a (loss, accuracy, saturated share) evaluation at one σ."""
+    """A compiled logistic training step and a (loss, accuracy, saturated share) evaluation at one σ. Batches
+    are samples, or (samples, labels) pairs for a class-conditional model ``[x, sigma, label]``."""
 
     def logits(x, sigma):
+        x, labels = x if isinstance(x, tuple) else (x, None)
         noised = x + sigma * tf.random.normal(tf.shape(x))
         column = tf.fill([tf.shape(x)[0], 1], sigma)
-        return tf.reshape(model([noised, column], training=True), [-1])
+        if labels is None:
+            inputs = [noised, column]
+        else:
+            inputs = [noised, column, tf.reshape(tf.cast(labels, tf.int32), [-1, 1])]
+        return tf.reshape(model(inputs, training=True), [-1])
 
     def loss_of(real_logits, fake_logits):
         return 0.5 * (tf.reduce_mean(tf.nn.softplus(-real_logits)) + tf.reduce_mean(tf.nn.softplus(fake_logits)))
@@ -403,7 +445,7 @@ def _step_functions(model, optimizer):
     return step, evaluate
 
 
-def refine_stages(x, staged, *, stages=None):
+def refine_stages(x, staged, *, stages=None, labels=None):
     """Flow new generator samples through the trusted stages: x ← clip(x + η_k ∇ₓT_k(x, σ_k), lo, hi).
 
     Args:
@@ -411,11 +453,17 @@ def refine_stages(x, staged, *, stages=None):
         staged: a :class:`StagedCalibration`.
         stages: how many leading stages to use (default ``staged.n_trusted``); stages whose report says
             ``moves: False`` (no signal) are skipped, as at calibration.
+        labels: the rows' integer classes, for class-conditional stages (required then).
 
     Returns:
         float32 tensor shaped like x.
     """
     x = _checks.as_float_tensor(x, "x", min_rank=2)
+    if staged.row_labels is not None:
+        if labels is None:
+            raise ValueError("`labels` must be given: these stages are class-conditional (one integer class per row "
+                             "of x).")
+        staged.row_labels.assign(adapters.check_labels(labels, int(x.shape[0]), "labels", staged.row_labels.n_classes))
     stages = staged.n_trusted if stages is None else int(stages)
     for k in range(stages):
         if not staged.report[k].get("moves", True):

@@ -175,6 +175,11 @@ class SDGAN(keras.Model):
         instead of Philox streams folded with the replica id. Training on R replicas then repeats a
         single-device run on the same global batches up to float32 summation order (docs/distributed.md);
         it costs a few dozen elementwise integer ops per draw instead of one Philox kernel.
+      n_classes: K for a class-conditional pair (calibration only, ``generator_objective=None``): the
+        generator takes ``[z, label]``, the discriminator ``[x, sigma, label]`` (or ``[x, label]``), and the data
+        are ``(x, labels)`` pairs with integer labels; each fake is drawn with its real partner's label, so the
+        discriminator learns log p_σ(x | y)/q_σ(x | y). Labels are shaped for each model's label input by
+        ``gan2flow.adapters.label_input``. None: unconditional.
       name: the model name; further keyword arguments go to ``keras.Model``.
 
     Metrics (``fit`` logs, each an epoch-running mean of global-batch means, also under a strategy):
@@ -206,7 +211,7 @@ class SDGAN(keras.Model):
     def __init__(self, generator, discriminator, *, loss="logistic", generator_objective="logit",
                  sigma_range=(0.05, 2.0), discriminator_steps=1, penalty=None, penalty_weight=None,
                  flow_steps=5, flow_step_scale=0.5, seed=None, latent_dim=None, sigma_conditioned=None,
-                 replica_invariant_noise=False, name="sdgan", **kwargs):
+                 replica_invariant_noise=False, n_classes=None, name="sdgan", **kwargs):
         super().__init__(name=name, **kwargs)
         for arg, value in (("generator", generator), ("discriminator", discriminator)):
             if not isinstance(value, keras.Model):
@@ -216,6 +221,10 @@ class SDGAN(keras.Model):
             _checks.one_of(generator_objective, "generator_objective", GENERATOR_OBJECTIVES)
             self._check_objective(generator_objective)
         self.generator_objective = generator_objective
+        self.n_classes = None if n_classes is None else _checks.positive_int(n_classes, "n_classes")
+        if self.n_classes is not None and generator_objective is not None:
+            raise ValueError("`n_classes` (a class-conditional pair) is supported for calibration only: pass "
+                             f"generator_objective=None, got {generator_objective!r}.")
         self.sigma_range = _sigma_range(sigma_range)
         if generator_objective == "flow_regression" and self.sigma_range[1] == 0:
             raise ValueError(
@@ -244,7 +253,8 @@ class SDGAN(keras.Model):
         self.generator = generator
         self.discriminator = discriminator
         self.latent_shape = adapters.latent_shape(generator, latent_dim)
-        self.sigma_conditioned = adapters.sigma_conditioning(discriminator, sigma_conditioned)
+        self.sigma_conditioned = adapters.sigma_conditioning(discriminator, sigma_conditioned,
+                                                             labelled=self.n_classes is not None)
         self.replica_invariant_noise = bool(replica_invariant_noise)
         self._seed_generator = keras.random.SeedGenerator(seed, name="sdgan_seed_generator")
 
@@ -327,6 +337,9 @@ class SDGAN(keras.Model):
 
     def _ensure_built(self):
         """Build subclassed submodels by calling them once; mark this model built."""
+        if self.n_classes is not None:  # (conditional models are functional: built when made)
+            self.built = True
+            return
         if not self.generator.built:
             self.generator(tf.zeros((1,) + self.latent_shape), training=False)
         if not self.discriminator.built:
@@ -466,9 +479,12 @@ class SDGAN(keras.Model):
     # --------------------------------------------------------------------------------------------
     # Discriminator
     # --------------------------------------------------------------------------------------------
-    def _discriminate(self, x, sigma, training):
-        """Raw outputs T(x, σ) as float32 [batch]."""
-        if self.sigma_conditioned:
+    def _discriminate(self, x, sigma, training, labels=None):
+        """Raw outputs T(x, σ) (T(x, σ, y) with ``labels``) as float32 [batch]."""
+        if labels is not None:
+            label = adapters.label_input(self.discriminator, labels, self.n_classes)
+            output = self.discriminator([x, sigma, label] if self.sigma_conditioned else [x, label], training=training)
+        elif self.sigma_conditioned:
             output = self.discriminator([x, sigma], training=training)
         else:
             output = self.discriminator(x, training=training)
@@ -480,9 +496,9 @@ class SDGAN(keras.Model):
             return output
         return self.gan_loss.log_ratio(output)
 
-    def _penalty(self, noisy_real, noisy_fake, sigma, offset=0):
+    def _penalty(self, noisy_real, noisy_fake, sigma, offset=0, labels=None):
         def critic(x):
-            return self._discriminate(x, sigma, training=True)
+            return self._discriminate(x, sigma, training=True, labels=labels)
 
         if self.penalty == "r1":
             return _losses.r1_penalty(critic, noisy_real)
@@ -494,13 +510,15 @@ class SDGAN(keras.Model):
         interpolates = noisy_real + alpha * (noisy_fake - noisy_real)
         return _losses.gradient_penalty(critic, interpolates, interpolates)
 
-    def _noised_pair(self, real, offset=0):
-        """Noised real and fake batches at shared per-pair σ: (noisy_real, noisy_fake, sigma [batch, 1])."""
+    def _noised_pair(self, real, offset=0, labels=None):
+        """Noised real and fake batches at shared per-pair σ: (noisy_real, noisy_fake, sigma [batch, 1]).
+        With ``labels`` (conditional), fake i is drawn with real i's label."""
         batch = tf.shape(real)[0]
+        latents = self._latents(batch, offset)
+        if labels is not None:
+            latents = [latents, adapters.label_input(self.generator, labels, self.n_classes)]
         # Fakes are made outside any tape: no generator gradient work for the discriminator.
-        fake = tf.stop_gradient(
-            self.generator(self._latents(batch, offset), training=self.generator_objective is not None)
-        )
+        fake = tf.stop_gradient(self.generator(latents, training=self.generator_objective is not None))
         sigma = self._sigmas(batch, offset)
         return (self._add_noise(real, sigma, offset), self._add_noise(tf.cast(fake, tf.float32), sigma, offset),
                 sigma)
@@ -515,12 +533,12 @@ class SDGAN(keras.Model):
         return tf.reduce_sum(tf.cast(self._decision(real_output) > 0, tf.float32)) + \
             tf.reduce_sum(tf.cast(self._decision(fake_output) < 0, tf.float32))
 
-    def _discriminator_step(self, real, global_batch, offset):
-        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset)
+    def _discriminator_step(self, real, global_batch, offset, labels=None):
+        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset, labels)
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            real_output = self._discriminate(noisy_real, sigma, training=True)
-            fake_output = self._discriminate(noisy_fake, sigma, training=True)
+            real_output = self._discriminate(noisy_real, sigma, training=True, labels=labels)
+            fake_output = self._discriminate(noisy_fake, sigma, training=True, labels=labels)
             d_loss = self._discriminator_loss(real_output, fake_output, global_batch)
             total = d_loss
             penalty = tf.constant(0.0)
@@ -529,7 +547,7 @@ class SDGAN(keras.Model):
                 # (a replica with no rows, in a last partial batch, contributes 0, not 0 × NaN).
                 local = tf.shape(real)[0]
                 local_fraction = tf.cast(local, tf.float32) / tf.cast(global_batch, tf.float32)
-                penalty = self._penalty(noisy_real, noisy_fake, sigma, offset)
+                penalty = self._penalty(noisy_real, noisy_fake, sigma, offset, labels)
                 penalty = tf.where(local > 0, penalty, 0.0) * local_fraction
                 total = total + self.penalty_weight * penalty
         gradients = tape.gradient(total, variables)
@@ -590,6 +608,15 @@ class SDGAN(keras.Model):
     # --------------------------------------------------------------------------------------------
     # Training
     # --------------------------------------------------------------------------------------------
+    def _labels_of(self, data):
+        """A conditional trainer's batch labels (the second entry of ``(x, labels)``); None if unconditional."""
+        if self.n_classes is None:
+            return None
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError("`x`: a class-conditional SDGAN (n_classes given) trains on (samples, labels) pairs, "
+                             "got samples only.")
+        return tf.reshape(tf.cast(data[1], tf.int32), [-1])
+
     def train_step(self, data):
         """One training step on a batch of real samples (or a tuple whose first entry is that batch).
 
@@ -601,13 +628,14 @@ class SDGAN(keras.Model):
             raise ValueError("SDGAN must be compiled (compile(d_optimizer, g_optimizer)) before training.")
         real = data[0] if isinstance(data, (tuple, list)) else data
         real = tf.cast(real, tf.float32)
+        labels = self._labels_of(data)
         batch = tf.shape(real)[0]
         offset, global_batch = _global_rows(batch)
         d_loss_sum = tf.constant(0.0)
         penalty_sum = tf.constant(0.0)
         correct_sum = tf.constant(0.0)
         for _ in range(self.discriminator_steps):
-            d_loss, penalty, correct = self._discriminator_step(real, global_batch, offset)
+            d_loss, penalty, correct = self._discriminator_step(real, global_batch, offset, labels)
             d_loss_sum += d_loss
             penalty_sum += penalty
             correct_sum += correct
@@ -632,10 +660,11 @@ class SDGAN(keras.Model):
         """
         real = data[0] if isinstance(data, (tuple, list)) else data
         real = tf.cast(real, tf.float32)
+        labels = self._labels_of(data)
         offset, global_batch = _global_rows(tf.shape(real)[0])
-        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset)
-        real_output = self._discriminate(noisy_real, sigma, training=False)
-        fake_output = self._discriminate(noisy_fake, sigma, training=False)
+        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset, labels)
+        real_output = self._discriminate(noisy_real, sigma, training=False, labels=labels)
+        fake_output = self._discriminate(noisy_fake, sigma, training=False, labels=labels)
         d_loss = self._discriminator_loss(real_output, fake_output, global_batch)
         self._d_loss_tracker.update_state(_all_reduce_sum(d_loss))
         correct = _all_reduce_sum(self._correct(real_output, fake_output))

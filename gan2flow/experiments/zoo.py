@@ -19,6 +19,12 @@ ring_overfit_bce    BCE (NS)      MLP     8-mode ring (std 0.25), only 32 traini
 ring_collapsed_bce  BCE (NS)      MLP     8-mode ring, 5 G steps per D step: the generator collapses
 =================== ============= ======= ================================================================
 
+A class-conditional member, ``ring_classes_cgan`` (9-Gaussian ring, std 0.1, three classes each owning three
+modes 120° apart; generator ``[z, label]`` with a label embedding, projection discriminator ``[x, label]``
+(Miyato & Koyama 2018), BCE non-saturating, as keras-io's conditional GAN trains one), is listed by
+``names(conditional=True)`` only, so that the unconditional members' loops and benchmarks stay as they were;
+its ``train_labels``/``heldout_labels`` hold the classes and ``info["mode_classes"]`` the class of each mode.
+
 The members marked ``fast`` train in ≲ 20 s on 2 CPU cores (the default test suite uses them):
 ring_dropped_hinge, grid_unequal_lsgan, mixture16d_bce and ring_overfit_bce. moons_wgangp (5 critic
 steps with a gradient penalty, 15–30 s), digits_dcgan (25 s) and ring_collapsed_bce (25 s) are slow.
@@ -79,10 +85,12 @@ class Recipe:
     Attributes:
         name: the member's name.
         description: one line for tables.
-        data: ``"ring"``, ``"grid"``, ``"moons"``, ``"mixture"`` or ``"digits"`` (see :func:`make_data`).
+        data: ``"ring"``, ``"grid"``, ``"moons"``, ``"mixture"``, ``"digits"`` or ``"ring_classes"`` (a ring whose
+            modes are dealt to ``classes`` classes; see :func:`make_data`).
         data_options: keyword arguments of that data set (modes, radius, std, weights, sizes, ...).
         loss: ``"bce"`` (non-saturating generator loss), ``"hinge"``, ``"least_squares"`` or ``"wgan_gp"``.
-        architecture: ``"mlp"`` or ``"conv"`` (keras-io DCGAN layout, 8×8 images).
+        architecture: ``"mlp"``, ``"conv"`` (keras-io DCGAN layout, 8×8 images) or ``"conditional_mlp"`` (G takes
+            ``[z, label]``, D ``[x, label]`` with a projection term; a class-conditional member).
         latent_dim: size of z ~ N(0, I).
         width: hidden units (MLP) or base filters (conv) of the generator.
         d_width, d_depth: hidden units and hidden layers of the MLP discriminator.
@@ -115,6 +123,11 @@ class Recipe:
     beta_2: float = 0.999
     drop_mode: int | None = None
     fast: bool = True
+
+    @property
+    def conditional(self):
+        """Whether the member is a class-conditional GAN (generator ``[z, label]``)."""
+        return self.architecture == "conditional_mlp"
 
     @property
     def options(self):
@@ -160,12 +173,18 @@ _RECIPES = {recipe.name: recipe for recipe in (
            d_steps=2, steps=1000, batch_size=32),
     Recipe("ring_collapsed_bce", "8-Gaussian ring, 5 G steps per D step (G lr 5x D's): collapsed; BCE, MLP",
            "ring", _options(**_RING8), "bce", g_steps=5, d_learning_rate=2e-4, g_learning_rate=1e-3, fast=False),
+    Recipe("ring_classes_cgan", "9-Gaussian ring, 3 classes of 3 modes each; conditional G [z, label] (embedding), "
+           "projection D [x, label]; BCE non-saturating", "ring_classes",
+           _options(modes=9, classes=3, radius=2.0, std=0.1, n_train=4500, n_heldout=4500), "bce",
+           architecture="conditional_mlp", steps=1500),
 )}
 
 
-def names(fast=None):
-    """Member names in zoo order; ``fast=True`` only the quick ones, ``False`` only the slow ones."""
-    return [name for name, recipe in _RECIPES.items() if fast is None or recipe.fast == bool(fast)]
+def names(fast=None, conditional=False):
+    """Member names in zoo order; ``fast=True`` only the quick ones, ``False`` only the slow ones. The
+    class-conditional members are listed with ``conditional=True`` (only them) or ``None`` (all members)."""
+    return [name for name, recipe in _RECIPES.items() if (fast is None or recipe.fast == bool(fast))
+            and (conditional is None or recipe.conditional == bool(conditional))]
 
 
 def recipe(name):
@@ -202,6 +221,8 @@ def make_data(recipe_, seed=0):
 
     - ``train``, ``heldout``: float32 real samples from the full distribution (all modes);
     - ``gan_train``: what the GAN is trained on (``train`` without ``drop_mode``'s samples, else ``train``);
+    - ``train_labels``, ``heldout_labels``, ``gan_train_labels``: the classes of a conditional member's samples
+      (``ring_classes``: mode m belongs to class m mod ``classes``), else None;
     - ``info``: JSON-able: ``data_range`` [low, high] over train ∪ held-out, and for mixtures ``centers``,
       ``stds``, ``weights`` (true, normalised) and ``mode_threshold`` (HQ radius in stds).
     """
@@ -209,7 +230,19 @@ def make_data(recipe_, seed=0):
     rng = np.random.default_rng([seed, 1])
     info = {}
     train_labels = None
-    if recipe_.data in ("ring", "grid", "mixture"):
+    classes = None
+    if recipe_.data == "ring_classes":  # a ring whose modes are dealt round-robin to the classes
+        centers = _ring_centers(options["modes"], options["radius"])
+        weights = np.full(len(centers), 1.0 / len(centers))
+        train, train_modes = _mixture_sample(rng, centers, options["std"], weights, options["n_train"])
+        heldout, heldout_modes = _mixture_sample(rng, centers, options["std"], weights, options["n_heldout"])
+        mode_classes = np.arange(len(centers)) % options["classes"]
+        classes = {"train_labels": mode_classes[train_modes].astype(np.int32),
+                   "heldout_labels": mode_classes[heldout_modes].astype(np.int32)}
+        info.update(centers=centers.tolist(), stds=[float(options["std"])] * len(centers), weights=weights.tolist(),
+                    mode_threshold=_mode_threshold(2), mode_classes=mode_classes.tolist(),
+                    n_classes=int(options["classes"]))
+    elif recipe_.data in ("ring", "grid", "mixture"):
         if recipe_.data == "ring":
             centers = _ring_centers(options["modes"], options["radius"])
         elif recipe_.data == "grid":
@@ -241,7 +274,10 @@ def make_data(recipe_, seed=0):
         raise ValueError(f"unknown data set {recipe_.data!r} in recipe {recipe_.name!r}.")
     info.setdefault("data_range", [float(min(train.min(), heldout.min())), float(max(train.max(), heldout.max()))])
     gan_train = train if recipe_.drop_mode is None else train[train_labels != recipe_.drop_mode]
-    return {"train": train, "heldout": heldout, "gan_train": gan_train, "info": info}
+    data = {"train": train, "heldout": heldout, "gan_train": gan_train, "info": info}
+    if classes is not None:
+        data.update(classes, gan_train_labels=classes["train_labels"])
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -271,6 +307,19 @@ def _networks(recipe_, sample_shape):
             [keras.Input(sample_shape), layers.Conv2D(width, 3, strides=2, padding="same"), layers.LeakyReLU(0.2),
              layers.Conv2D(2 * width, 3, strides=2, padding="same"), layers.LeakyReLU(0.2),
              layers.Flatten(), layers.Dropout(0.2), layers.Dense(1)], name="discriminator")
+    elif recipe_.architecture == "conditional_mlp":  # keras-io conditional GAN, labels as a second input
+        dim, n_classes = int(np.prod(sample_shape)), int(recipe_.options["classes"])
+        z, label = keras.Input((recipe_.latent_dim,), name="z"), keras.Input((1,), dtype="int32", name="label")
+        h = layers.Concatenate()([z, layers.Flatten()(layers.Embedding(n_classes, recipe_.latent_dim)(label))])
+        h = layers.Dense(recipe_.width, activation="relu")(layers.Dense(recipe_.width, activation="relu")(h))
+        generator = keras.Model([z, label], layers.Dense(dim)(h), name="generator")
+        x, label = keras.Input((dim,), name="x"), keras.Input((1,), dtype="int32", name="label")
+        h = x
+        for _ in range(recipe_.d_depth):
+            h = layers.Dense(recipe_.d_width, activation=layers.LeakyReLU(0.2))(h)
+        projection = layers.Flatten()(layers.Embedding(n_classes, recipe_.d_width)(label))  # Miyato & Koyama 2018
+        output = layers.Add()([layers.Dense(1)(h), layers.Dot(axes=1)([h, projection])])
+        discriminator = keras.Model([x, label], output, name="discriminator")
     else:
         raise ValueError(f"unknown architecture {recipe_.architecture!r} in recipe {recipe_.name!r}.")
     return generator, discriminator
@@ -350,6 +399,38 @@ class KerasGAN(keras.Model):
         return {"d_loss": d_loss, "g_loss": g_loss}
 
 
+class ConditionalKerasGAN(keras.Model):
+    """A class-conditional GAN trained by ``fit`` on (samples, labels) batches, as keras-io's conditional GAN:
+    each fake is drawn with its real partner's label, D sees [x, label]; BCE with the non-saturating G loss."""
+
+    def __init__(self, generator, discriminator, *, latent_dim, seed=0):
+        super().__init__()
+        self.generator, self.discriminator, self.latent_dim = generator, discriminator, latent_dim
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def compile(self, d_optimizer, g_optimizer):
+        super().compile()
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+
+    def train_step(self, data):
+        real, labels = data
+        labels = tf.reshape(labels, [-1, 1])
+        z = keras.random.normal((tf.shape(real)[0], self.latent_dim), seed=self.seed_generator)
+        with tf.GradientTape() as tape:
+            fake = self.generator([z, labels], training=True)
+            d_loss = _discriminator_loss("bce", self.discriminator([real, labels], training=True),
+                                         self.discriminator([fake, labels], training=True))
+        weights = self.discriminator.trainable_weights
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, weights), weights, strict=False))
+        z = keras.random.normal((tf.shape(real)[0], self.latent_dim), seed=self.seed_generator)
+        with tf.GradientTape() as tape:
+            fake = self.generator([z, labels], training=True)
+            g_loss = _generator_loss("bce", self.discriminator([fake, labels], training=True))
+        weights = self.generator.trainable_weights
+        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, weights), weights, strict=False))
+        return {"d_loss": d_loss, "g_loss": g_loss}
+
+
 
 
 @dataclasses.dataclass
@@ -367,7 +448,10 @@ class ZooGAN:
             ``least_squares``, ``wasserstein``), or None.
         latent_dim: size of z ~ N(0, I).
         info: JSON-able: the recipe, seed, data range, mixture modes (``centers``, ``stds``, ``weights``,
-            ``mode_threshold``), ``train_seconds``, the cache folder when loaded from or saved to one.
+            ``mode_threshold``), ``train_seconds``, the cache folder when loaded from or saved to one; for a
+            conditional member ``n_classes`` and ``mode_classes`` (the class of each mode).
+        train_labels, heldout_labels: a conditional member's integer classes of ``train`` and ``heldout``
+            (what to pass to ``gan2flow.convert(..., labels=member.train_labels)``); None otherwise.
     """
 
     name: str
@@ -379,11 +463,19 @@ class ZooGAN:
     loss: str | None
     latent_dim: int
     info: dict
+    train_labels: np.ndarray | None = None
+    heldout_labels: np.ndarray | None = None
 
-    def generate(self, n, seed=0):
-        """n raw generator samples, z ~ N(0, I) drawn from ``numpy.random.default_rng(seed)``; float32 NumPy."""
+    def generate(self, n, seed=0, labels=None):
+        """n raw generator samples, z ~ N(0, I) drawn from ``numpy.random.default_rng(seed)``; float32 NumPy.
+        A conditional member needs ``labels`` (an int or n integer classes)."""
         z = np.random.default_rng(seed).normal(size=(n, self.latent_dim)).astype(np.float32)
-        return np.asarray(self.generator.predict(z, batch_size=1024, verbose=0), np.float32)
+        if self.train_labels is None:
+            return np.asarray(self.generator.predict(z, batch_size=1024, verbose=0), np.float32)
+        if labels is None:
+            raise ValueError(f"`labels` must be given: {self.name} is class-conditional (an int or {n} classes).")
+        labels = np.broadcast_to(np.asarray(labels, np.int32), (n,)).reshape(-1, 1)
+        return np.asarray(self.generator.predict([z, labels], batch_size=1024, verbose=0), np.float32)
 
 
 def train(name, seed=0, *, steps=None, verbose=0):
@@ -404,15 +496,19 @@ def train(name, seed=0, *, steps=None, verbose=0):
     data = make_data(recipe_, seed)
     keras.utils.set_random_seed(seed)
     generator, discriminator = _networks(recipe_, data["train"].shape[1:])
-    gan = KerasGAN(generator, discriminator, loss=recipe_.loss, latent_dim=recipe_.latent_dim,
-                             d_steps=recipe_.d_steps, g_steps=recipe_.g_steps, seed=seed)
+    if recipe_.conditional:
+        gan = ConditionalKerasGAN(generator, discriminator, latent_dim=recipe_.latent_dim, seed=seed)
+    else:
+        gan = KerasGAN(generator, discriminator, loss=recipe_.loss, latent_dim=recipe_.latent_dim,
+                       d_steps=recipe_.d_steps, g_steps=recipe_.g_steps, seed=seed)
     gan.compile(d_optimizer=keras.optimizers.Adam(recipe_.d_learning_rate, beta_1=recipe_.beta_1,
                                                   beta_2=recipe_.beta_2),
                 g_optimizer=keras.optimizers.Adam(recipe_.g_learning_rate, beta_1=recipe_.beta_1,
                                                   beta_2=recipe_.beta_2))
     gan_train = data["gan_train"]
     batch = min(recipe_.batch_size, len(gan_train))
-    dataset = (tf.data.Dataset.from_tensor_slices(gan_train).shuffle(len(gan_train), seed=seed)
+    slices = gan_train if not recipe_.conditional else (gan_train, data["gan_train_labels"])
+    dataset = (tf.data.Dataset.from_tensor_slices(slices).shuffle(len(gan_train), seed=seed)
                .repeat().batch(batch, drop_remainder=True))
     start = time.perf_counter()
     gan.fit(dataset, steps_per_epoch=recipe_.steps, epochs=1, verbose=verbose, shuffle=False)
@@ -420,7 +516,8 @@ def train(name, seed=0, *, steps=None, verbose=0):
     info = dict(data["info"], recipe=recipe_.to_dict(), seed=int(seed), train_seconds=round(seconds, 2),
                 zoo_version=ZOO_VERSION)
     return ZooGAN(name, generator, discriminator, data["train"], data["heldout"], gan_train,
-                  _GAN2FLOW_LOSS.get(recipe_.loss), recipe_.latent_dim, info)
+                  _GAN2FLOW_LOSS.get(recipe_.loss), recipe_.latent_dim, info, data.get("train_labels"),
+                  data.get("heldout_labels"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -448,8 +545,10 @@ def _save(member, folder):
     try:
         member.generator.save(os.path.join(temporary, "generator.keras"))
         member.discriminator.save(os.path.join(temporary, "discriminator.keras"))
+        labels = {} if member.train_labels is None else {"train_labels": member.train_labels,
+                                                          "heldout_labels": member.heldout_labels}
         np.savez(os.path.join(temporary, "data.npz"), train=member.train, heldout=member.heldout,
-                 gan_train=member.gan_train)
+                 gan_train=member.gan_train, **labels)
         meta = {"name": member.name, "loss": member.loss, "latent_dim": member.latent_dim, "info": member.info}
         with open(os.path.join(temporary, "meta.json"), "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=2)
@@ -468,11 +567,13 @@ def _load_entry(folder):
         meta = json.load(handle)
     with np.load(os.path.join(folder, "data.npz")) as arrays:
         train_, heldout, gan_train = arrays["train"], arrays["heldout"], arrays["gan_train"]
+        labels = ((arrays["train_labels"], arrays["heldout_labels"]) if "train_labels" in arrays.files
+                  else (None, None))
     generator = keras.saving.load_model(os.path.join(folder, "generator.keras"), compile=False)
     discriminator = keras.saving.load_model(os.path.join(folder, "discriminator.keras"), compile=False)
     info = dict(meta["info"], cache_dir=folder)
     return ZooGAN(meta["name"], generator, discriminator, train_, heldout, gan_train, meta["loss"],
-                  int(meta["latent_dim"]), info)
+                  int(meta["latent_dim"]), info, *labels)
 
 
 def load(name, *, seed=0, cache_dir=None, retrain=False, verbose=0):
