@@ -34,13 +34,6 @@ from gan2flow.training import SDGAN
 
 __all__ = ["convert"]
 
-# Moves per stage of a class-conditional staged calibration (unconditional: staged's default, 2). A class's modes
-# tend to lie far apart (classes interleave), and mass must travel between them while σ is large. Measured on the
-# zoo's ring_classes_cgan (3 classes, each missing one of its 3 modes, 120° from the others), per-class sliced W2
-# change raw → refined: 2 moves −34/−10/−32 %; 2 moves with 200 updates per stage −32/−17/−36 % (the fit is not
-# the limit); 3 moves −63/−32/−54 %; 2 moves at σ ratio 0.95 (twice the stages) −66/−50/−67 % in twice the time;
-# 4 moves −73/−56/−70 %, own-class share 0.973/0.953/0.964 → 0.989/0.994/0.984.
-_CONDITIONAL_FLOW_STEPS = 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,7 +225,6 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
     options = dict(stage_options or {})
     if conditional:
         options.update(train_labels=train_labels, heldout_labels=heldout_labels, n_classes=n_classes)
-        options.setdefault("flow_steps", _CONDITIONAL_FLOW_STEPS)
     stage_fields = (_calibrate_stages(generator, train, heldout, latent_shape, seed, verbose, options)
                     if stages else {})
     flow = GANFlow(generator, calibrator, sigma_range=sigma_range, latent_shape=latent_shape,

@@ -158,3 +158,75 @@ def test_sigma_max_grows_until_the_samples_overlap():
     assert result.sigma_search[0]["accuracy"] > 0.6
     assert result.sigmas[0] == pytest.approx(result.sigma_search[-1]["sigma"])
     assert result.sigmas[0] >= 2 * result.sigma_search[0]["sigma"] - 1e-9
+
+
+def test_smoothed_mmd_hand_computed():
+    # Kernel exp(−‖u − v‖²/(4σ²)) with σ = 0.5 is exp(−d²); the V-statistic averages all pairs. x = {0, 0},
+    # y = {1, 1}: same-set pairs 1, cross e^{-1} → 2 − 2/e. x = {0, 1}, y = {0, 2}: xx (2 + 2/e)/4, yy (2 + 2e^{-4})/4,
+    # xy (1 + e^{-4} + e^{-1} + e^{-1})/4 → (2/e + 2e^{-4} + 4 − 2 − 2e^{-4} − 4/e)/4 = (2 − 2/e)/4. Identical sets: 0.
+    zeros, ones = np.zeros((2, 1)), np.ones((2, 1))
+    assert staged.smoothed_mmd(zeros, ones, 0.5) == pytest.approx(2 - 2 / np.e)
+    assert staged.smoothed_mmd(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]]), 0.5) == pytest.approx(
+        (2 - 2 / np.e) / 4)
+    both = np.array([[0.0], [1.0]])
+    assert staged.smoothed_mmd(both, both, 0.5) == pytest.approx(0.0, abs=1e-12)
+
+
+def _wide_bounds():
+    return (np.full(2, -10.0, np.float32), np.full(2, 10.0, np.float32))
+
+
+@pytest.mark.parametrize("slope, accepted", [(1.0, 0.5), (4.0, 0.25), (-4.0, 0.0)])
+def test_checked_move_backtracks_on_overshoot(slope, accepted):
+    # Data at (1, 0), particles at (0, 0) (tight clusters); T = slope·x₁, so two moves of ε σ² ∇T at σ = 1 displace
+    # the particles by 2ε·slope along x₁. slope 1, ε ½: lands on the data (accepted). slope 4: ε ½ lands at 4
+    # (MMD up), ε ¼ at 2, as far as before (accepted). slope −4: ε ½ … 1/16 move 4 … 0.5 away (MMD at least 1.9×:
+    # never accepted, None and 0).
+    from gan2flow.estimators import DiscriminatorScoreDifference
+
+    rng = np.random.default_rng(0)
+    real = (np.array([1.0, 0.0]) + 0.05 * rng.normal(size=(200, 2))).astype(np.float32)
+    x = (0.05 * rng.normal(size=(200, 2))).astype(np.float32)
+    estimator = DiscriminatorScoreDifference(_steep_discriminator(slope), loss="logistic", sigma_conditioned=True)
+    moved, scale, before, after = staged.checked_move(x, estimator, 1.0, 0.5, 2, _wide_bounds(), real,
+                                                      max_increase=1.5, max_halvings=3)
+    assert scale == accepted
+    if accepted:
+        np.testing.assert_allclose(np.asarray(moved)[:, 0] - x[:, 0], 2 * accepted * slope, atol=1e-5)
+        assert after <= 1.5 * before
+    else:
+        assert moved is None and after > 1.5 * before
+
+
+def test_adaptive_schedule_follows_the_signal():
+    # The default schedule takes the fine ratio after a stage with signal > fine_signal and the coarse one
+    # otherwise (clamped at σ_min). A generator far from the data gives a strong signal at the first stage.
+    rng = np.random.default_rng(0)
+    real = (np.array([1.5, 0.0]) + 0.3 * rng.normal(size=(1500, 2))).astype(np.float32)
+    generator = _affine_generator(0.3, [0.0, 0.0])
+    result = staged.calibrate_stages(generator, real[:1200], real[1200:], latent_shape=(2,), sigma_ratio=0.5,
+                                     fine_ratio=0.8, fine_signal=1.0, max_stages=6, n_particles=512, train_steps=30,
+                                     hidden=(16,), fourier_features=0, refit=False, max_doublings=0, seed=0)
+    assert result.report[0]["signal"] > 1.0 and result.report[0]["next"] == "fine"
+    for k in range(len(result.report) - 1):
+        expected = 0.8 if result.report[k]["signal"] > 1.0 else 0.5
+        assert result.report[k]["next"] == ("fine" if expected == 0.8 else "coarse")
+        ratio = result.sigmas[k + 1] / result.sigmas[k]
+        assert ratio == pytest.approx(expected) or result.sigmas[k + 1] == pytest.approx(result.sigmas[-1])
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_refit_calibrates_on_training_and_heldout_data(refit):
+    # With refit the trusted stages are calibrated again on both sets: the box (the data's range) then covers a
+    # held-out point beyond every training point, and the report marks the stages as refit.
+    rng = np.random.default_rng(0)
+    real = (np.array([1.0, 0.0]) + 0.5 * rng.normal(size=(400, 2))).astype(np.float32)
+    real[-1] = [6.0, -6.0]
+    generator = _affine_generator(0.5, [0.0, 0.0])
+    result = staged.calibrate_stages(generator, real[:300], real[300:], latent_shape=(2,), sigmas=[1.0, 0.5],
+                                     n_particles=256, train_steps=20, hidden=(16,), fourier_features=0, refit=refit,
+                                     seed=0)
+    assert result.n_trusted == len(result.weights) == len(result.sigmas)
+    assert all(entry.get("refit", False) == refit for entry in result.report)
+    high = result.bounds[1]
+    assert (high[0] == pytest.approx(6.0)) == refit
