@@ -38,12 +38,13 @@ worse). No noise is added: the particles' own distribution is the explicit sourc
 Langevin noise would temper the target (§9.4).
 
 Defaults, as measured on foreign GANs (the zoo, docs/zoo.md): σ ratio 0.9 between stages, 0.97 after a stage
-with a signal, 100 updates per stage (300 for the first), 4 moves of ε = 0.5 per stage with backtracking, a
+with a signal, 100 updates per stage (300 for the first), 4 moves of ε = 1 per stage with backtracking, a
 128×128 swish MLP with 64 σ-damped Fourier features, warm start, no reuse of the GAN's own discriminator; on at
 most 1 000 real samples the chosen stages are calibrated again on all of them (``refit``). Without the
 backtracking, more than two moves per stage overshot (digits: Fréchet distance oscillating 12 → 6 → 10 → 6 → 8
-across stages with five moves); with it, four moves carry the mass a 16-D mixture's missing modes need (the
-smallest mode at 0.62 of its share with four, 0.10–0.41 with two).
+across stages with five moves); with it, four moves of ε = 1 carry the mass a 16-D mixture's missing modes need
+(the smallest mode at 0.72 of its share; four moves of ε = 0.5: 0.03–0.62 over runs; two: 0.10–0.41; eight of
+ε = 0.5: 0.70, with 91 of 141 stages halved).
 
 Cost: convert time ≈ K × (``train_steps`` discriminator updates + ``flow_steps`` gradient steps on N
 particles); sample time ≈ K × ``flow_steps`` gradient evaluations per sample.
@@ -252,7 +253,7 @@ def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
 def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None, sigma_ratio=0.9,
                      fine_ratio=0.97, fine_signal=1.0, max_stages=None,
                      n_particles=4096, heldout_particles=None, train_steps=100, batch_size=256, learning_rate=3e-3,
-                     flow_steps=4, step_scale=0.5, hidden=(128, 128), fourier_features=64, given=None,
+                     flow_steps=4, step_scale=1.0, hidden=(128, 128), fourier_features=64, given=None,
                      given_loss=None, warm_start=True, max_gap=0.15, max_accuracy=0.95, max_saturated=0.05,
                      min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.75,
                      refit="auto", max_increase=1.5, max_halvings=3, copy_scale=None,
