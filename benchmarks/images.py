@@ -25,7 +25,9 @@ and measures the first ``--n-eval`` (2 000) raw and refined samples with
 
 Targets (issue 17): FD ≥ 25 % lower than raw, recall not lower, nn ratio ≥ 0.75, nothing out of range; and for
 the 32×32×3 member, convert + refining 10 000 samples within 600 s on 2 cores. The peak resident memory of the
-process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is reported after each member. Writes ``images.json``,
+process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is reported after each member, and the process's CPU
+seconds (user + system) over convert and refinement beside the wall-clock seconds: on a shared machine the CPU
+seconds divided by the cores used say what an idle machine would take. Writes ``images.json``,
 ``images.md`` and sample grids (raw / refined, ``<member>_raw.png``, ``<member>_refined.png``) to ``--out``.
 """
 from __future__ import annotations
@@ -43,6 +45,11 @@ import numpy as np  # noqa: E402
 
 MEMBERS = ("patches32_dcgan", "faces25_dcgan")
 TIME_LIMIT = 600.0
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_mib():
@@ -65,7 +72,7 @@ def run_member(name, *, n, n_eval, chunk, seed=0, out=None, grids=True, verbose=
     reference_features = image_metrics.encoder_features(reference, encoder)
     heldout_nn = float(np.median(image_metrics.nearest_distances(member.heldout, member.train)))
     keras.utils.set_random_seed(seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     flow = gan2flow.convert(member.generator, member.discriminator, member.train, loss=member.loss,
                             verbose=verbose)
     convert_seconds = time.perf_counter() - start
@@ -74,9 +81,11 @@ def run_member(name, *, n, n_eval, chunk, seed=0, out=None, grids=True, verbose=
     start = time.perf_counter()
     refined = np.asarray(flow.sample(n, seed=0, batch_size=chunk, report=report))
     refine_seconds = time.perf_counter() - start
+    cpu_seconds = _cpu_seconds() - cpu_start
     row = {"member": name, "n": n, "n_eval": n_eval, "chunk": chunk, "n_train": len(member.train),
            "sample_shape": list(member.train.shape[1:]), "convert_seconds": round(convert_seconds, 1),
            "refine_seconds": round(refine_seconds, 1), "total_seconds": round(convert_seconds + refine_seconds, 1),
+           "cpu_seconds": round(cpu_seconds, 1),
            "peak_rss_mib": round(_peak_mib(), 1), "heldout_nn": heldout_nn,
            "stages_used": len((flow.stages or {}).get("sigmas", [])),
            "stages_calibrated": len(flow.diagnostics.get("stages", [])),
@@ -104,7 +113,7 @@ def markdown(rows, machine):
              f"{', '.join(map(str, machine['load_average']))}), TensorFlow {machine['tensorflow']}, "
              f"intra-op threads {machine['intra_op_threads']}.", "",
              "| member | n | FD raw → refined | precision | recall | SW2 pixels | spectrum | nn ratio | out of range "
-             "| convert s | refine s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| convert s | refine s | CPU s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pair(row, key, digits=3):
         return f"{row['raw'][key]:.{digits}g} → {row['refined'][key]:.{digits}g}"
@@ -113,7 +122,8 @@ def markdown(rows, machine):
         lines.append(f"| {row['member']} | {row['n']} | {pair(row, 'fd')} (held-out {row['floor']['fd']:.3g}) | "
                      f"{pair(row, 'precision', 2)} | {pair(row, 'recall', 2)} | {pair(row, 'sw')} | "
                      f"{pair(row, 'spectrum')} | {pair(row, 'nn_ratio', 2)} | {pair(row, 'out', 2)} | "
-                     f"{row['convert_seconds']} | {row['refine_seconds']} | {row['peak_rss_mib']:.0f} |")
+                     f"{row['convert_seconds']} | {row['refine_seconds']} | {row.get('cpu_seconds', '–')} | "
+                     f"{row['peak_rss_mib']:.0f} |")
     lines += ["", "| member | " + " | ".join(rows[0]["targets"]) + " |", "|---|" + "---|" * len(rows[0]["targets"])]
     for row in rows:
         lines.append(f"| {row['member']} | " + " | ".join("yes" if v else "**no**" for v in row["targets"].values())
