@@ -60,7 +60,7 @@ def run_member(name, *, n, n_eval, chunk, seed=0, out=None, grids=True, verbose=
     import keras
 
     import gan2flow
-    from gan2flow import image_metrics, plotting
+    from gan2flow import image_metrics, metrics, plotting
     from gan2flow.experiments import zoo
 
     member = zoo.load(name, seed=seed, verbose=verbose)
@@ -93,9 +93,9 @@ def run_member(name, *, n, n_eval, chunk, seed=0, out=None, grids=True, verbose=
            "gan_train_seconds": member.info.get("train_seconds")}
     kwargs = dict(reference_features=reference_features, heldout_nn=heldout_nn, data_range=member.info["data_range"],
                   out_margin=0.1)
-    row["raw"] = image_metrics.image_report(raw[:n_eval], reference, member.train, encoder, **kwargs)
-    row["refined"] = image_metrics.image_report(refined[:n_eval], reference, member.train, encoder, **kwargs)
-    row["floor"] = image_metrics.image_report(member.heldout[:n_eval], reference, member.train, encoder, **kwargs)
+    for key, images in (("raw", raw[:n_eval]), ("refined", refined[:n_eval]), ("floor", member.heldout[:n_eval])):
+        row[key] = image_metrics.image_report(images, reference, member.train, encoder, **kwargs)
+        row[key]["sw"] = metrics.sliced_wasserstein(images, reference, seed=seed)
     raw_m, ref_m = row["raw"], row["refined"]
     row["targets"] = {"fd_-25%": ref_m["fd"] <= 0.75 * raw_m["fd"], "recall_kept": ref_m["recall"] >= raw_m["recall"],
                       "no_copy": ref_m["nn_ratio"] >= 0.75, "in_range": ref_m["out"] == 0.0}

@@ -21,7 +21,7 @@ the features come from a self-trained **convolutional auto-encoder** (no labels 
   epochs and :data:`ENCODER_VERSION`. :func:`encoder_features` gives the code plus the spatial means of
   the encoder's two convolution layers (texture statistics, which the code alone ignores).
 - :func:`image_report`: the table's numbers for one sample set: Fréchet distance and k-NN
-  precision/recall in the encoder's features, sliced W2 in pixels, a power-spectrum distance
+  precision/recall in the encoder's features, a power-spectrum distance
   (:func:`spectrum_distance`), the median nearest-training distance over held-out real data's (``nn_ratio``)
   and the out-of-range share.
 
@@ -528,12 +528,12 @@ def spectrum_distance(x, y):
 
 
 def image_report(samples, reference, train, encoder, *, reference_features=None, heldout_nn=None, data_range=(-1, 1),
-                 k=3, out_margin=0.1, seed=0):
-    """The image table's numbers for one sample set, in the encoder's features and in pixels.
+                 k=3, out_margin=0.1):
+    """The image table's numbers for one sample set, in the encoder's features and in pixels (pixel sliced W2 is
+    :func:`gan2flow.metrics.sliced_wasserstein`; ``gan2flow.metrics`` imports this module, not the reverse).
 
     - ``fd``: :func:`frechet_distance` of the samples' codes to the reference's; ``precision``, ``recall``:
       :func:`precision_recall` (k) of the first ``len(reference)`` samples against the reference.
-    - ``sw``: sliced W2 in pixels (:func:`gan2flow.metrics.sliced_wasserstein`, 256 directions) to the reference.
     - ``spectrum``: :func:`spectrum_distance` to the reference.
     - ``nn``: median distance to the nearest training image; ``nn_ratio``: that over ``heldout_nn`` (the same
       median for held-out real images; < 0.75 flags copying).
@@ -548,8 +548,6 @@ def image_report(samples, reference, train, encoder, *, reference_features=None,
     Returns:
         dict of Python floats.
     """
-    from gan2flow import metrics
-
     samples = np.asarray(samples, np.float32)
     reference = np.asarray(reference, np.float32)
     if reference_features is None:
@@ -563,7 +561,6 @@ def image_report(samples, reference, train, encoder, *, reference_features=None,
     result = {"fd": frechet_distance(features, reference_features)}
     result.update(precision_recall(reference_features, features[:len(reference_features)], k=k))
     result.update({
-        "sw": metrics.sliced_wasserstein(samples, reference, seed=seed),
         "spectrum": spectrum_distance(samples, reference),
         "nn": nn, "nn_ratio": nn / heldout_nn,
         "out": float(np.mean((samples < low - margin) | (samples > high + margin))),
