@@ -21,7 +21,7 @@ that depends on σ), the last resolution gets a residual block, and the head see
 standardised on real data). The given discriminator's features are computed on the *noised* input the
 calibration sees, and its gradients flow through them into the SD estimate, like the MLP's
 ``FrozenFeature``. Cost per sample at 32×32×3 with the default ``filters=(24, 48, 64)``: about 3 MFLOP forward
-(the zoo's 32×32 DCGAN discriminator, tapped, adds about 7).
+(the zoo's 32×32 DCGAN discriminator, tapped, adds about 2).
 
 Example::
 
