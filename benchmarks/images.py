@@ -104,7 +104,7 @@ def run_member(name, *, n, n_eval, chunk, seed=0, out=None, grids=True, verbose=
     if grids and out:
         for label, images in (("raw", raw), ("refined", refined)):
             plotting.image_grid(images[:40], os.path.join(out, f"{name}_{label}.png"), columns=10,
-                                title=f"{name}: {label}", value_range=(-1, 1))
+                                title=f"{name}: {label}", value_range=(-1, 1), cmap="gray")
     return row
 
 

@@ -62,9 +62,10 @@ def scatter_panels(panels, path, *, reference=None, trajectories=None, limits=No
     return path
 
 
-def image_grid(images, path, *, columns=10, title=None, value_range=None):
-    """A grid of images written as one PNG: grey-scale [n, h, w] or [n, h, w, 1] (dark on light, as digits are
-    drawn), or RGB [n, h, w, 3] (values mapped from ``value_range`` to [0, 1], clipped)."""
+def image_grid(images, path, *, columns=10, title=None, value_range=None, cmap="gray_r"):
+    """A grid of images written as one PNG: grey-scale [n, h, w] or [n, h, w, 1] drawn with ``cmap`` (default
+    ``"gray_r"``: dark on light, as digits are drawn; ``"gray"`` for photographs), or RGB [n, h, w, 3] (values
+    mapped from ``value_range`` to [0, 1], clipped)."""
     plt = pyplot()
     images = np.asarray(images)
     rgb = images.ndim == 4 and images.shape[-1] == 3
@@ -79,7 +80,7 @@ def image_grid(images, path, *, columns=10, title=None, value_range=None):
         if index < len(images) and rgb:
             axis.imshow(np.clip((images[index] - low) / max(high - low, 1e-12), 0.0, 1.0))
         elif index < len(images):
-            axis.imshow(images[index], cmap="gray_r", vmin=low, vmax=high)
+            axis.imshow(images[index], cmap=cmap, vmin=low, vmax=high)
     if title:
         figure.suptitle(title)
     save_figure(figure, path)
