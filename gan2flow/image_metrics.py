@@ -19,7 +19,7 @@ the features come from a self-trained **convolutional auto-encoder** (no labels 
   decoder, trained by mean squared reconstruction error on (at most 5 000 of) the real training images
   with a fixed seed, and cached as a ``.keras`` file keyed by the data's hash, the seed, the
   epochs and :data:`ENCODER_VERSION`. :func:`encoder_features` gives the code plus the spatial means of
-  the encoder's two convolution layers (texture statistics, which the code alone ignores).
+  the encoder's two convolution layers (it sees colour and layout statistics far better than sharpness).
 - :func:`image_report`: the table's numbers for one sample set: Fréchet distance and k-NN
   precision/recall in the encoder's features, a power-spectrum distance
   (:func:`spectrum_distance`), the median nearest-training distance over held-out real data's (``nn_ratio``)
@@ -481,8 +481,9 @@ def encoder_features(images, encoder, *, batch_size=1024):
 
     The code (``features`` numbers: what the image looks like as a whole) followed by the spatial means of the
     two encoder convolutions' activations (32 + 64 numbers: local texture statistics, in the manner of
-    Inception's pooled features for FID). The code alone hardly changes with blur or pixel noise (the
-    reconstruction loss does not care); the pooled activations do.
+    Inception's pooled features for FID). Measured on the 32×32 patches, neither part sees fine detail much: a
+    2×2 box blur or pixel noise of std 0.1 moves the Fréchet distance by ~0.02, a third of the distance between
+    two independent draws of 2 000 training patches (docs/images.md).
 
     Args:
         images: [n, H, W, C] with the encoder's image shape.
