@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, datasets, losses, models, resume, staged
+from gan2flow import _checks, adapters, conv_models, datasets, losses, resume, staged
 from gan2flow import sigmas as schedules
 from gan2flow.diagnostics import diagnose, format_diagnostics
 from gan2flow.ganflow import GANFlow, load  # noqa: F401 - gan2flow.conversion.GANFlow/load keep working
@@ -40,8 +40,8 @@ __all__ = ["convert"]
 # Conversion
 
 
-def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, sigma_range=None, steps=3000,
-            batch_size=256, learning_rate=1e-3, hidden=(256, 256, 256), reuse_discriminator=True,
+def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, sigma_range=None, steps=None,
+            batch_size=None, learning_rate=1e-3, hidden=(256, 256, 256), reuse_discriminator=True,
             validation_fraction=0.2, seed=0, verbose=1, callbacks=None, strategy=None, jit_compile=True,
             fourier_features=128, backup_dir=None, stages=True, stage_options=None, labels=None, n_classes=None):
     """Turn a trained GAN into a calibrated :class:`GANFlow`.
@@ -56,8 +56,9 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
         latent_dim: the generator's latent shape when it has no Keras ``inputs``.
         sigma_range: (σ_min, σ_max) for calibration and refinement; default from the data's spread
             (σ_max = RMS per-coordinate std, σ_min = σ_max / 100).
-        steps: discriminator updates.
-        batch_size, learning_rate, hidden: calibration training settings.
+        steps: discriminator updates; None: 3 000, or for image-shaped samples (H×W×C with H, W ≥ 16) the
+            smaller budget of ``gan2flow.conv_models.convert_defaults`` (800).
+        batch_size, learning_rate, hidden: calibration training settings (``batch_size`` None: 256, images 64).
         reuse_discriminator: feed the given discriminator's output to the calibrated one as a feature.
         validation_fraction: share of ``real_data`` held out for the diagnostics.
         seed: seed for the split, latents, σ and noise, and — through ``keras.utils.set_random_seed(seed)``,
@@ -84,7 +85,8 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
             steps, K ≈ 20–40 stages) and keeps GANs trained elsewhere in the data's range (docs/convert.md).
             False: only the generator-calibrated discriminator (``field="calibrated"``).
         stage_options: keyword arguments for :func:`gan2flow.staged.calibrate_stages` (e.g. smaller
-            ``train_steps`` and ``n_particles`` for a quick test); None: its defaults.
+            ``train_steps`` and ``n_particles`` for a quick test); None: its defaults, for image-shaped samples
+            those of ``gan2flow.conv_models.convert_defaults`` (given options override them).
         labels: for a class-conditional GAN (a generator taking ``[z, label]``, a discriminator taking
             ``[x, label]`` or ``[x, sigma, label]``): the integer class of each row of ``real_data`` (array or
             ``.npy`` path). Labels are fed to each model in the form its label input declares (``[n]``,
@@ -109,7 +111,10 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
                          f"{len(real)}.")
     if loss is not None:
         loss = losses.get(loss).name
-    steps = _checks.positive_int(steps, "steps")
+    image_defaults = conv_models.convert_defaults(real.shape[1:])  # {} unless image-shaped (issue 17)
+    steps = _checks.positive_int(image_defaults.get("steps", 3000) if steps is None else steps, "steps")
+    batch_size = image_defaults.get("batch_size", 256) if batch_size is None else batch_size
+    stage_options = {**image_defaults.get("stage_options", {}), **(stage_options or {})}
     learning_rate = _checks.positive_float(learning_rate, "learning_rate")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     if not 0 < validation_fraction < 1:
@@ -188,7 +193,7 @@ def convert(generator, discriminator, real_data, *, loss=None, latent_dim=None, 
 
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
-        calibrator = models.calibration_discriminator(
+        calibrator = conv_models.calibration_model(  # convolutional for images ≥ 16×16, else the MLP
             real.shape[1:], given=given if reuse_discriminator else None, given_loss=loss, reference=train,
             hidden=hidden, fourier_features=fourier_features, fourier_scales=(sigma_range[0], 2 * sigma_range[1]),
             n_classes=n_classes if conditional else None, reference_labels=train_labels)

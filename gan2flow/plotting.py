@@ -62,11 +62,14 @@ def scatter_panels(panels, path, *, reference=None, trajectories=None, limits=No
     return path
 
 
-def image_grid(images, path, *, columns=10, title=None, value_range=None):
-    """A grid of grey-scale images [n, h, w] or [n, h, w, 1] written as one PNG."""
+def image_grid(images, path, *, columns=10, title=None, value_range=None, cmap="gray_r"):
+    """A grid of images written as one PNG: grey-scale [n, h, w] or [n, h, w, 1] drawn with ``cmap`` (default
+    ``"gray_r"``: dark on light, as digits are drawn; ``"gray"`` for photographs), or RGB [n, h, w, 3] (values
+    mapped from ``value_range`` to [0, 1], clipped)."""
     plt = pyplot()
     images = np.asarray(images)
-    if images.ndim == 4:
+    rgb = images.ndim == 4 and images.shape[-1] == 3
+    if images.ndim == 4 and not rgb:
         images = images[..., 0]
     rows = int(np.ceil(len(images) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8 + (0.4 if title else 0)),
@@ -74,8 +77,10 @@ def image_grid(images, path, *, columns=10, title=None, value_range=None):
     low, high = value_range if value_range is not None else (images.min(), images.max())
     for index, axis in enumerate(axes.ravel()):
         axis.axis("off")
-        if index < len(images):
-            axis.imshow(images[index], cmap="gray_r", vmin=low, vmax=high)
+        if index < len(images) and rgb:
+            axis.imshow(np.clip((images[index] - low) / max(high - low, 1e-12), 0.0, 1.0))
+        elif index < len(images):
+            axis.imshow(images[index], cmap=cmap, vmin=low, vmax=high)
     if title:
         figure.suptitle(title)
     save_figure(figure, path)

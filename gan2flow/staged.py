@@ -66,7 +66,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, image_metrics, metrics, models
+from gan2flow import _checks, adapters, conv_models, image_metrics, metrics
 from gan2flow.estimators import DiscriminatorScoreDifference, LabelledModel, RowLabels
 from gan2flow.flows import make_plan, run
 
@@ -365,7 +365,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                          f"{sample_shape}.")
 
     def build():
-        return models.calibration_discriminator(
+        return conv_models.calibration_model(  # convolutional for images ≥ 16×16, else the MLP
             sample_shape, given=given, given_loss=given_loss, reference=real_train if given is not None else None,
             hidden=hidden, fourier_features=fourier_features, fourier_scales=(float(sigmas[-1]), 2 * float(sigmas[0])),
             n_classes=n_classes if labelled else None, reference_labels=train_labels)

@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import gan2flow
-from gan2flow import flows, models
+from gan2flow import conv_models, flows, models
 from gan2flow import sigmas as schedules
 
 tfd = tfp.distributions
@@ -67,6 +67,19 @@ def _discriminator_estimator(seed=0):
     return gan2flow.DiscriminatorScoreDifference(models.mlp_discriminator((2,), hidden=(16, 16)))
 
 
+IMAGE_SHAPE = (16, 16, 1)  # the smallest image shape that gets the convolutional calibration (issue 17)
+
+
+def _conv_calibration_estimator():
+    keras.utils.set_random_seed(3)
+    model = conv_models.calibration_model(IMAGE_SHAPE, hidden=(16,))
+    # At initialisation the input gradient is spread over 256 pixels (~1e-3 each); scale the logit so the field
+    # is O(0.1) like the 2-D estimators' (the contract's "a field, not rounding noise" check needs > 1e-2).
+    kernel, bias = model.get_layer("logit").get_weights()
+    model.get_layer("logit").set_weights([100.0 * kernel, bias])
+    return gan2flow.DiscriminatorScoreDifference(model, loss="logistic", sigma_conditioned=True)
+
+
 def _reweighted_prior():
     keras.utils.set_random_seed(1)
     generator = models.mlp_generator(LATENT_DIM, (2,), hidden=(16,))
@@ -86,6 +99,7 @@ _FACTORIES = {
         _gaussian_denoiser(MU_Q, S_Q), _gaussian_denoiser(MU_R, S_R))),
     "drift_corrected": lambda: gan2flow.drift_corrected(_analytic(), _samples(MU_Q, S_Q, 64, 12)),
     "reweighted_prior": _reweighted_prior,
+    "conv_calibration": _conv_calibration_estimator,
 }
 ESTIMATORS = sorted(_FACTORIES)
 # Estimators whose v at one sample depends on the other samples of the batch (the particles are the source).
@@ -100,8 +114,8 @@ def _estimator(name):
 
 
 def _x(name, n=24, seed=0):
-    dim = LATENT_DIM if name == "reweighted_prior" else 2
-    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    shape = {"reweighted_prior": (LATENT_DIM,), "conv_calibration": IMAGE_SHAPE}.get(name, (2,))
+    return np.random.default_rng(seed).normal(size=(n,) + shape).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 floor, the moons threshold, the held-out nearest-training distance); ``Reference(member, n).evaluate(x)``
 gives sliced W2, nearest-training distance ratio, out-of-range share and, per kind of member, modes and
 high-quality share (mixtures), the nearest-neighbour high-quality share (moons), Fréchet distance,
-precision and recall in digit-classifier features (digits). See benchmarks/zoo.py's docstring for each
+precision and recall in digit-classifier features (digits; other image sizes: the features of the
+self-trained auto-encoder, :func:`gan2flow.image_metrics.feature_encoder`). See benchmarks/zoo.py's docstring for each
 metric's definition.
 """
 from __future__ import annotations
@@ -53,11 +54,16 @@ class Reference:
         self.floor = {"sw": metrics.sliced_wasserstein(floor_train, self.heldout)}
         if self.images:
             self.images_module = images
-            classifier = images.digit_classifier() if hasattr(images, "digit_classifier") else None
-            self.classifier = classifier
-            self.heldout_features = images.image_features(member.heldout, classifier)
+            if tuple(member.train.shape[1:]) == (8, 8, 1):
+                classifier = images.digit_classifier() if hasattr(images, "digit_classifier") else None
+                self.features = lambda x: images.image_features(x, classifier)
+            else:  # other image sizes (issue 17): the self-trained auto-encoder of the member's training images
+                encoder = images.feature_encoder(member.train, name=member.name,
+                                                 epochs=max(10, -(-2000 * 64 // len(member.train))))
+                self.features = lambda x: images.encoder_features(x, encoder)
+            self.heldout_features = self.features(member.heldout)
             floor_images = member.train[rng.choice(len(member.train), min(n, len(member.train)), replace=False)]
-            floor_features = images.image_features(floor_images, classifier)
+            floor_features = self.features(floor_images)
             self.floor["fd"] = images.frechet_distance(floor_features, self.heldout_features)
             self.floor.update(images.precision_recall(self.heldout_features,
                                                       floor_features[:len(self.heldout_features)], k=PR_K))
@@ -79,7 +85,7 @@ class Reference:
                   "min": float(samples.min()), "max": float(samples.max())}
         if self.images:
             images = self.images_module
-            features = images.image_features(samples, self.classifier)
+            features = self.features(samples)
             result["fd"] = images.frechet_distance(features, self.heldout_features)
             result.update(images.precision_recall(self.heldout_features, features[:len(self.heldout_features)],
                                                   k=PR_K))

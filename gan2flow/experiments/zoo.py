@@ -17,6 +17,8 @@ mixture16d_bce      BCE (NS)      MLP     8 Gaussian modes in 16 dimensions
 digits_dcgan        BCE (NS)      conv    8×8 digits in [−1, 1], keras-io DCGAN layout, 1 200 steps
 ring_overfit_bce    BCE (NS)      MLP     8-mode ring (std 0.25), only 32 training points, wide D, 2 D steps
 ring_collapsed_bce  BCE (NS)      MLP     8-mode ring, 5 G steps per D step: the generator collapses
+patches32_dcgan     BCE (NS)      conv    32×32 RGB patches of scikit-learn's sample photos, DCGAN 32×32
+faces25_dcgan       BCE (NS)      conv    the 200 25×25 images of skimage's lfw_subset, DCGAN 25×25
 =================== ============= ======= ================================================================
 
 A class-conditional member, ``ring_classes_cgan`` (9-Gaussian ring, std 0.1, three classes each owning three
@@ -27,7 +29,9 @@ its ``train_labels``/``heldout_labels`` hold the classes and ``info["mode_classe
 
 The members marked ``fast`` train in ≲ 20 s on 2 CPU cores (the default test suite uses them):
 ring_dropped_hinge, grid_unequal_lsgan, mixture16d_bce and ring_overfit_bce. moons_wgangp (5 critic
-steps with a gradient penalty, 15–30 s), digits_dcgan (25 s) and ring_collapsed_bce (25 s) are slow.
+steps with a gradient penalty, 15–30 s), digits_dcgan (25 s) and ring_collapsed_bce (25 s) are slow, and
+so are the image members of issue 17 (patches32_dcgan, faces25_dcgan: minutes), which the zoo benchmark's
+``--quick`` and the default test suite leave out.
 
 Every member records what an evaluation needs: the real data split into ``train`` (what a user would
 pass to ``convert``) and ``heldout`` (what metrics compare with), the data's value range, and for
@@ -85,12 +89,13 @@ class Recipe:
     Attributes:
         name: the member's name.
         description: one line for tables.
-        data: ``"ring"``, ``"grid"``, ``"moons"``, ``"mixture"``, ``"digits"`` or ``"ring_classes"`` (a ring whose
-            modes are dealt to ``classes`` classes; see :func:`make_data`).
+        data: ``"ring"``, ``"grid"``, ``"moons"``, ``"mixture"``, ``"digits"``, ``"patches"``, ``"faces"`` or
+            ``"ring_classes"`` (a ring whose modes are dealt to ``classes`` classes; see :func:`make_data`).
         data_options: keyword arguments of that data set (modes, radius, std, weights, sizes, ...).
         loss: ``"bce"`` (non-saturating generator loss), ``"hinge"``, ``"least_squares"`` or ``"wgan_gp"``.
-        architecture: ``"mlp"``, ``"conv"`` (keras-io DCGAN layout, 8×8 images) or ``"conditional_mlp"`` (G takes
-            ``[z, label]``, D ``[x, label]`` with a projection term; a class-conditional member).
+        architecture: ``"mlp"``, ``"conv"`` (keras-io DCGAN layout: the 8×8 one for 8×8 images, a three-stage
+            one for larger images) or ``"conditional_mlp"`` (G takes ``[z, label]``, D ``[x, label]`` with a
+            projection term; a class-conditional member).
         latent_dim: size of z ~ N(0, I).
         width: hidden units (MLP) or base filters (conv) of the generator.
         d_width, d_depth: hidden units and hidden layers of the MLP discriminator.
@@ -177,6 +182,14 @@ _RECIPES = {recipe.name: recipe for recipe in (
            "projection D [x, label]; BCE non-saturating", "ring_classes",
            _options(modes=9, classes=3, radius=2.0, std=0.1, n_train=4500, n_heldout=4500), "bce",
            architecture="conditional_mlp", steps=1500),
+    Recipe("patches32_dcgan", "32x32 RGB patches of scikit-learn's sample photos in [-1, 1]; BCE non-saturating, "
+           "keras-io DCGAN conv G and D (3 stride-2 stages)", "patches",
+           _options(size=32, n_train=10000, n_heldout=2000), "bce", architecture="conv", latent_dim=64, width=8,
+           steps=1500, batch_size=64, d_learning_rate=2e-4, g_learning_rate=2e-4, fast=False),
+    Recipe("faces25_dcgan", "the 200 25x25 images of skimage's lfw_subset (100 faces, 100 non-faces) in [-1, 1]; BCE "
+           "non-saturating, keras-io DCGAN conv G and D (3 stride-2 stages)", "faces",
+           _options(n_heldout=40), "bce", architecture="conv", latent_dim=32, width=8,
+           steps=1000, batch_size=32, d_learning_rate=2e-4, g_learning_rate=2e-4, fast=False),
 )}
 
 
@@ -224,11 +237,13 @@ def make_data(recipe_, seed=0):
     - ``train_labels``, ``heldout_labels``, ``gan_train_labels``: the classes of a conditional member's samples
       (``ring_classes``: mode m belongs to class m mod ``classes``), else None;
     - ``info``: JSON-able: ``data_range`` [low, high] over train ∪ held-out, and for mixtures ``centers``,
-      ``stds``, ``weights`` (true, normalised) and ``mode_threshold`` (HQ radius in stds).
+      ``stds``, ``weights`` (true, normalised) and ``mode_threshold`` (HQ radius in stds);
+    - patches only: ``reference``, more patches from the training tiles (not in ``train``; for distribution
+      metrics, see :func:`gan2flow.datasets.load_image_patches`); not cached, redrawn from the seed.
     """
     options = recipe_.options
     rng = np.random.default_rng([seed, 1])
-    info = {}
+    info, extra = {}, {}
     train_labels = None
     classes = None
     if recipe_.data == "ring_classes":  # a ring whose modes are dealt round-robin to the classes
@@ -270,11 +285,26 @@ def make_data(recipe_, seed=0):
         order = rng.permutation(len(images))
         heldout, train = images[order[:options["n_heldout"]]], images[order[options["n_heldout"]:]]
         info["data_range"] = [-1.0, 1.0]
+    elif recipe_.data == "patches":  # held-out patches come from held-out tiles (gan2flow.datasets)
+        from gan2flow import datasets
+
+        patches = datasets.load_image_patches(options["size"], options["n_train"], options["n_heldout"],
+                                              seed=int(rng.integers(2**31 - 1)))
+        train, heldout = patches["train"], patches["test"]
+        info["data_range"] = [-1.0, 1.0]
+        extra["reference"] = patches["reference"]
+    elif recipe_.data == "faces":
+        from skimage.data import lfw_subset
+
+        images = (np.asarray(lfw_subset(), np.float32) * 2.0 - 1.0)[..., None]  # [200, 25, 25, 1]
+        order = rng.permutation(len(images))
+        heldout, train = images[order[:options["n_heldout"]]], images[order[options["n_heldout"]:]]
+        info["data_range"] = [-1.0, 1.0]
     else:
         raise ValueError(f"unknown data set {recipe_.data!r} in recipe {recipe_.name!r}.")
     info.setdefault("data_range", [float(min(train.min(), heldout.min())), float(max(train.max(), heldout.max()))])
     gan_train = train if recipe_.drop_mode is None else train[train_labels != recipe_.drop_mode]
-    data = {"train": train, "heldout": heldout, "gan_train": gan_train, "info": info}
+    data = {"train": train, "heldout": heldout, "gan_train": gan_train, "info": info, **extra}
     if classes is not None:
         data.update(classes, gan_train_labels=classes["train_labels"])
     return data
@@ -296,6 +326,25 @@ def _networks(recipe_, sample_shape):
             [keras.Input((dim,))]
             + [layers.Dense(recipe_.d_width, activation=layers.LeakyReLU(0.2)) for _ in range(recipe_.d_depth)]
             + [layers.Dense(1)], name="discriminator")
+    elif recipe_.architecture == "conv" and tuple(sample_shape) != (8, 8, 1):
+        # keras-io DCGAN (dcgan_overriding_train_step) with three stride-2 stages, for 25×25 to 32×32 images
+        width, (height, width_px, channels) = recipe_.width, tuple(sample_shape)
+        start = (-(-height // 8), -(-width_px // 8))
+        crop = (start[0] * 8 - height, start[1] * 8 - width_px)
+        generator = keras.Sequential(
+            [keras.Input((recipe_.latent_dim,)), layers.Dense(start[0] * start[1] * 8 * width),
+             layers.Reshape(start + (8 * width,)),
+             layers.Conv2DTranspose(4 * width, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+             layers.Conv2DTranspose(2 * width, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+             layers.Conv2DTranspose(width, 4, strides=2, padding="same"), layers.LeakyReLU(0.2)]
+            + ([layers.Cropping2D(((crop[0] // 2, crop[0] - crop[0] // 2), (crop[1] // 2, crop[1] - crop[1] // 2)))]
+               if any(crop) else [])
+            + [layers.Conv2D(channels, 3, padding="same", activation="tanh")], name="generator")
+        discriminator = keras.Sequential(
+            [keras.Input(sample_shape), layers.Conv2D(2 * width, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+             layers.Conv2D(4 * width, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+             layers.Conv2D(4 * width, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+             layers.Flatten(), layers.Dropout(0.2), layers.Dense(1)], name="discriminator")
     elif recipe_.architecture == "conv":  # keras-io DCGAN (dcgan_overriding_train_step), scaled to 8×8×1
         width = recipe_.width
         generator = keras.Sequential(
