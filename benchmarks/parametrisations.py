@@ -5,7 +5,7 @@ For each variant of ``gan2flow.models.mlp_discriminator`` and each seed, the los
 c* per σ under q_σ against the exact SD, and the sliced W2 of the flow along the field. Writes
 ``OUT/parametrisations.md`` (mean ± standard deviation over the seeds) and ``OUT/parametrisations.json``.
 
-    python benchmarks/parametrisations.py [--quick] [--seeds 0,1,2] [--steps N] [--out DIR] [--variants a,b]
+    python benchmarks/parametrisations.py [--quick] [--seeds 0,1,2] [--steps N] [--out DIR] [--variants "a;b"]
 
 On the shared 2-core machine one variant costs about 1 minute per seed with --quick (300 steps).
 """
@@ -23,6 +23,7 @@ VARIANTS = {
     "energy difference, K=1": {"parametrisation": "energy_difference", "energy_components": 1},
     "energy difference, K=4": {"parametrisation": "energy_difference", "energy_components": 4},
     "energy difference, K=8 (default)": {"parametrisation": "energy_difference"},
+    "energy difference, K=8 + Fourier(x)": {"parametrisation": "energy_difference", "fourier_features": 64},
 }
 
 
@@ -41,10 +42,10 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--out", default="gan2flow-out/parametrisations")
-    parser.add_argument("--variants", default=None, help="comma-separated labels (default: all)")
+    parser.add_argument("--variants", default=None, help="semicolon-separated labels (default: all)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    labels = list(VARIANTS) if args.variants is None else [v.strip() for v in args.variants.split(",")]
+    labels = list(VARIANTS) if args.variants is None else [v.strip() for v in args.variants.split(";")]
     rows = []
     for label in labels:
         for seed in seeds:

@@ -19,12 +19,13 @@ Downsampling in :func:`conv_discriminator` is average pooling (smooth) rather th
 
 Parametrisation (shared/SD_FLOW.md §9.1). The SD is ∇ₓ of the optimal logit log p_σ/q_σ, which grows like
 d²/(2σ²) away from the data at small σ, where the logistic loss is saturated and the logit is pure
-extrapolation. ``mlp_discriminator`` therefore defaults (σ-conditioned) to ``"energy_difference"``: a
-difference of two log-sum-exps of quadratic bowls in the preconditioned input ``c_in(σ)·x`` (EDM's
+extrapolation. ``mlp_discriminator(parametrisation="energy_difference")`` is a difference of two
+log-sum-exps of quadratic bowls in the preconditioned input ``c_in(σ)·x`` (EDM's
 ``c_in = 1/sqrt(σ² + σ_data²)``), whose gradient is a denoiser difference with the ``1/σ²``-type scaling
-and the quadratic growth built in (:class:`EnergyDifference`, :class:`InputScaling`). ``"plain"`` keeps
-the MLP of earlier versions; the measured ablation is in docs/losses.md, "Parametrisations".
-:func:`calibration_discriminator` (``convert``) is unchanged.
+and the quadratic growth built in (:class:`EnergyDifference`, :class:`InputScaling`): the better SD
+estimator, and the loss comparison's default. ``"plain"`` (the default) keeps the MLP of earlier
+versions, which trained better generators in full SDGAN training; the measured ablation is in
+docs/losses.md, "Parametrisations". :func:`calibration_discriminator` (``convert``) is unchanged.
 
 σ-conditioning. σ enters through :class:`SigmaEmbedding`: ``log σ`` and Fourier features of
 ``log σ``, so levels spread over orders of magnitude are equally easy to tell apart. The MLP
@@ -61,7 +62,7 @@ __all__ = [
     "calibration_discriminator",
     "StackedWeights",
     "PARAMETRISATIONS",
-    "DEFAULT_PARAMETRISATION",
+    "SD_PARAMETRISATION",
     "input_scale",
     "InputScaling",
     "EnergyDifference",
@@ -69,8 +70,10 @@ __all__ = [
 
 #: Accepted values of ``mlp_discriminator(parametrisation=...)`` (docs/losses.md, "Parametrisations").
 PARAMETRISATIONS = ("plain", "preconditioned", "energy_difference")
-#: The parametrisation ``mlp_discriminator`` uses when σ-conditioned and none is given.
-DEFAULT_PARAMETRISATION = "energy_difference"
+#: The parametrisation measured best as a score-difference estimator (docs/losses.md, "Parametrisations"):
+#: the default of the loss comparison's discriminators. ``mlp_discriminator`` itself defaults to ``"plain"``,
+#: which trained better generators in full SDGAN training (same section).
+SD_PARAMETRISATION = "energy_difference"
 
 
 @keras.saving.register_keras_serializable(package="gan2flow")
@@ -177,7 +180,7 @@ def _sigma_input(sigma_conditioned, n_frequencies):
 # MLPs
 # ------------------------------------------------------------------------------------------------
 def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=True, activation="swish",
-                      spectral_norm=False, sigma_frequencies=4, parametrisation=None, sigma_data=0.5,
+                      spectral_norm=False, sigma_frequencies=4, parametrisation="plain", sigma_data=0.5,
                       energy_components=8, fourier_features=0, fourier_scales=(0.05, 5.0),
                       name="mlp_discriminator"):
     """An MLP discriminator ``T(x, σ)`` returning one raw output per sample.
@@ -199,9 +202,10 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
         training but also caps how steep a log-ratio (hence how large an SD) the model can express.
       sigma_frequencies: ``n_frequencies`` of the σ embedding.
       parametrisation: how the network's output becomes ``T(x, σ)``, one of :data:`PARAMETRISATIONS`
-        (shared/SD_FLOW.md §9.1; measured in docs/losses.md, "Parametrisations"). None (the default):
-        :data:`DEFAULT_PARAMETRISATION` (``"energy_difference"``) when σ-conditioned, ``"plain"``
-        otherwise; the other two need σ:
+        (shared/SD_FLOW.md §9.1; measured in docs/losses.md, "Parametrisations"); all but ``"plain"``
+        need σ. ``"energy_difference"`` (:data:`SD_PARAMETRISATION`) is the better score-difference
+        estimator (discriminator-only training, calibration); ``"plain"``, the default, trained better
+        generators in full SDGAN training at the budgets measured:
 
         * ``"plain"``: ``T = F(x, σ)``, an MLP on x and the σ embedding.
         * ``"preconditioned"``: ``T = F(c_in(σ)·x, σ)`` with ``c_in = 1/sqrt(σ² + σ_data²)``
@@ -235,13 +239,11 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
     Example::
 
         disc = mlp_discriminator((2,), hidden=(64, 64))
-        plain = mlp_discriminator((2,), parametrisation="plain")  # the form of versions before issue 15
+        sharp = mlp_discriminator((2,), parametrisation="energy_difference")  # the better SD estimator
         logits = disc([x, tf.fill([len(x), 1], 0.5)])          # [batch, 1]
     """
     input_shape = _shape(input_shape, "input_shape")
     hidden = _widths(hidden, "hidden")
-    if parametrisation is None:
-        parametrisation = DEFAULT_PARAMETRISATION if sigma_conditioned else "plain"
     _checks.one_of(parametrisation, "parametrisation", PARAMETRISATIONS)
     sigma_data = _checks.positive_float(sigma_data, "sigma_data")
     energy_components = _checks.positive_int(energy_components, "energy_components")

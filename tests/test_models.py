@@ -237,11 +237,14 @@ def test_parametrisations_round_trip_and_follow_the_contract(parametrisation, tm
 
 
 def test_parametrisation_defaults_and_checks():
-    layers = {layer.name: layer for layer in models.mlp_discriminator((2,), hidden=(8,)).layers}
-    assert isinstance(layers["output"], models.EnergyDifference)       # the default (docs/losses.md)
-    assert isinstance(layers["input_scaling"], models.InputScaling)
-    plain = {layer.name for layer in models.mlp_discriminator((2,), hidden=(8,), parametrisation="plain").layers}
+    # The builder's default stays the plain MLP (better generators in SDGAN training, docs/losses.md).
+    plain = {layer.name for layer in models.mlp_discriminator((2,), hidden=(8,)).layers}
     assert "input_scaling" not in plain and "residuals" not in plain
+    layers = {layer.name: layer for layer in models.mlp_discriminator(
+        (2,), hidden=(8,), parametrisation=models.SD_PARAMETRISATION).layers}
+    assert isinstance(layers["output"], models.EnergyDifference)
+    assert isinstance(layers["input_scaling"], models.InputScaling)
+    assert layers["output"].components == 8
     # Unconditioned discriminators keep the plain form.
     unconditioned = models.mlp_discriminator((2,), hidden=(8,), sigma_conditioned=False)
     assert len(unconditioned.inputs) == 1
