@@ -554,7 +554,7 @@ def _add_compare_command(commands):
                     "then flow the source along each field and score the samples (sliced W2, MMD, modes,\n"
                     "high-quality %). A second table trains full SDGANs with each generator objective\n"
                     "(minimax, non_saturating, logit, flow_regression) at an equal budget.\n\n"
-                    "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, results.json\n"
+                    "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, seeds.csv, results.json\n"
                     "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget takes\n"
                     "about 9 CPU-minutes (10 minutes on 2 cores, more when they are shared); --quick about 2.",
         epilog="examples:\n"
@@ -594,8 +594,10 @@ def _add_compare_command(commands):
                               "numbers as mean ± standard deviation (seeds.csv); the objective comparison runs as "
                               "many seeds. With --refiners: sampling seeds (default 0,1,2; 0,1 with --quick)")
     compare.add_argument("--parametrisation", default=None, metavar="NAME",
-                         help="the discriminators' parametrisation, one of gan2flow.models.PARAMETRISATIONS "
-                              "(default: mlp_discriminator's default; docs/losses.md, 'Parametrisations')")
+                         help="the discriminators' parametrisation, one of gan2flow.models.PARAMETRISATIONS, for "
+                              "both comparisons (default: energy_difference for the loss comparison, plain for the "
+                              "objectives; 'plain' reproduces the runs before issue 15; docs/losses.md, "
+                              "'Parametrisations')")
     compare.add_argument("--n", type=int, default=None,
                          help="with --refiners: samples per refiner and seed (default 1000; 500 with --quick)")
     compare.set_defaults(handler=_compare)
