@@ -174,6 +174,9 @@ class SDGAN(keras.Model):
       flow_step_scale: ε in ``η = ε σ²`` for ``"flow_regression"`` (the same σ for all steps of a sample).
       regression_weighting: ``"inverse_step"`` (divide each sample's regression loss by ``flow_steps·η``)
         or ``"uniform"`` (the unweighted ``½‖G(z) − x'‖²`` of earlier versions), for ``"flow_regression"``.
+        Measured (docs/losses.md): ``"inverse_step"`` with the plain ``mlp_discriminator`` (ties
+        ``"logit"``), ``"uniform"`` with ``parametrisation="energy_difference"``, whose small-σ field is
+        correctly large.
       seed: int seed for z, σ and noise (None: random). Two models with the same seed, weights and
         data train identically.
       latent_dim: the latent size (int) or shape (tuple); None infers it from ``generator.inputs``.
