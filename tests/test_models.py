@@ -254,3 +254,23 @@ def test_parametrisation_defaults_and_checks():
         models.mlp_discriminator((2,), sigma_data=0.0)
     with pytest.raises(ValueError, match="sigma_conditioned"):
         models.mlp_discriminator((2,), sigma_conditioned=False, parametrisation="preconditioned")
+
+
+def test_energy_difference_layer_against_numpy():
+    # T = LSE_k(−½‖e^g Δ_{p,k}‖²) − LSE_k(−½‖e^g Δ_{q,k}‖²), against a NumPy log-sum-exp (float32, 1e-5).
+    batch, dim, components = 5, 3, 4
+    u = RNG.normal(size=(batch, dim)).astype(np.float32)
+    residuals = RNG.normal(size=(batch, 2 * components * dim)).astype(np.float32)
+    gain = RNG.normal(size=(batch, 1)).astype(np.float32) * 0.3
+    layer = models.EnergyDifference(components=components)
+    scaled = (residuals * np.exp(gain)).reshape(batch, 2, components, dim).astype(np.float64)
+    energies = -0.5 * np.sum(scaled**2, axis=-1)                             # [batch, 2, K]
+    top = energies.max(axis=-1, keepdims=True)
+    log_densities = (top + np.log(np.sum(np.exp(energies - top), axis=-1, keepdims=True)))[..., 0]
+    expected = log_densities[:, 0] - log_densities[:, 1]
+    np.testing.assert_allclose(layer([u, residuals, gain]).numpy()[:, 0], expected, rtol=1e-5, atol=1e-5)
+    # Without a gain input g = 0; one component is the plain energy difference.
+    single = models.EnergyDifference(components=1)([u, residuals[:, :2 * dim]]).numpy()[:, 0]
+    np.testing.assert_allclose(single, 0.5 * np.sum(residuals[:, dim:2 * dim] ** 2, 1)
+                               - 0.5 * np.sum(residuals[:, :dim] ** 2, 1), rtol=1e-5, atol=1e-5)
+    assert models.EnergyDifference.from_config(layer.get_config()).components == components
