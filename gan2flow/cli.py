@@ -503,19 +503,36 @@ def _names(text, flag, choices):
     return values
 
 
+def _seed_list(text):
+    """``--seeds``: comma-separated distinct integers >= 0."""
+    try:
+        seeds = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise _CommandLineError(f"`--seeds` must be comma-separated integers, got {text!r}.") from None
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise _CommandLineError(f"`--seeds` must be distinct comma-separated integers >= 0, got {text!r}.")
+    return seeds
+
+
 def _compare(args):
     if args.refiners:
         return _compare_refiners(args)
-    if args.members is not None or args.methods is not None or args.seeds is not None or args.n is not None:
-        raise _CommandLineError("`--members`, `--methods`, `--seeds` and `--n` apply to `gan2flow compare --refiners`.")
+    if args.members is not None or args.methods is not None or args.n is not None:
+        raise _CommandLineError("`--members`, `--methods` and `--n` apply to `gan2flow compare --refiners`.")
     from gan2flow import losses as loss_registry
+    from gan2flow import models
     from gan2flow.experiments import compare
 
     losses = None if args.losses is None else _names(args.losses, "--losses", loss_registry.names())
     targets = compare.PROBLEMS if args.targets is None else _names(args.targets, "--targets", compare.PROBLEMS)
     _positive(args.seed, "--seed", allow_zero=True)
-    compare.run(args.out or "gan2flow-out/compare", quick=args.quick, seed=args.seed, losses=losses, targets=targets,
-                objectives=() if args.no_objectives else compare.GENERATOR_OBJECTIVES)
+    seeds = None if args.seeds is None else _seed_list(args.seeds)
+    options = None
+    if args.parametrisation is not None:
+        options = {"parametrisation": _names(args.parametrisation, "--parametrisation", models.PARAMETRISATIONS)[0]}
+    compare.run(args.out or "gan2flow-out/compare", quick=args.quick, seed=args.seed, seeds=seeds, losses=losses,
+                targets=targets, objectives=() if args.no_objectives else compare.GENERATOR_OBJECTIVES,
+                discriminator_options=options)
     return 0
 
 
@@ -525,19 +542,12 @@ def _compare_refiners(args):
     from gan2flow.experiments import refiners as experiment
     from gan2flow.experiments import zoo
 
-    if args.losses is not None or args.targets is not None or args.no_objectives:
-        raise _CommandLineError("`--losses`, `--targets` and `--no-objectives` apply to the loss comparison, "
-                                "not to `--refiners`.")
+    if args.losses is not None or args.targets is not None or args.no_objectives or args.parametrisation is not None:
+        raise _CommandLineError("`--losses`, `--targets`, `--no-objectives` and `--parametrisation` apply to the loss "
+                                "comparison, not to `--refiners`.")
     members = None if args.members is None else _names(args.members, "--members", zoo.names())
     methods = None if args.methods is None else _names(args.methods, "--methods", refiners.names())
-    seeds = None
-    if args.seeds is not None:
-        try:
-            seeds = [int(item) for item in args.seeds.split(",") if item.strip()]
-        except ValueError:
-            raise _CommandLineError(f"`--seeds` must be comma-separated integers, got {args.seeds!r}.") from None
-        if not seeds or any(seed < 0 for seed in seeds):
-            raise _CommandLineError(f"`--seeds` must be comma-separated integers >= 0, got {args.seeds!r}.")
+    seeds = None if args.seeds is None else _seed_list(args.seeds)
     if args.n is not None:
         _positive(args.n, "--n")
     experiment.run(args.out or "gan2flow-out/refiners", quick=args.quick, members=members, seeds=seeds, n=args.n,
@@ -560,12 +570,14 @@ def _add_compare_command(commands):
                     "then flow the source along each field and score the samples (sliced W2, MMD, modes,\n"
                     "high-quality %). A second table trains full SDGANs with each generator objective\n"
                     "(minimax, non_saturating, logit, flow_regression) at an equal budget.\n\n"
-                    "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, results.json\n"
+                    "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, seeds.csv, results.json\n"
                     "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget takes\n"
                     "about 9 CPU-minutes (10 minutes on 2 cores, more when they are shared); --quick about 2.",
         epilog="examples:\n"
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
                "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1\n"
+               "  gan2flow compare --quick --losses logistic --seeds 0,1,2 --no-objectives\n"
+               "  gan2flow compare --quick --parametrisation plain   # the discriminator of earlier versions\n"
                "  gan2flow compare --refiners --quick          # DRS, MH-GAN, DOT, DDLS, DGflow, gan2flow on the zoo\n"
                "  gan2flow compare --refiners --members digits_dcgan --seeds 0,1,2 --n 1000",
     )
@@ -594,7 +606,14 @@ def _add_compare_command(commands):
     compare.add_argument("--methods", default=None, metavar="NAMES",
                          help="with --refiners: comma-separated refiners (default: all of gan2flow.refiners.names())")
     compare.add_argument("--seeds", default=None, metavar="S,S,...",
-                         help="with --refiners: sampling seeds (default 0,1,2; 0,1 with --quick)")
+                         help="base seeds: the loss comparison runs once per seed and the report adds the headline "
+                              "numbers as mean ± standard deviation (seeds.csv); the objective comparison runs as "
+                              "many seeds. With --refiners: sampling seeds (default 0,1,2; 0,1 with --quick)")
+    compare.add_argument("--parametrisation", default=None, metavar="NAME",
+                         help="the discriminators' parametrisation, one of gan2flow.models.PARAMETRISATIONS, for "
+                              "both comparisons (default: energy_difference for the loss comparison, plain for the "
+                              "objectives; 'plain' reproduces the runs before issue 15; docs/losses.md, "
+                              "'Parametrisations')")
     compare.add_argument("--n", type=int, default=None,
                          help="with --refiners: samples per refiner and seed (default 1000; 500 with --quick)")
     compare.set_defaults(handler=_compare)

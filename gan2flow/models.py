@@ -17,6 +17,16 @@ through) vanish almost everywhere. The builders therefore default to ``activatio
 (x·sigmoid(x), smooth with a ReLU-like shape); any Keras activation name or callable is accepted.
 Downsampling in :func:`conv_discriminator` is average pooling (smooth) rather than max pooling.
 
+Parametrisation (shared/SD_FLOW.md §9.1). The SD is ∇ₓ of the optimal logit log p_σ/q_σ, which grows like
+d²/(2σ²) away from the data at small σ, where the logistic loss is saturated and the logit is pure
+extrapolation. ``mlp_discriminator(parametrisation="energy_difference")`` is a difference of two
+log-sum-exps of quadratic bowls in the preconditioned input ``c_in(σ)·x`` (EDM's
+``c_in = 1/sqrt(σ² + σ_data²)``), whose gradient is a denoiser difference with the ``1/σ²``-type scaling
+and the quadratic growth built in (:class:`EnergyDifference`, :class:`InputScaling`): the better SD
+estimator, and the loss comparison's default. ``"plain"`` (the default) keeps the MLP of earlier
+versions, which trained better generators in full SDGAN training; the measured ablation is in
+docs/losses.md, "Parametrisations". :func:`calibration_discriminator` (``convert``) is unchanged.
+
 σ-conditioning. σ enters through :class:`SigmaEmbedding`: ``log σ`` and Fourier features of
 ``log σ``, so levels spread over orders of magnitude are equally easy to tell apart. The MLP
 discriminator concatenates the embedding to the input of every hidden layer; the convolutional one
@@ -51,7 +61,19 @@ __all__ = [
     "FourierFeatures",
     "calibration_discriminator",
     "StackedWeights",
+    "PARAMETRISATIONS",
+    "SD_PARAMETRISATION",
+    "input_scale",
+    "InputScaling",
+    "EnergyDifference",
 ]
+
+#: Accepted values of ``mlp_discriminator(parametrisation=...)`` (docs/losses.md, "Parametrisations").
+PARAMETRISATIONS = ("plain", "preconditioned", "energy_difference")
+#: The parametrisation measured best as a score-difference estimator (docs/losses.md, "Parametrisations"):
+#: the default of the loss comparison's discriminators. ``mlp_discriminator`` itself defaults to ``"plain"``,
+#: which trained better generators in full SDGAN training (same section).
+SD_PARAMETRISATION = "energy_difference"
 
 
 @keras.saving.register_keras_serializable(package="gan2flow")
@@ -158,7 +180,9 @@ def _sigma_input(sigma_conditioned, n_frequencies):
 # MLPs
 # ------------------------------------------------------------------------------------------------
 def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=True, activation="swish",
-                      spectral_norm=False, sigma_frequencies=4, name="mlp_discriminator"):
+                      spectral_norm=False, sigma_frequencies=4, parametrisation="plain", sigma_data=0.5,
+                      energy_components=8, fourier_features=0, fourier_scales=(0.05, 5.0),
+                      name="mlp_discriminator"):
     """An MLP discriminator ``T(x, σ)`` returning one raw output per sample.
 
     ``x`` is flattened; with ``sigma_conditioned`` the :class:`SigmaEmbedding` of σ is concatenated to
@@ -177,33 +201,172 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
         iteration updates the kernels on ``training=True`` calls). It bounds ‖∇ₓT‖, which steadies
         training but also caps how steep a log-ratio (hence how large an SD) the model can express.
       sigma_frequencies: ``n_frequencies`` of the σ embedding.
+      parametrisation: how the network's output becomes ``T(x, σ)``, one of :data:`PARAMETRISATIONS`
+        (shared/SD_FLOW.md §9.1; measured in docs/losses.md, "Parametrisations"); all but ``"plain"``
+        need σ. ``"energy_difference"`` (:data:`SD_PARAMETRISATION`) is the better score-difference
+        estimator (discriminator-only training, calibration); ``"plain"``, the default, trained better
+        generators in full SDGAN training at the budgets measured:
+
+        * ``"plain"``: ``T = F(x, σ)``, an MLP on x and the σ embedding.
+        * ``"preconditioned"``: ``T = F(c_in(σ)·x, σ)`` with ``c_in = 1/sqrt(σ² + σ_data²)``
+          (:func:`input_scale`, EDM's input preconditioning): the network sees inputs of unit scale at
+          every σ, and ``∇ₓT = c_in ∇_u F`` carries one factor of ``c_in`` by construction.
+        * ``"energy_difference"``: from ``u = c_in(σ)·x`` the network outputs ``K`` residual vectors
+          ``Δ_{p,k}`` and ``K`` vectors ``Δ_{q,k}`` shaped like the flattened x, and a log-gain ``g(σ)``
+          (a linear function of the σ embedding, initially 0), and
+          ``T = LSE_k(−½‖e^g Δ_{p,k}‖²) − LSE_k(−½‖e^g Δ_{q,k}‖²)`` (:class:`EnergyDifference`).
+          For K = 1 and g = 0, reading ``Δ = u − a`` as a denoiser residual in scaled units,
+          ``T = (‖x − B‖² − ‖x − A‖²)/(2(σ² + σ_data²))`` with ``A = a/c_in``: a difference of two
+          quadratic energies whose gradient is ``(A − B)/(σ² + σ_data²)`` where ``A, B`` vary slowly,
+          the denoiser-difference form of the SD (SD_FLOW.md §2) with the ``1/(σ² + σ_data²)`` scaling
+          and the quadratic growth of ``log p_σ`` away from the data built in. The K components
+          (a log-sum-exp, as a mixture's log-density) let each side place several bowls, so the
+          "nearest mode" structure of a multimodal log p_σ needs no sharp network features; ``g(σ)``
+          lets the curvature of the bowls follow σ.
+      sigma_data: σ_data of the preconditioned parametrisations (> 0; the data's per-feature scale).
+      energy_components: K of ``"energy_difference"`` (≥ 1).
+      fourier_features: how many :class:`FourierFeatures` of x (damped at level σ) to add to the
+        network's input (0: none; σ-conditioned only).
+      fourier_scales: ``(min_scale, max_scale)`` length scales of the Fourier features.
       name: the model name.
 
     Returns:
       A ``keras.Model``: ``[x, sigma] -> [batch, 1]`` (or ``x -> [batch, 1]``), float32, raw output.
 
     Raises:
-      ValueError: for a bad shape or widths.
+      ValueError: for a bad shape, widths or parametrisation.
 
     Example::
 
         disc = mlp_discriminator((2,), hidden=(64, 64))
+        sharp = mlp_discriminator((2,), parametrisation="energy_difference")  # the better SD estimator
         logits = disc([x, tf.fill([len(x), 1], 0.5)])          # [batch, 1]
     """
     input_shape = _shape(input_shape, "input_shape")
     hidden = _widths(hidden, "hidden")
+    _checks.one_of(parametrisation, "parametrisation", PARAMETRISATIONS)
+    sigma_data = _checks.positive_float(sigma_data, "sigma_data")
+    energy_components = _checks.positive_int(energy_components, "energy_components")
+    fourier_features = _checks.positive_int(fourier_features, "fourier_features", allow_zero=True)
+    if not sigma_conditioned and (parametrisation != "plain" or fourier_features):
+        raise ValueError(
+            f"`parametrisation`={parametrisation!r} and `fourier_features`={fourier_features} need "
+            "sigma_conditioned=True (they are functions of σ); use parametrisation='plain', fourier_features=0.")
     x = keras.Input(shape=input_shape, name="x")
     sigma, embedding = _sigma_input(sigma_conditioned, sigma_frequencies)
-    h = keras.layers.Flatten(name="flatten")(x) if len(input_shape) > 1 else x
+    flat = keras.layers.Flatten(name="flatten")(x) if len(input_shape) > 1 else x
+    h = flat
+    if parametrisation != "plain":
+        h = InputScaling(sigma_data, name="input_scaling")([flat, sigma])
+    scaled = h
+    if fourier_features:
+        fourier = FourierFeatures(fourier_features, *fourier_scales, name="fourier_features")([flat, sigma])
+        h = keras.layers.Concatenate(name="concat_fourier")([h, fourier])
     for index, width in enumerate(hidden):
         if embedding is not None:
             h = keras.layers.Concatenate(name=f"concat_sigma_{index}")([h, embedding])
         h = _dense(width, activation, spectral_norm, f"dense_{index}")(h)
     if embedding is not None and not hidden:
         h = keras.layers.Concatenate(name="concat_sigma_out")([h, embedding])
-    output = _dense(1, None, spectral_norm, "output")(h)
+    if parametrisation == "energy_difference":
+        residuals = _dense(2 * energy_components * int(np.prod(input_shape)), None, spectral_norm, "residuals")(h)
+        log_gain = keras.layers.Dense(1, kernel_initializer="zeros", name="log_gain")(embedding)
+        output = EnergyDifference(components=energy_components, name="output")([scaled, residuals, log_gain])
+    else:
+        output = _dense(1, None, spectral_norm, "output")(h)
     inputs = [x, sigma] if sigma_conditioned else x
     return keras.Model(inputs, output, name=name)
+
+
+def input_scale(sigma, sigma_data=0.5):
+    """EDM's input preconditioning ``c_in(σ) = 1/sqrt(σ² + σ_data²)`` (Karras et al. 2022, Table 1).
+
+    ``x ~ p_σ`` has per-feature scale ``sqrt(s² + σ²)`` when p has scale s ≈ σ_data, so ``c_in·x`` is of
+    unit scale at every σ.
+
+    Args:
+      sigma: noise level(s), any shape (array or tensor).
+      sigma_data: σ_data (> 0).
+
+    Returns:
+      float32 tensor shaped like ``sigma``.
+    """
+    sigma = keras.ops.cast(sigma, "float32")
+    return keras.ops.rsqrt(keras.ops.square(sigma) + float(sigma_data) ** 2)
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class InputScaling(keras.layers.Layer):
+    """``[x, σ] -> c_in(σ)·x`` with ``c_in = 1/sqrt(σ² + σ_data²)`` (:func:`input_scale`).
+
+    Input: x ``[batch, d]`` and σ ``[batch, 1]``. Output: float32 ``[batch, d]``.
+    """
+
+    def __init__(self, sigma_data=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.sigma_data = _checks.positive_float(sigma_data, "sigma_data")
+
+    def call(self, inputs):
+        x, sigma = inputs
+        return keras.ops.cast(x, "float32") * input_scale(sigma, self.sigma_data)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"sigma_data": self.sigma_data})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class EnergyDifference(keras.layers.Layer):
+    """``[u, Δ, g] -> LSE_k(−½‖e^g Δ_{p,k}‖²) − LSE_k(−½‖e^g Δ_{q,k}‖²)``, the energy-difference output.
+
+    The output of ``mlp_discriminator(parametrisation="energy_difference")``. ``Δ`` holds ``K`` residual
+    vectors for p then ``K`` for q, each shaped like u; ``g`` is a per-sample log-gain. For K = 1, g = 0,
+    ``u = c_in(σ)·x`` and ``Δ_p = u − a(x, σ)``, ``Δ_q = u − b(x, σ)``:
+
+        T(x, σ) = ½‖u − b‖² − ½‖u − a‖² = (‖x − B‖² − ‖x − A‖²) / (2(σ² + σ_data²)),  A = a/c_in, B = b/c_in
+
+    so where ``a, b`` vary slowly ``∇ₓT = (A − B)/(σ² + σ_data²)``: Tweedie's ``(D_p − D_q)/σ²`` with the
+    scaling built in. With K > 1 each side is the log-density of a K-component mixture of such bowls
+    (up to the constant log K). u is taken for its size (the residuals are computed from it upstream).
+
+    Args:
+      components: K (≥ 1).
+
+    Input: u ``[batch, d]``, Δ ``[batch, 2·K·d]`` and optionally g ``[batch, 1]`` (0 if absent).
+    Output: float32 ``[batch, 1]``.
+    """
+
+    def __init__(self, components=1, **kwargs):
+        super().__init__(**kwargs)
+        self.components = _checks.positive_int(components, "components")
+
+    def _log_density(self, residuals, dim):
+        """``log Σ_k exp(−½‖Δ_k‖²)`` over the components (``−½‖Δ‖²`` for one), [batch, 1]."""
+        residuals = keras.ops.reshape(residuals, (-1, self.components, dim))
+        energies = -0.5 * keras.ops.sum(keras.ops.square(residuals), axis=-1)
+        if self.components == 1:
+            return energies
+        return keras.ops.logsumexp(energies, axis=-1, keepdims=True)
+
+    def call(self, inputs):
+        u, residuals = inputs[0], keras.ops.cast(inputs[1], "float32")
+        if len(inputs) > 2:
+            residuals = residuals * keras.ops.exp(keras.ops.cast(inputs[2], "float32"))
+        dim = keras.ops.shape(u)[-1]
+        half = self.components * dim
+        return self._log_density(residuals[:, :half], dim) - self._log_density(residuals[:, half:], dim)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"components": self.components})
+        return config
 
 
 def mlp_generator(latent_dim, output_shape, *, hidden=(128, 128, 128), activation="swish",

@@ -16,7 +16,12 @@ Generator objectives (x = G(z), σ drawn per sample, ``T`` evaluated at the clea
   discriminator: backprop through this loss *is* one SD-flow step followed by a regression.
 * ``"flow_regression"``: the explicit form: run ``flow_steps`` Euler steps
   ``x ← x + η ∇ₓ link(T(x, σ))`` with ``η = flow_step_scale · σ²`` along the current discriminator,
-  then minimise ``½‖G(z) − stopgrad(x')‖²`` (summed over features, averaged over the batch).
+  then minimise ``λ(σ)·½‖G(z) − stopgrad(x')‖²`` (summed over features, averaged over the batch) with
+  ``λ(σ) = 1/(flow_steps·η)`` (``regression_weighting="inverse_step"``, the default) or 1 (``"uniform"``).
+  With ``1/(kη)`` the generator's gradient is ``−Jᵀ`` times the mean SD along the k flow steps, the same
+  size at every σ as the ``"logit"`` objective's ``−Jᵀ v``; with 1 it is ``−Jᵀ kη v̄ ∝ σ² v̄``, which
+  weights the large-σ (blurred) levels by up to ``(σ_max/σ_min)²`` more than the small ones
+  (docs/losses.md, "flow_regression").
 * ``None``: discriminator only; the generator is never differentiated or updated.
 
 Distribution: every loss is a per-sample loss averaged with ``tf.nn.compute_average_loss`` over the
@@ -52,10 +57,12 @@ from gan2flow import estimators as _estimators
 from gan2flow import losses as _losses
 from gan2flow import noise as _noise
 
-__all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES"]
+__all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES", "REGRESSION_WEIGHTINGS"]
 
 #: Accepted values of ``SDGAN(generator_objective=...)`` besides ``None``.
 GENERATOR_OBJECTIVES = ("minimax", "non_saturating", "logit", "flow_regression")
+#: Accepted values of ``SDGAN(regression_weighting=...)`` (the ``"flow_regression"`` objective).
+REGRESSION_WEIGHTINGS = ("inverse_step", "uniform")
 #: Accepted values of ``SDGAN(penalty=...)`` besides ``None``.
 PENALTIES = ("r1", "gradient_penalty")
 # Default penalty weights: WGAN-GP's λ = 10 (Gulrajani et al. 2017); for R1 the weight multiplies
@@ -165,6 +172,11 @@ class SDGAN(keras.Model):
       penalty_weight: multiplies the penalty; None: 1.0 for R1, 10.0 for the gradient penalty.
       flow_steps: Euler steps per generator update for ``"flow_regression"``.
       flow_step_scale: ε in ``η = ε σ²`` for ``"flow_regression"`` (the same σ for all steps of a sample).
+      regression_weighting: ``"inverse_step"`` (divide each sample's regression loss by ``flow_steps·η``)
+        or ``"uniform"`` (the unweighted ``½‖G(z) − x'‖²`` of earlier versions), for ``"flow_regression"``.
+        Measured (docs/losses.md): ``"inverse_step"`` with the plain ``mlp_discriminator`` (ties
+        ``"logit"``), ``"uniform"`` with ``parametrisation="energy_difference"``, whose small-σ field is
+        correctly large.
       seed: int seed for z, σ and noise (None: random). Two models with the same seed, weights and
         data train identically.
       latent_dim: the latent size (int) or shape (tuple); None infers it from ``generator.inputs``.
@@ -210,7 +222,8 @@ class SDGAN(keras.Model):
 
     def __init__(self, generator, discriminator, *, loss="logistic", generator_objective="logit",
                  sigma_range=(0.05, 2.0), discriminator_steps=1, penalty=None, penalty_weight=None,
-                 flow_steps=5, flow_step_scale=0.5, seed=None, latent_dim=None, sigma_conditioned=None,
+                 flow_steps=5, flow_step_scale=0.5, regression_weighting="inverse_step", seed=None,
+                 latent_dim=None, sigma_conditioned=None,
                  replica_invariant_noise=False, n_classes=None, name="sdgan", **kwargs):
         super().__init__(name=name, **kwargs)
         for arg, value in (("generator", generator), ("discriminator", discriminator)):
@@ -240,6 +253,8 @@ class SDGAN(keras.Model):
         self.penalty_weight = _checks.positive_float(penalty_weight, "penalty_weight", allow_zero=True)
         self.flow_steps = _checks.positive_int(flow_steps, "flow_steps")
         self.flow_step_scale = _checks.positive_float(flow_step_scale, "flow_step_scale")
+        self.regression_weighting = _checks.one_of(regression_weighting, "regression_weighting",
+                                                   REGRESSION_WEIGHTINGS)
         if self.gan_loss.name == "wasserstein" and penalty is None:
             warnings.warn(
                 "loss='wasserstein' without a penalty: the critic loss is unbounded below; pass "
@@ -597,6 +612,9 @@ class SDGAN(keras.Model):
                     target = self.flow_targets(fake, sigma)
                 flat = tf.reshape(fake - target, [batch, -1])
                 per_sample = 0.5 * tf.reduce_sum(tf.square(flat), axis=1)
+                if self.regression_weighting == "inverse_step":
+                    total_step = self.flow_steps * self.flow_step_scale * tf.square(tf.reshape(sigma, [-1]))
+                    per_sample = per_sample / total_step
             else:
                 output = self._discriminate(fake, sigma, training=False)
                 per_sample = self.gan_loss.generator_loss(output, self.generator_objective)

@@ -159,7 +159,11 @@ BAD_INPUTS = [
     ("compare --refiners --seeds 0,x --out {out}", "--seeds"),
     ("compare --refiners --n 0 --out {out}", "--n"),
     ("compare --refiners --losses logistic --out {out}", "--losses"),
-    ("compare --seeds 0 --out {out}", "--seeds"),
+    ("compare --seeds 0,x --out {out}", "--seeds"),
+    ("compare --seeds 1,1 --out {out}", "--seeds"),
+    ("compare --n 5 --out {out}", "--n"),
+    ("compare --parametrisation edm --out {out}", "--parametrisation"),
+    ("compare --refiners --parametrisation plain --out {out}", "--parametrisation"),
 ]
 
 

@@ -228,3 +228,44 @@ def test_easy_case_logistic_is_the_sd_and_hinge_is_not():
     # the best scalar it is further from the SD than the logistic link. (With 600 steps of a (32, 32)
     # MLP this last gap is not there yet: seed 2 gave hinge 0.098 vs logistic 0.120.)
     assert hinge_p["rel_error_fit"] > 1.5 * logistic_p["rel_error_fit"]
+
+
+class _Built(Exception):
+    """Raised by a stand-in builder to report the keyword arguments it was called with."""
+
+
+@pytest.mark.parametrize("options, expected", [
+    (None, {"parametrisation": "energy_difference"}),      # the comparison's default: the best SD estimator
+    ({"parametrisation": "plain"}, {"parametrisation": "plain"}),
+])
+def test_compare_losses_passes_the_parametrisation_to_the_builder(monkeypatch, options, expected):
+    def builder(input_shape, **kwargs):
+        raise _Built(kwargs)
+
+    monkeypatch.setattr(compare.losses.models, "mlp_discriminator", builder)
+    with pytest.raises(_Built) as caught:
+        compare.compare_losses(losses=["logistic"], targets=["2d"], quick=True, n_train=64, n_eval=16, n_flow=16,
+                               eval_sigmas=2, flow_levels=2, discriminator_options=options, verbose=False)
+    kwargs = caught.value.args[0]
+    assert {key: kwargs[key] for key in expected} == expected
+    if options is not None:
+        assert set(kwargs) == {"hidden", *options}
+
+
+def test_seed_summary_mean_and_spread():
+    # Two fake results of one problem and loss: the table shows mean ± sample standard deviation.
+    def result(seed, cosine, scale, w2):
+        fields = [dict(problem="2d", loss="logistic", field="logistic", points="q_sigma", sigma=s, cosine=cosine,
+                       rel_error_fit=0.5, scale_fit=scale * f) for s, f in ((0.1, 2.0), (1.0, 1.0))]
+        flows = [dict(problem="2d", field="logistic", sliced_w2=w2, diverged=False)]
+        return {"settings": {"seed": seed, "problems": {"2d": {}}, "losses": ["logistic"]},
+                "fields": fields, "flows": flows}
+
+    rows = compare.report.seed_summary_rows([result(0, 0.8, 1.0, 0.2), result(1, 0.9, 2.0, 0.4)])
+    assert [row["seed"] for row in rows] == [0, 1]
+    assert rows[0]["scale_sigma_min"] == 2.0 and rows[0]["scale_sigma_max"] == 1.0
+    assert rows[1]["worst_scale"] == 4.0            # the level farthest from 1 in ratio
+    table = compare.report.format_seed_summary(rows)
+    # mean 0.85, sample standard deviation 0.0707 of (0.8, 0.9); W2: 0.3 ± 0.141.
+    assert "| 2d | logistic | 0.850 ± 0.071 |" in table
+    assert "0.300 ± 0.141" in table

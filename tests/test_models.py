@@ -151,3 +151,126 @@ def test_sigma_embedding_values_and_config():
 def test_bad_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------------------
+# Parametrisations of the σ-conditioned discriminator (shared/SD_FLOW.md §9.1; docs/losses.md)
+# ------------------------------------------------------------------------------------------------
+def test_input_scale_closed_form():
+    # c_in(σ) = 1/sqrt(σ² + σ_data²): 1/σ_data at σ = 0, 1/sqrt(0.25 + 1.44) = 1/1.3 at σ = 1.2 (float32, 1e-6).
+    sigma = np.array([[0.0], [1.2], [3.0]], np.float32)
+    np.testing.assert_allclose(models.input_scale(sigma, 0.5).numpy(),
+                               [[2.0], [1.0 / 1.3], [1.0 / math.sqrt(9.25)]], rtol=1e-6)
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    scaled = models.InputScaling(0.5)([x, sigma]).numpy()
+    np.testing.assert_allclose(scaled, x / np.sqrt(sigma**2 + 0.25), rtol=1e-6)
+
+
+def _set_dense(model, name, kernel, bias):
+    layer = model.get_layer(name)
+    layer.set_weights([np.asarray(kernel, np.float32), np.asarray(bias, np.float32)])
+
+
+def _zero_log_gain(model):
+    if "log_gain" in [layer.name for layer in model.layers]:
+        layer = model.get_layer("log_gain")
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.4, 2.0])
+def test_energy_difference_gives_the_gaussian_score_difference(sigma):
+    # p = N(m, τ² I), q = N(0, ρ² I): v_σ(x) = −(x − m)/(σ² + τ²) + x/(σ² + ρ²) and
+    # log p_σ/q_σ = −‖x − m‖²/(2(σ² + τ²)) + ‖x‖²/(2(σ² + ρ²)) + const. With no hidden layer and
+    # σ_data = τ, u = x/sqrt(σ² + τ²); residuals Δ_p = u − m/sqrt(σ² + τ²) and Δ_q = β u,
+    # β = sqrt((σ² + τ²)/(σ² + ρ²)), give exactly T = ½‖Δ_q‖² − ½‖Δ_p‖² = log p_σ/q_σ − const, in
+    # every mixture component (all K set alike, the log-sum-exp adds log K, a constant).
+    dim, tau, rho = 3, 0.3, 1.5
+    m = np.array([1.0, -0.5, 0.25], np.float32)
+    model = models.mlp_discriminator((dim,), hidden=(), parametrisation="energy_difference", sigma_data=tau)
+    _zero_log_gain(model)
+    residuals = model.get_layer("residuals")
+    in_features, out_features = residuals.get_weights()[0].shape
+    components = out_features // (2 * dim)
+    scale = math.sqrt(sigma**2 + tau**2)
+    beta = math.sqrt((sigma**2 + tau**2) / (sigma**2 + rho**2))
+    kernel = np.zeros((in_features, out_features), np.float32)
+    bias = np.zeros(out_features, np.float32)
+    for k in range(components):
+        kernel[:dim, k * dim:(k + 1) * dim] = np.eye(dim)
+        bias[k * dim:(k + 1) * dim] = -m / scale
+        q = (components + k) * dim
+        kernel[:dim, q:q + dim] = beta * np.eye(dim)
+    _set_dense(model, "residuals", kernel, bias)
+    x = RNG.normal(size=(64, dim)).astype(np.float32) * 2.0
+    v = estimators.DiscriminatorScoreDifference(model, loss="logistic")(x, sigma).numpy()
+    expected = -(x - m) / (sigma**2 + tau**2) + x / (sigma**2 + rho**2)
+    # float32 algebra on values up to ~1e3 (σ = 0.05: 1/(σ² + τ²) ≈ 11, |x| ≲ 8): relative 1e-5.
+    np.testing.assert_allclose(v, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    logit = model([x, np.full((64, 1), sigma, np.float32)]).numpy()[:, 0]
+    exact = -np.sum((x - m) ** 2, 1) / (2 * (sigma**2 + tau**2)) + np.sum(x**2, 1) / (2 * (sigma**2 + rho**2))
+    offsets = logit - exact
+    np.testing.assert_allclose(offsets, offsets[0], atol=1e-4 * np.abs(exact).max())
+
+
+def test_preconditioned_gradient_carries_c_in():
+    # T = w·(c_in(σ) x) + b with no hidden layer (σ-embedding weights zero): ∇ₓT = c_in(σ)·w exactly.
+    model = models.mlp_discriminator((2,), hidden=(), parametrisation="preconditioned", sigma_data=0.5)
+    kernel = np.zeros(model.get_layer("output").get_weights()[0].shape, np.float32)
+    kernel[:2, 0] = [0.7, -1.2]
+    _set_dense(model, "output", kernel, [0.3])
+    x = RNG.normal(size=(8, 2)).astype(np.float32)
+    for sigma in (0.05, 1.0):
+        v = estimators.DiscriminatorScoreDifference(model, loss="logistic")(x, sigma).numpy()
+        np.testing.assert_allclose(v, np.tile([0.7, -1.2], (8, 1)) / math.sqrt(sigma**2 + 0.25), rtol=1e-6)
+
+
+@pytest.mark.parametrize("parametrisation", models.PARAMETRISATIONS)
+def test_parametrisations_round_trip_and_follow_the_contract(parametrisation, tmp_path):
+    model = models.mlp_discriminator((2,), hidden=(8,), parametrisation=parametrisation, fourier_features=4)
+    inputs = _inputs(model)
+    path = str(tmp_path / "d.keras")
+    model.save(path)
+    clone = keras.saving.load_model(path)
+    np.testing.assert_array_equal(clone(inputs).numpy(), model(inputs).numpy())
+    v = estimators.DiscriminatorScoreDifference(model, loss="logistic")(inputs[0], 0.3).numpy()
+    assert v.shape == inputs[0].shape and np.all(np.isfinite(v))
+
+
+def test_parametrisation_defaults_and_checks():
+    # The builder's default stays the plain MLP (better generators in SDGAN training, docs/losses.md).
+    plain = {layer.name for layer in models.mlp_discriminator((2,), hidden=(8,)).layers}
+    assert "input_scaling" not in plain and "residuals" not in plain
+    layers = {layer.name: layer for layer in models.mlp_discriminator(
+        (2,), hidden=(8,), parametrisation=models.SD_PARAMETRISATION).layers}
+    assert isinstance(layers["output"], models.EnergyDifference)
+    assert isinstance(layers["input_scaling"], models.InputScaling)
+    assert layers["output"].components == 8
+    # Unconditioned discriminators keep the plain form.
+    unconditioned = models.mlp_discriminator((2,), hidden=(8,), sigma_conditioned=False)
+    assert len(unconditioned.inputs) == 1
+    with pytest.raises(ValueError, match="parametrisation"):
+        models.mlp_discriminator((2,), parametrisation="edm")
+    with pytest.raises(ValueError, match="sigma_data"):
+        models.mlp_discriminator((2,), sigma_data=0.0)
+    with pytest.raises(ValueError, match="sigma_conditioned"):
+        models.mlp_discriminator((2,), sigma_conditioned=False, parametrisation="preconditioned")
+
+
+def test_energy_difference_layer_against_numpy():
+    # T = LSE_k(−½‖e^g Δ_{p,k}‖²) − LSE_k(−½‖e^g Δ_{q,k}‖²), against a NumPy log-sum-exp (float32, 1e-5).
+    batch, dim, components = 5, 3, 4
+    u = RNG.normal(size=(batch, dim)).astype(np.float32)
+    residuals = RNG.normal(size=(batch, 2 * components * dim)).astype(np.float32)
+    gain = RNG.normal(size=(batch, 1)).astype(np.float32) * 0.3
+    layer = models.EnergyDifference(components=components)
+    scaled = (residuals * np.exp(gain)).reshape(batch, 2, components, dim).astype(np.float64)
+    energies = -0.5 * np.sum(scaled**2, axis=-1)                             # [batch, 2, K]
+    top = energies.max(axis=-1, keepdims=True)
+    log_densities = (top + np.log(np.sum(np.exp(energies - top), axis=-1, keepdims=True)))[..., 0]
+    expected = log_densities[:, 0] - log_densities[:, 1]
+    np.testing.assert_allclose(layer([u, residuals, gain]).numpy()[:, 0], expected, rtol=1e-5, atol=1e-5)
+    # Without a gain input g = 0; one component is the plain energy difference.
+    single = models.EnergyDifference(components=1)([u, residuals[:, :2 * dim]]).numpy()[:, 0]
+    np.testing.assert_allclose(single, 0.5 * np.sum(residuals[:, dim:2 * dim] ** 2, 1)
+                               - 0.5 * np.sum(residuals[:, :dim] ** 2, 1), rtol=1e-5, atol=1e-5)
+    assert models.EnergyDifference.from_config(layer.get_config()).components == components

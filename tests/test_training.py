@@ -150,11 +150,13 @@ def test_image_gan_with_flow_regression_and_gradient_penalty():
 W = np.array([0.7, -1.2], np.float32)
 
 
-@pytest.mark.parametrize("objective", ["logit", "flow_regression"])
-def test_generator_step_matches_hand_update(objective):
+@pytest.mark.parametrize("objective, weighting", [("logit", "inverse_step"), ("flow_regression", "uniform"),
+                                                  ("flow_regression", "inverse_step")])
+def test_generator_step_matches_hand_update(objective, weighting):
     sigma, lr, steps, scale = 0.4, 0.1, 3, 0.5
     gan = training.SDGAN(_shift_generator(), _linear_discriminator(W, a=0.3), generator_objective=objective,
-                         sigma_range=(sigma, sigma), flow_steps=steps, flow_step_scale=scale, seed=0)
+                         sigma_range=(sigma, sigma), flow_steps=steps, flow_step_scale=scale,
+                         regression_weighting=weighting, seed=0)
     # The discriminator learning rate is 0: it stays the fixed linear T.
     gan.compile(keras.optimizers.SGD(0.0), keras.optimizers.SGD(lr))
     history = gan.fit(_real(32), batch_size=32, epochs=1, verbose=0).history
@@ -162,10 +164,14 @@ def test_generator_step_matches_hand_update(objective):
     if objective == "logit":
         # g_loss = mean −T(G(z)); ∂/∂offset = −w, so SGD adds lr·w.
         expected_offset = lr * W
-    else:
+    elif weighting == "uniform":
         # Targets x' = x + k·η·w; loss = mean ½‖G(z) − x'‖²; ∂/∂offset = −k·η·w.
         expected_offset = lr * steps * eta * W
         np.testing.assert_allclose(history["g_loss"][0], 0.5 * np.sum((steps * eta * W) ** 2), rtol=RTOL)
+    else:
+        # The same loss divided by k·η: ∂/∂offset = −w, the logit objective's step (the mean SD along the path).
+        expected_offset = lr * W
+        np.testing.assert_allclose(history["g_loss"][0], 0.5 * steps * eta * np.sum(W**2), rtol=RTOL)
     offset = gan.generator.layers[-1].offset.numpy()
     np.testing.assert_allclose(offset, expected_offset, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(gan.discriminator.get_layer("linear").kernel.numpy()[:2, 0], W, atol=0)
@@ -362,6 +368,7 @@ def _gan_kwargs(**kwargs):
         (dict(discriminator_steps=0), "discriminator_steps"),
         (dict(flow_steps=0), "flow_steps"),
         (dict(flow_step_scale=0.0), "flow_step_scale"),
+        (dict(regression_weighting="sigma"), "regression_weighting"),
         (dict(seed=-3), "seed"),
         (dict(latent_dim=0), "latent_dim"),
     ],

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from gan2flow import _io
+from gan2flow import _checks, _io
 from gan2flow.experiments.compare.fields import field_errors
 from gan2flow.experiments.compare.losses import compare_losses
 from gan2flow.experiments.compare.objectives import GENERATOR_OBJECTIVES, compare_objectives
@@ -53,8 +53,11 @@ from gan2flow.experiments.compare.report import (
     FIELD_COLUMNS,
     FLOW_COLUMNS,
     OBJECTIVE_COLUMNS,
+    SEED_COLUMNS,
     TRAINING_COLUMNS,
     format_report,
+    format_seed_summary,
+    seed_summary_rows,
     to_csv,
 )
 
@@ -72,23 +75,31 @@ __all__ = [
 ]
 
 
-def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, targets=PROBLEMS,
-        objectives=GENERATOR_OBJECTIVES, verbose=True, **budget):
+def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, seeds=None, losses=None, targets=PROBLEMS,
+        objectives=GENERATOR_OBJECTIVES, discriminator_options=None, verbose=True, **budget):
     """Run :func:`compare_losses` and :func:`compare_objectives`; write tables, CSV, JSON and figures.
 
     Files in ``out_dir``: ``report.md`` (the Markdown tables), ``fields.csv``, ``flows.csv``,
-    ``training.csv``, ``objectives.csv``, ``results.json`` (every row plus settings: seeds, budgets,
+    ``training.csv``, ``objectives.csv``, ``seeds.csv`` (the headline numbers per problem, loss and seed),
+    ``results.json`` (every row plus settings: seeds, budgets,
     schedules, wall times), ``error_vs_sigma.png``, ``flows_<problem>.png`` (a panel of flowed samples
     per field) and ``objectives.png`` (a panel of generator samples per objective).
 
     Args:
       out_dir: output folder (created).
       quick: the small budget.
-      seed: the base seed of both comparisons.
+      seed: the base seed of both comparisons (when ``seeds`` is None).
+      seeds: several base seeds (e.g. ``(0, 1, 2)``): the loss comparison runs once per seed and the
+        report adds a table of the headline numbers as mean ± standard deviation over the seeds
+        (:func:`~gan2flow.experiments.compare.report.seed_summary`); the per-σ tables, CSV files and
+        figures are those of the first seed; the objective comparison runs ``len(seeds)`` seeds from the
+        first. None: ``(seed,)``.
       losses: loss names (default all).
       targets: problems for the loss comparison.
       objectives: generator objectives to compare (default all four); an empty sequence skips that
         comparison.
+      discriminator_options: keyword arguments of :func:`gan2flow.models.mlp_discriminator` for both
+        comparisons (e.g. ``{"parametrisation": "plain"}``); None: the builder's defaults.
       verbose: print progress lines and the report.
       **budget: passed to :func:`compare_losses` (e.g. ``steps=50``, ``hidden=(16,)``,
         ``jit_compile=False``); ``objective_steps`` / ``objective_seeds`` set those of
@@ -104,13 +115,27 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
     objective_steps = budget.pop("objective_steps", None)
     objective_seeds = budget.pop("objective_seeds", None)
     jit_compile = budget.get("jit_compile", False)
-    losses_result = compare_losses(losses=losses, targets=targets, seed=seed, quick=quick, verbose=verbose, **budget)
+    seeds = [seed] if seeds is None else [_checks.positive_int(s, "seeds", allow_zero=True) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"`seeds` must be distinct integers >= 0, got {seeds!r}.")
+    seed = seeds[0]
+    if objective_seeds is None and len(seeds) > 1:
+        objective_seeds = len(seeds)
+    per_seed = []
+    for run_seed in seeds:
+        per_seed.append(compare_losses(losses=losses, targets=targets, seed=run_seed, quick=quick, verbose=verbose,
+                                       discriminator_options=discriminator_options, **budget))
+    losses_result = per_seed[0]
+    summary_rows = seed_summary_rows(per_seed)
     objectives_result = None
     if objectives:
         objectives_result = compare_objectives(objectives=objectives, seed=seed, quick=quick, steps=objective_steps,
                                                seeds=objective_seeds, hidden=budget.get("hidden"),
+                                               discriminator_options=discriminator_options,
                                                jit_compile=jit_compile, verbose=verbose)
     report = format_report(losses_result, objectives_result)
+    if len(seeds) > 1:
+        report = format_seed_summary(summary_rows) + "\n" + report
     os.makedirs(out_dir, exist_ok=True)
     files = {
         "report": _io.write_text(os.path.join(out_dir, "report.md"), report),
@@ -118,6 +143,7 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
         "flows": _io.write_text(os.path.join(out_dir, "flows.csv"), to_csv(losses_result["flows"], FLOW_COLUMNS)),
         "training": _io.write_text(os.path.join(out_dir, "training.csv"),
                                    to_csv(losses_result["training"], TRAINING_COLUMNS)),
+        "seeds": _io.write_text(os.path.join(out_dir, "seeds.csv"), to_csv(summary_rows, SEED_COLUMNS)),
         "error_plot": plot_errors(losses_result, os.path.join(out_dir, "error_vs_sigma.png")),
     }
     for prob_name, panels in losses_result["samples"].items():
@@ -144,6 +170,9 @@ def run(out_dir="gan2flow-out/compare", *, quick=False, seed=0, losses=None, tar
     seconds = time.perf_counter() - started
     result = {
         "losses": {key: value for key, value in losses_result.items() if key != "samples"},
+        "seeds": seeds,
+        "seed_rows": summary_rows,
+        "losses_other_seeds": [{key: value for key, value in r.items() if key != "samples"} for r in per_seed[1:]],
         "objectives": None if objectives_result is None else {
             key: value for key, value in objectives_result.items() if key != "samples"},
         "report": report,

@@ -50,11 +50,13 @@ def _all_finite(model):
     return all(bool(np.all(np.isfinite(w))) for w in model.get_weights())
 
 
-def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learning_rate, seed, jit_compile):
+def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learning_rate, seed, jit_compile,
+                         discriminator_options=None):
     """Discriminator-only SDGAN training against the frozen affine generator; returns (disc, info)."""
     loss = _losses.get(loss)
     keras.utils.set_random_seed(seed)  # the same initial weights for every loss
-    discriminator = models.mlp_discriminator((prob.dim,), hidden=hidden)
+    options = {"parametrisation": models.SD_PARAMETRISATION} if discriminator_options is None else discriminator_options
+    discriminator = models.mlp_discriminator((prob.dim,), hidden=hidden, **options)
     penalty = "gradient_penalty" if loss.name == "wasserstein" else None
     gan = _training.SDGAN(affine_generator(prob.source_loc, prob.source_scale), discriminator, loss=loss,
                           generator_objective=None, sigma_range=prob.sigma_range, penalty=penalty, seed=seed)
@@ -91,7 +93,8 @@ def _flow_scores(x0, estimator, schedule, step_scale, reference, centers, stds, 
 
 def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=None, batch_size=None,
                    hidden=None, n_train=None, n_eval=None, n_flow=None, eval_sigmas=None, flow_levels=None,
-                   learning_rate=1e-3, flow_step_scale=0.5, jit_compile=False, verbose=True):
+                   learning_rate=1e-3, flow_step_scale=0.5, discriminator_options=None, jit_compile=False,
+                   verbose=True):
     """Train a discriminator per loss and problem; measure its field against the exact SD and flow along it.
 
     See the module docstring for the protocol and the definitions of the errors.
@@ -114,6 +117,9 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         step each.
       learning_rate: Adam's initial learning rate (cosine decay to a tenth over ``steps``).
       flow_step_scale: ε in η_k = ε σ_k², the same for every row.
+      discriminator_options: keyword arguments of :func:`gan2flow.models.mlp_discriminator`; None:
+        ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"``, the best measured SD
+        estimator; ``{"parametrisation": "plain"}`` reproduces the runs before issue 15).
       jit_compile: compile training steps and flows with XLA. Off by default: on the 2-core CPU, XLA
         compilation took 10-20 s per model, more than it saved over 1500 steps of these small MLPs.
       verbose: print one line per trained discriminator.
@@ -151,6 +157,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
                     optimizer="Adam, cosine decay to 0.1x", flow_step_scale=flow_step_scale,
                     flow_steps_per_sigma=1, flow_method="euler", jit_compile=bool(jit_compile),
                     penalties={"wasserstein": "gradient_penalty (WGAN-GP, weight 10)", "others": "none"},
+                    discriminator_options=(None if discriminator_options is None else dict(discriminator_options)),
                     evaluation_points="q_sigma: source samples + sigma noise (primary); p_sigma: target "
                                       "samples + sigma noise (secondary)",
                     **budget)
@@ -203,7 +210,8 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
             loss = _losses.get(name)
             discriminator, info = _train_discriminator(
                 prob, loss, real, steps=budget["steps"], batch_size=budget["batch_size"], hidden=budget["hidden"],
-                learning_rate=learning_rate, seed=seed, jit_compile=jit_compile)
+                learning_rate=learning_rate, seed=seed, jit_compile=jit_compile,
+                discriminator_options=discriminator_options)
             training_rows.append(info)
             stage_started = time.perf_counter()
             estimator = _estimators.DiscriminatorScoreDifference(

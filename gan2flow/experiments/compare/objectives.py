@@ -25,7 +25,7 @@ GENERATOR_OBJECTIVES = _training.GENERATOR_OBJECTIVES
 def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="logistic", seed=0,
                        quick=False, steps=None, batch_size=None, hidden=None, generator_hidden=None,
                        n_train=None, n_eval=None, seeds=None, latent_dim=8, learning_rate=1e-3,
-                       jit_compile=False, verbose=True):
+                       discriminator_options=None, sdgan_options=None, jit_compile=False, verbose=True):
     """Train full SDGANs with each generator objective at an equal budget; score the generators.
 
     Every run uses the same loss, architecture, optimizers (Adam, β₁ = 0.5, the same learning rate for
@@ -49,6 +49,10 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
       seeds: how many seeds per objective (full 2, quick 1).
       latent_dim: the generator's latent size.
       learning_rate: Adam's initial learning rate.
+      discriminator_options: keyword arguments of :func:`gan2flow.models.mlp_discriminator` (e.g.
+        ``parametrisation``); None: the builder's defaults.
+      sdgan_options: further keyword arguments of :class:`gan2flow.SDGAN` (e.g. ``flow_steps``,
+        ``regression_weighting``); None: its defaults.
       jit_compile: compile the training step with XLA (off by default, as in :func:`compare_losses`).
       verbose: print one line per run.
 
@@ -81,9 +85,10 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
         for run_seed in range(seed, seed + budget["seeds"]):
             keras.utils.set_random_seed(run_seed)  # the same initial weights for every objective
             generator = models.mlp_generator(latent_dim, (prob.dim,), hidden=budget["generator_hidden"])
-            discriminator = models.mlp_discriminator((prob.dim,), hidden=budget["hidden"])
+            discriminator = models.mlp_discriminator((prob.dim,), hidden=budget["hidden"],
+                                                     **(discriminator_options or {}))
             gan = _training.SDGAN(generator, discriminator, loss=loss, generator_objective=objective,
-                                  sigma_range=prob.sigma_range, seed=run_seed)
+                                  sigma_range=prob.sigma_range, seed=run_seed, **(sdgan_options or {}))
             gan.compile(d_optimizer=cosine_adam(learning_rate, budget["steps"], beta_1=0.5),
                         g_optimizer=cosine_adam(learning_rate, budget["steps"], beta_1=0.5), jit_compile=jit_compile,
                         steps_per_execution=steps_per_execution(budget["steps"]))
@@ -111,6 +116,7 @@ def compare_objectives(*, objectives=GENERATOR_OBJECTIVES, target="2d", loss="lo
     settings = dict(problem=prob.name, objectives=objectives, loss=loss.name, seed=seed, quick=bool(quick),
                     latent_dim=int(latent_dim), learning_rate=float(learning_rate),
                     optimizer="Adam(beta_1=0.5), cosine decay to 0.1x, both networks",
-                    sigma_range=list(prob.sigma_range), flow_steps=5, flow_step_scale=0.5,
+                    sigma_range=list(prob.sigma_range), discriminator_options=dict(discriminator_options or {}),
+                    sdgan_options=dict(sdgan_options or {}),
                     jit_compile=bool(jit_compile), seconds=time.perf_counter() - started, **budget)
     return {"settings": settings, "rows": rows, "samples": samples}

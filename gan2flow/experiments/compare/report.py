@@ -1,4 +1,5 @@
-"""The comparisons' results as text: Markdown tables (:func:`format_report`) and CSV (:func:`to_csv`).
+"""The comparisons' results as text: Markdown tables (:func:`format_report`, :func:`format_seed_summary`)
+and CSV (:func:`to_csv`).
 
 The ``*_COLUMNS`` tuples name the columns of ``fields.csv``, ``flows.csv``, ``objectives.csv`` and
 ``training.csv``.
@@ -105,16 +106,77 @@ def format_report(losses_result=None, objectives_result=None):
         rows = objectives_result["rows"]
         lines += [f"### Generator objectives: SDGAN on {settings['problem']}, loss {settings['loss']}, "
                   f"{settings['steps']} steps of batch {settings['batch_size']}, mean over {settings['seeds']} "
-                  "seed(s)", "",
+                  "seed(s) (± standard deviation)", "",
                   "| objective | sliced W2 | MMD² | modes | high-quality % | seconds |", "|---|---|---|---|---|---|"]
         for objective in settings["objectives"]:
             group = [row for row in rows if row["objective"] == objective]
             modes = np.mean([row["modes"] for row in group])
-            lines.append(f"| {objective} | {_fmt(_mean(group, 'sliced_w2'), '.3f')} | "
+            lines.append(f"| {objective} | {_spread([row['sliced_w2'] for row in group], '.3f')} | "
                          f"{_fmt(_mean(group, 'mmd'), '.4f')} | {modes:g}/{group[0]['n_modes']} | "
-                         f"{_fmt(100.0 * _mean(group, 'high_quality'), '.1f')} | "
+                         f"{_spread([100.0 * row['high_quality'] for row in group], '.1f')} | "
                          f"{_fmt(_mean(group, 'seconds'), '.0f')} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def seed_summary_rows(results):
+    """The headline numbers of each :func:`compare_losses` result, one row per (problem, loss, seed).
+
+    Per row: ``cosine`` (mean over the σ levels, x ~ q_σ), ``rel_error_fit`` (likewise),
+    ``scale_sigma_min`` / ``scale_sigma_max`` (the best scale c* at the smallest and the largest σ),
+    ``worst_scale`` (the c* of the level farthest from 1 in ratio, ``max |log c*|``; NaN when some c* ≤ 0)
+    and ``sliced_w2`` (the flow along the field; NaN if it diverged).
+    """
+    rows = []
+    for result in results:
+        seed = result["settings"]["seed"]
+        for problem in result["settings"]["problems"]:
+            for loss in result["settings"]["losses"]:
+                fields = sorted((row for row in result["fields"] if row["problem"] == problem and row["loss"] == loss
+                                 and row["points"] == "q_sigma"), key=lambda row: row["sigma"])
+                label = fields[0]["field"] if fields else loss
+                flows = [row for row in result["flows"] if row["problem"] == problem and row["field"] == label]
+                scales = np.array([row["scale_fit"] for row in fields], np.float64)
+                worst = math.nan
+                if len(scales) and np.all(scales > 0):
+                    worst = float(scales[np.argmax(np.abs(np.log(scales)))])
+                rows.append(dict(problem=problem, loss=loss, seed=seed, cosine=_mean(fields, "cosine"),
+                                 rel_error_fit=_mean(fields, "rel_error_fit"),
+                                 scale_sigma_min=float(scales[0]) if len(scales) else math.nan,
+                                 scale_sigma_max=float(scales[-1]) if len(scales) else math.nan,
+                                 worst_scale=worst,
+                                 sliced_w2=(math.nan if not flows or flows[0].get("diverged")
+                                            else float(flows[0]["sliced_w2"]))))
+    return rows
+
+
+def _spread(values, spec):
+    values = np.asarray(values, np.float64)
+    if not len(values) or not np.all(np.isfinite(values)):
+        return "—"
+    if len(values) == 1:
+        return format(float(values[0]), spec)
+    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
+
+
+def format_seed_summary(rows):
+    """A Markdown table of :func:`seed_summary_rows`: mean ± sample standard deviation over the seeds."""
+    seeds = sorted({row["seed"] for row in rows})
+    lines = [f"### Headline numbers over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± standard "
+             "deviation", "",
+             "| problem | loss | cosine (q_σ) | rel. error, best scale (q_σ) | c* at σ_min | c* at σ_max "
+             "| worst c* | flow sliced W2 |", "|---|---|---|---|---|---|---|---|"]
+    keys = []
+    for row in rows:
+        if (row["problem"], row["loss"]) not in keys:
+            keys.append((row["problem"], row["loss"]))
+    for problem, loss in keys:
+        group = [row for row in rows if row["problem"] == problem and row["loss"] == loss]
+        cells = [_spread([row[key] for row in group], spec) for key, spec in (
+            ("cosine", ".3f"), ("rel_error_fit", ".3f"), ("scale_sigma_min", ".2f"), ("scale_sigma_max", ".2f"),
+            ("worst_scale", ".2f"), ("sliced_w2", ".3f"))]
+        lines.append(f"| {problem} | {loss} | " + " | ".join(cells) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -134,5 +196,7 @@ FLOW_COLUMNS = ("problem", "field", "sliced_w2", "mmd", "energy", "modes", "n_mo
                  "diverged", "seconds", "note")
 OBJECTIVE_COLUMNS = ("problem", "objective", "loss", "seed", "seconds", "d_loss", "g_loss", "sliced_w2", "mmd",
                       "energy", "modes", "n_modes", "high_quality", "mode_kl")
+SEED_COLUMNS = ("problem", "loss", "seed", "cosine", "rel_error_fit", "scale_sigma_min", "scale_sigma_max",
+                "worst_scale", "sliced_w2")
 TRAINING_COLUMNS = ("problem", "loss", "penalty", "steps", "seconds", "d_loss", "finite", "seconds_fields",
                      "seconds_flows")

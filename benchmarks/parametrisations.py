@@ -1,0 +1,90 @@
+"""Ablation of the σ-conditioned discriminator's parametrisation (docs/losses.md, "Parametrisations").
+
+For each variant of ``gan2flow.models.mlp_discriminator`` and each seed, the loss comparison of
+``gan2flow compare`` (logistic loss only, ``compare_losses``) on both problems: mean cosine and best scale
+c* per σ under q_σ against the exact SD, and the sliced W2 of the flow along the field. Writes
+``OUT/parametrisations.md`` (mean ± standard deviation over the seeds) and ``OUT/parametrisations.json``.
+
+    python benchmarks/parametrisations.py [--quick] [--seeds 0,1,2] [--steps N] [--out DIR] [--variants "a;b"]
+
+On the shared 2-core machine one variant costs about 1 minute per seed with --quick (300 steps).
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+VARIANTS = {
+    "plain": {"parametrisation": "plain"},
+    "plain + Fourier(x)": {"parametrisation": "plain", "fourier_features": 64},
+    "preconditioned": {"parametrisation": "preconditioned"},
+    "energy difference, K=1": {"parametrisation": "energy_difference", "energy_components": 1},
+    "energy difference, K=4": {"parametrisation": "energy_difference", "energy_components": 4},
+    "energy difference, K=8 (default)": {"parametrisation": "energy_difference"},
+    "energy difference, K=8 + Fourier(x)": {"parametrisation": "energy_difference", "fourier_features": 64},
+}
+
+
+def _spread(values, spec):
+    values = np.asarray(values, np.float64)
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(values.mean(), spec)} ± {format(values.std(ddof=1), spec)}"
+
+
+def main():
+    from gan2flow.experiments.compare import compare_losses
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--out", default="gan2flow-out/parametrisations")
+    parser.add_argument("--variants", default=None, help="semicolon-separated labels (default: all)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    labels = list(VARIANTS) if args.variants is None else [v.strip() for v in args.variants.split(";")]
+    rows = []
+    for label in labels:
+        for seed in seeds:
+            started = time.perf_counter()
+            result = compare_losses(losses=["logistic"], targets=("2d", "16d"), seed=seed, quick=args.quick,
+                                    steps=args.steps, discriminator_options=VARIANTS[label], verbose=False)
+            for problem in ("2d", "16d"):
+                fields = sorted((f for f in result["fields"] if f["problem"] == problem and f["points"] == "q_sigma"),
+                                key=lambda f: f["sigma"])
+                flows = {f["field"]: f for f in result["flows"] if f["problem"] == problem}
+                flow, oracle = flows["logistic"], flows["exact SD (oracle)"]
+                rows.append(dict(variant=label, seed=seed, problem=problem, sigmas=[f["sigma"] for f in fields],
+                                 cosine=[f["cosine"] for f in fields], scale=[f["scale_fit"] for f in fields],
+                                 sliced_w2=flow["sliced_w2"], oracle_sliced_w2=oracle["sliced_w2"],
+                                 steps=result["settings"]["steps"], seconds=time.perf_counter() - started))
+                print(f"{label} seed {seed} {problem}: cosine {np.mean(rows[-1]['cosine']):.3f} scale "
+                      + " ".join(f"{c:.2f}" for c in rows[-1]["scale"]) + f" W2 {flow['sliced_w2']:.3f}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "parametrisations.json"), "w") as handle:
+        json.dump(rows, handle, indent=1)
+    lines = []
+    for problem in ("2d", "16d"):
+        group = [r for r in rows if r["problem"] == problem]
+        sigmas = group[0]["sigmas"]
+        lines += [f"*{problem}* ({group[0]['steps']} steps, seeds {args.seeds}; mean ± sd over seeds)", "",
+                  "| variant | mean cosine (q_σ) | " + " | ".join(f"c* σ={s:.3g}" for s in sigmas)
+                  + " | flow sliced W2 (oracle) |", "|---|---|" + "---|" * len(sigmas) + "---|"]
+        for label in labels:
+            mine = [r for r in group if r["variant"] == label]
+            cells = [_spread([np.mean(r["cosine"]) for r in mine], ".3f")]
+            cells += [_spread([r["scale"][i] for r in mine], ".2f") for i in range(len(sigmas))]
+            cells.append(f"{_spread([r['sliced_w2'] for r in mine], '.3f')} "
+                         f"({np.mean([r['oracle_sliced_w2'] for r in mine]):.3f})")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    with open(os.path.join(args.out, "parametrisations.md"), "w") as handle:
+        handle.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
