@@ -35,7 +35,7 @@ from gan2flow.training import SDGAN
 __all__ = ["convert"]
 
 # The staged calibration's settings for class-conditional GANs (see convert).
-_CONDITIONAL_STAGE_OPTIONS = {"step_scale": 0.5, "fine_ratio": None}
+_CONDITIONAL_STAGE_OPTIONS = {"step_scale": 0.5, "fine_ratio": None, "max_increase": math.inf}
 
 
 
