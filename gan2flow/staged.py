@@ -109,6 +109,7 @@ class StagedCalibration:
         self.n_trusted = int(n_trusted)
         self.sigma_search = []
         self.row_labels = None  # a RowLabels for class-conditional stages (set by calibrate_stages)
+        self.particle_labels = None  # the calibration particles' labels (class-conditional stages)
         self._estimator = None
 
     def discriminator(self, k):
@@ -135,6 +136,7 @@ class StagedCalibration:
         with open(os.path.join(directory, "stages.json"), "w") as handle:
             json.dump({"sigmas": self.sigmas.tolist(), "step_sizes": self.step_sizes.tolist(),
                        "flow_steps": self.flow_steps, "n_trusted": self.n_trusted, "n_weights": len(self.weights[0]),
+                       "n_classes": None if self.row_labels is None else int(self.row_labels.n_classes),
                        "report": self.report}, handle, indent=1)
 
 
@@ -145,8 +147,11 @@ def load_stages(directory):
     model = keras.models.load_model(os.path.join(directory, "model.keras"))
     arrays = np.load(os.path.join(directory, "stage_weights.npz"))
     weights = [[arrays[f"stage{k}_w{i}"] for i in range(meta["n_weights"])] for k in range(len(meta["sigmas"]))]
-    return StagedCalibration(model, weights, meta["sigmas"], meta["step_sizes"], meta["flow_steps"],
-                             (arrays["lo"], arrays["hi"]), meta["report"], meta["n_trusted"])
+    result = StagedCalibration(model, weights, meta["sigmas"], meta["step_sizes"], meta["flow_steps"],
+                               (arrays["lo"], arrays["hi"]), meta["report"], meta["n_trusted"])
+    if meta.get("n_classes") is not None:  # class-conditional stages: labels are bound per call (RowLabels)
+        result.row_labels = RowLabels(meta["n_classes"])
+    return result
 
 
 def default_sigmas(real, *, ratio=0.8, max_factor=2.0, min_factor=0.125, max_span=100.0):
@@ -237,7 +242,7 @@ def checked_move(x, estimator, sigma, step_scale, flow_steps, bounds, real, *, c
     for _ in range(max_halvings + 1):
         moved = _move(x, estimator, sigma, scale, flow_steps, bounds)
         after = smoothed_mmd(np.asarray(moved[check_rows]), real, sigma)
-        if after <= max_increase * before + 1e-12:
+        if math.isinf(max_increase) or after <= max_increase * before + 1e-12:  # inf: no check (inf · 0 is NaN)
             return moved, scale, before, after
         scale *= 0.5
     return None, 0.0, before, after
@@ -257,7 +262,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                      given_loss=None, warm_start=True, max_gap=0.15, max_accuracy=0.95, max_saturated=0.05,
                      min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.75,
                      refit="auto", max_increase=1.5, max_halvings=3, copy_scale=None,
-                     seed=0, verbose=0, train_labels=None, heldout_labels=None, n_classes=None):
+                     seed=0, verbose=0, train_labels=None, heldout_labels=None, n_classes=None,
+                     particle_labels=None):
     """Calibrate one discriminator per σ stage on the particles the flow holds, moving them as it goes.
 
     For k = 1 … K: fit T_k (logistic loss, ``train_steps`` Adam updates of ``batch_size`` real and
@@ -320,6 +326,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             drawn from ``train_labels`` (so q(y) = p(y)) that it keeps as it moves, and every stage's
             discriminator takes ``[x, sigma, label]``: T_k ≈ log p_σk(x | y) − log q_k,σk(x | y), whose gradient
             moves each particle towards its own class (``given`` then takes ``[x, label]``). None: unconditional.
+        particle_labels: the particles' labels (``n_particles`` + held-out particles of them) instead of a draw from
+            ``train_labels``; the refit passes the first pass's, so that it flows the same particles.
 
     Returns:
         A :class:`StagedCalibration`.
@@ -348,7 +356,11 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                              "calibration).")
         train_labels = adapters.check_labels(train_labels, len(real_train), "train_labels", n_classes)
         heldout_labels = adapters.check_labels(heldout_labels, len(real_heldout), "heldout_labels", n_classes)
-        particle_labels = np.random.default_rng([seed, 5]).choice(train_labels, n_particles + n_heldout)
+        particle_labels = (np.random.default_rng([seed, 5]).choice(train_labels, n_particles + n_heldout)
+                           if particle_labels is None else np.asarray(particle_labels).reshape(-1))
+        if len(particle_labels) != n_particles + n_heldout:
+            raise ValueError(f"`particle_labels` must hold one label per particle ({n_particles + n_heldout}), got "
+                             f"{len(particle_labels)}.")
         fake_labels, heldout_fake_labels = particle_labels[:n_particles], particle_labels[n_particles:]
         row_labels = RowLabels(n_classes).assign(particle_labels)
 
@@ -538,6 +550,7 @@ def _refit(first, generator, real_train, real_heldout, *, latent_shape, verbose,
     if options.get("train_labels") is not None:
         options["train_labels"] = np.concatenate([np.asarray(options["train_labels"]).reshape(-1),
                                                   np.asarray(options["heldout_labels"]).reshape(-1)])
+        options["particle_labels"] = first.particle_labels  # the same particles as the first pass
     if verbose:
         print(f"refit: the {len(used)} trusted stages on all {len(both)} real samples", flush=True)
     # The copying check stays on, against all real samples and with the first pass's scale (the held-out samples
@@ -548,8 +561,8 @@ def _refit(first, generator, real_train, real_heldout, *, latent_shape, verbose,
                               sigmas=first.sigmas[used], max_gap=np.inf, min_copy_ratio=min_copy_ratio,
                               copy_scale=copy_scale, refit=False, verbose=0, **options)
     keys = ("trusted", "moves", "why", "step_scale", "mmd_before", "mmd_after", "copy_ratio")
-    report = [dict(first.report[k], stage=i, refit=True, **{key: second.report[i][key] for key in keys
-                                                             if key in second.report[i]})
+    report = [dict({key: value for key, value in first.report[k].items() if key not in keys},
+                   stage=i, refit=True, **{key: second.report[i][key] for key in keys if key in second.report[i]})
               for i, k in enumerate(used[:len(second.report)])]
     result = StagedCalibration(second.model, second.weights, second.sigmas, second.step_sizes, second.flow_steps,
                                second.bounds, report, trusted_prefix(report))

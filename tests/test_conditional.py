@@ -307,6 +307,8 @@ def test_convert_a_conditional_pair_end_to_end_small():
                             stage_options={"sigmas": [1.0, 0.5], "train_steps": 5, "n_particles": 256})
     assert flow.n_classes == K
     assert {row["label"] for row in flow.diagnostics["classes"]} == {0, 1, 2}
+    # 300 real rows: the stages were calibrated again on all of them (the refit, with the first pass's particles)
+    assert flow.diagnostics["stages"] and all(entry.get("refit") for entry in flow.diagnostics["stages"])
     assert flow.sample(5, seed=0, labels=1, check=False).shape == (5, 2)
     calibrated = flow.discriminator
     assert [tuple(t.shape) for t in calibrated.inputs] == [(None, 2), (None, 1), (None, 1)]

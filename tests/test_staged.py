@@ -230,3 +230,16 @@ def test_refit_calibrates_on_training_and_heldout_data(refit):
     assert all(entry.get("refit", False) == refit for entry in result.report)
     high = result.bounds[1]
     assert (high[0] == pytest.approx(6.0)) == refit
+
+
+def test_checked_move_without_a_limit_accepts_even_from_a_zero_mmd():
+    # max_increase = inf turns the check off: a move is accepted at the full ε even when the MMD before is 0
+    # (x equal to the data), where inf · 0 would be NaN and refuse every try.
+    from gan2flow.estimators import DiscriminatorScoreDifference
+
+    real = np.zeros((50, 2), np.float32)
+    estimator = DiscriminatorScoreDifference(_steep_discriminator(1.0), loss="logistic", sigma_conditioned=True)
+    moved, scale, before, _ = staged.checked_move(real.copy(), estimator, 1.0, 0.5, 2, _wide_bounds(), real,
+                                                  max_increase=np.inf)
+    assert before == 0.0 and scale == 0.5
+    np.testing.assert_allclose(np.asarray(moved)[:, 0], 1.0, atol=1e-6)
