@@ -63,13 +63,7 @@ def load_array(value, name):
     """
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected a .npy array).")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(f"`{name}`: {path!r} is not a readable .npy array ({first}).") from None
+        array = _read_npy(path, name, "a .npy array")
         if not isinstance(array, np.ndarray):  # an .npz archive
             raise ValueError(f"`{name}`: {path!r} holds several arrays (.npz); save one array with numpy.save.")
         if array.dtype.kind not in "biuf":
@@ -81,6 +75,17 @@ def load_array(value, name):
             raise ValueError(f"`{name}`: {path!r} holds NaN or infinite values.")
         return array.astype(np.float32)
     return _checks.as_float_tensor(value, name, min_rank=2).numpy()
+
+
+def _read_npy(path, name, expected):
+    """``np.load(path)`` (no pickles), or a FileNotFoundError / ValueError naming ``name`` and what was expected."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected {expected}).")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"`{name}`: {path!r} is not a readable .npy array ({first}).") from None
 
 
 def model_arity(model):
@@ -243,14 +248,7 @@ def check_labels(labels, n, name="labels", n_classes=None):
         FileNotFoundError: a path with no file.
     """
     if isinstance(labels, (str, os.PathLike)):
-        path = os.fspath(labels)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"`{name}`: no file at {path!r} (expected a .npy array of integer labels).")
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(f"`{name}`: {path!r} is not a readable .npy array ({first}).") from None
+        labels = _read_npy(os.fspath(labels), name, "a .npy array of integer labels")
     if isinstance(labels, (bool, np.bool_)):
         raise ValueError(f"`{name}` must be an integer class or an array of integer classes, got {labels!r}.")
     if isinstance(labels, numbers.Integral):

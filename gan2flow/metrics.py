@@ -220,8 +220,8 @@ def _check_bandwidths(bandwidths):
     return array
 
 
-def mmd(x, y, *, bandwidths=None, block_size=_DEFAULT_BLOCK):
-    """Squared maximum mean discrepancy, unbiased (U-statistic) estimate.
+def mmd(x, y, *, bandwidths=None, block_size=_DEFAULT_BLOCK, biased=False):
+    """Squared maximum mean discrepancy, unbiased (U-statistic) estimate (``biased=True``: the V-statistic).
 
     k(a, b) = Σ_h exp(−‖a − b‖² / (2h²))       (a sum of Gaussian kernels, one per bandwidth h)
 
@@ -241,6 +241,8 @@ def mmd(x, y, *, bandwidths=None, block_size=_DEFAULT_BLOCK):
       y: sample [m, ...], m ≥ 2, same trailing shape.
       bandwidths: positive number or 1-D array of kernel bandwidths h; default the median heuristic.
       block_size: int ≥ 1, rows per block.
+      biased: the V-statistic instead: every pair, self-pairs included (divided by n², m²); never negative up to
+        round-off, biased upwards by about (1/n + 1/m)·(Σ_h 1 − mean kernel).
 
     Returns:
       Python float (MMD², not MMD).
@@ -265,8 +267,12 @@ def mmd(x, y, *, bandwidths=None, block_size=_DEFAULT_BLOCK):
 
     n, m = len(x), len(y)
     diagonal = float(len(rates))  # k(a, a) = Σ_h 1, exact since diagonal distances are set to 0
-    within_x = (_pairwise_sum(x, x, kernel, block_size, same=True) - n * diagonal) / (n * (n - 1))
-    within_y = (_pairwise_sum(y, y, kernel, block_size, same=True) - m * diagonal) / (m * (m - 1))
+    if biased:
+        within_x = _pairwise_sum(x, x, kernel, block_size, same=True) / (n * n)
+        within_y = _pairwise_sum(y, y, kernel, block_size, same=True) / (m * m)
+    else:
+        within_x = (_pairwise_sum(x, x, kernel, block_size, same=True) - n * diagonal) / (n * (n - 1))
+        within_y = (_pairwise_sum(y, y, kernel, block_size, same=True) - m * diagonal) / (m * (m - 1))
     between = _pairwise_sum(x, y, kernel, block_size, same=False) / (n * m)
     return float(within_x + within_y - 2.0 * between)
 
