@@ -66,13 +66,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, adapters, conv_models, image_metrics, metrics
+from gan2flow import _checks, _distances, adapters, conv_models, image_metrics, metrics
 from gan2flow.estimators import DiscriminatorScoreDifference, LabelledModel, RowLabels
 from gan2flow.flows import make_plan, run
 
 __all__ = [
     "StagedCalibration",
     "smoothed_mmd",
+    "copying_scale",
     "checked_move",
     "calibrate_stages",
     "refine_stages",
@@ -199,16 +200,39 @@ def trusted_prefix(report):
     return count
 
 
-def _judge(train_loss, heldout_loss, accuracy, saturated, *, max_gap, max_accuracy, max_saturated):
-    """(trusted, why) for one stage's calibration numbers."""
+def _judge(train_loss, heldout_loss, accuracy, saturated, *, max_gap, max_accuracy, max_saturated, gap_error=0.0):
+    """(trusted, why) for one stage's calibration numbers. The gap must exceed both ``max_gap`` and twice its
+    standard error ``gap_error`` (on a few held-out samples a gap of ``max_gap`` is noise)."""
     reasons = []
-    if heldout_loss - train_loss > max_gap:
-        reasons.append(f"held-out loss exceeds training loss by {heldout_loss - train_loss:.3f} > {max_gap}")
+    gap = heldout_loss - train_loss
+    if gap > max_gap and gap > 2.0 * gap_error:
+        reasons.append(f"held-out loss exceeds training loss by {gap:.3f} > {max_gap} (±{gap_error:.3f})")
     if accuracy > max_accuracy:
         reasons.append(f"held-out accuracy {accuracy:.3f} > {max_accuracy} (classes separate: saturated)")
     if saturated > max_saturated:
         reasons.append(f"{saturated:.1%} of logits beyond ±10 (saturated)")
     return (not reasons), ("; ".join(reasons) if reasons else "ok")
+
+
+def copying_scale(real_train, real_heldout, *, seed=0, max_rows=1024):
+    """The copying check's unit: the median distance from a real sample to its nearest *other* training sample.
+
+    Pooled over the held-out samples (to the training set) and up to ``max_rows`` training samples (leave one
+    out: to the rest of the training set), which follow the same law: on a small data set (32 points, 7 held
+    out) the held-out samples alone give a median of a handful of distances.
+    """
+    heldout = image_metrics.nearest_distances(real_heldout, real_train)
+    flat = np.asarray(real_train, np.float64).reshape(len(real_train), -1)
+    flat = flat - flat.mean(0)
+    norms = np.einsum("ij,ij->i", flat, flat)
+    rows = np.random.default_rng([seed, 11]).choice(len(flat), min(len(flat), max_rows), replace=False)
+    leave_one_out = np.empty(len(rows))
+    for start in range(0, len(rows), 256):
+        block = rows[start:start + 256]
+        squared = _distances.squared_distances(flat[block], flat, norms[block], norms)
+        squared[np.arange(len(block)), block] = np.inf  # not to itself
+        leave_one_out[start:start + 256] = np.sqrt(np.maximum(squared.min(1), 0.0))
+    return float(np.median(np.concatenate([heldout, leave_one_out]))) or 1.0
 
 
 def smoothed_mmd(x, y, sigma):
@@ -224,22 +248,27 @@ def smoothed_mmd(x, y, sigma):
 
 
 def checked_move(x, estimator, sigma, step_scale, flow_steps, bounds, real, *, check_rows=slice(None),
-                 max_increase=1.5, max_halvings=3):
+                 max_increase=1.5, max_halvings=3, check=None):
     """One stage's moves with backtracking on ε: accept the first ε in step_scale · (1, ½, ¼, …) whose moves raise
-    the σ-smoothed MMD (:func:`smoothed_mmd`) between ``x[check_rows]`` and ``real`` at most ``max_increase``-fold.
+    the σ-smoothed MMD (:func:`smoothed_mmd`) between ``x[check_rows]`` and ``real`` at most ``max_increase``-fold
+    and pass ``check`` (a callable: moved rows ``x[check_rows]`` -> None, or the reason they fail).
 
     Returns:
-        (moved x or None when no ε passed, the accepted ε or 0.0, MMD before, MMD after the last try).
+        (moved x or None when no ε passed, the accepted ε or 0.0, MMD before, MMD after the last try, None or the
+        last try's failed check's reason).
     """
     before = smoothed_mmd(np.asarray(x[check_rows]), real, sigma)
-    scale, after = float(step_scale), before
+    scale, after, failed = float(step_scale), before, None
     for _ in range(max_halvings + 1):
         moved = _move(x, estimator, sigma, scale, flow_steps, bounds)
-        after = smoothed_mmd(np.asarray(moved[check_rows]), real, sigma)
+        rows = np.asarray(moved[check_rows])
+        after = smoothed_mmd(rows, real, sigma)
         if math.isinf(max_increase) or after <= max_increase * before + 1e-12:  # inf: no check (inf · 0 is NaN)
-            return moved, scale, before, after
+            failed = None if check is None else check(rows)
+            if failed is None:
+                return moved, scale, before, after, None
         scale *= 0.5
-    return None, 0.0, before, after
+    return None, 0.0, before, after, failed
 
 
 def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
@@ -249,12 +278,15 @@ def _move(x, estimator, sigma, step_scale, flow_steps, bounds):
     return run(plan, x, jit_compile=False).x
 
 
+MIN_HELDOUT_PARTICLES = 512  # held-out particles (and training-loss rows) in each stage's checks, at least
+
+
 def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigmas=None, sigma_ratio=0.9,
                      fine_ratio=0.97, fine_signal=1.0, max_stages=None,
                      n_particles=4096, heldout_particles=None, train_steps=100, batch_size=256, learning_rate=3e-3,
                      flow_steps=4, step_scale=1.0, hidden=(128, 128), fourier_features=64, given=None,
                      given_loss=None, warm_start=True, max_gap=0.15, max_accuracy=0.95, max_saturated=0.05,
-                     min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.75,
+                     min_signal=None, start_accuracy=0.6, max_doublings=3, stop_untrusted=True, min_copy_ratio=0.8,
                      refit="auto", max_increase=1.5, max_halvings=3, copy_scale=None,
                      seed=0, verbose=0, train_labels=None, heldout_labels=None, n_classes=None,
                      particle_labels=None):
@@ -281,14 +313,18 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             None: a fixed geometric schedule. An explicit ``sigmas`` is never adapted.
         max_stages: cap on the number of stages (default: 4 × the coarse schedule's length; explicit ``sigmas``:
             their length).
-        n_particles: particles trained on; ``heldout_particles`` (default len(real_heldout)) more are
-            flowed for the held-out check.
+        n_particles: particles trained on; ``heldout_particles`` more are flowed for the held-out checks (default:
+            the number of held-out real samples, at least ``MIN_HELDOUT_PARTICLES`` = 512). The checks use all
+            held-out particles and all held-out reals (their losses averaged per side), and the training loss
+            is measured on at least 512 training rows: with a 32-point data set (7 held out) the checks used to
+            see 7 particles, and the copying check stopped the flow at σ 1.4–1.9 on two of three seeds.
         train_steps: discriminator updates per stage (the first stage gets 3× as many, from scratch).
         flow_steps, step_scale: moves per stage and ε.
         hidden, fourier_features: the calibration MLP (``gan2flow.models.calibration_discriminator``).
         given, given_loss: the GAN's own discriminator, fed (frozen) as a feature; None: not used.
         warm_start: continue from the previous stage's weights (False: re-initialise every stage).
-        max_gap, max_accuracy, max_saturated: the trust rule (see :func:`trusted_prefix`). ``max_gap`` 0.15:
+        max_gap, max_accuracy, max_saturated: the trust rule (see :func:`trusted_prefix`); a gap also has to
+            exceed twice its standard error (few held-out samples). ``max_gap`` 0.15:
             0.05 sits inside the held-out noise, and with the copying check (``min_copy_ratio``) guarding
             against an overfit field's worst effect, the zoo's digits DCGAN refines to σ 0.28 instead of
             0.31 (Fréchet distance −33 % instead of −30 %; 0.25: −36 %, σ 0.23).
@@ -302,14 +338,18 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             ``start_accuracy``, at most ``max_doublings`` times; ``StagedCalibration.sigma_search`` records it.
         stop_untrusted: stop calibrating at the first untrusted stage (its weights are kept, unused).
         min_copy_ratio: the copying check (shared/SD_FLOW.md §8, §9.5). After each stage's moves, the held-out
-            particles' median distance to their nearest *training* sample, divided by the same for held-out
-            real samples, must stay ≥ this ratio (or not fall, if the generator started below it); a stage
-            that pulls particles onto training samples is not trusted.
+            particles' median distance to their nearest *training* sample, divided by the same for real
+            samples (``copy_scale``), must stay ≥ this ratio (or not fall, if the generator started below it); a stage
+            that pulls particles onto training samples is retried with a smaller ε, and not trusted when even the
+            smallest copies. 0.8: a margin over the no-copying target 0.75 (docs/zoo.md) for the sampling noise
+            between the 1 024 held-out particles checked here and new samples (the unequal grid: 0.752 on new
+            samples after a check at 0.75).
         max_increase, max_halvings: backtracking on ε (:func:`checked_move`): a stage's moves may raise the
             σ-smoothed MMD between held-out particles and the data at most ``max_increase``-fold; ε is halved up to
             ``max_halvings`` times, then the stage does not move (its report says so, its step size is 0).
-        copy_scale: what the copying check divides by (default: the held-out real samples' median distance to
-            their nearest training sample; the refit passes the first pass's, its held-out data being trained on).
+        copy_scale: what the copying check divides by (default: :func:`copying_scale`, real samples' median
+            distance to their nearest other training sample; the refit passes the first pass's, its held-out data
+            being trained on).
         refit: after the held-out split has chosen the stages, calibrate those stages again on training and
             held-out real samples together (:func:`_refit`); ``"auto"``: when they hold at most
             ``REFIT_MAX_REAL`` (1 000) rows, where a fifth of the data matters (the zoo's 32-point ring).
@@ -339,7 +379,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     if sigmas.ndim != 1 or len(sigmas) == 0 or np.any(np.diff(sigmas) > 0) or np.any(sigmas <= 0):
         raise ValueError(f"`sigmas` must be a non-empty decreasing 1-D sequence of positive levels, got {sigmas!r}.")
     bounds = (real_train.min(0), real_train.max(0))
-    n_heldout = int(heldout_particles or len(real_heldout))
+    n_heldout = int(heldout_particles or max(len(real_heldout), MIN_HELDOUT_PARTICLES))
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     labelled = train_labels is not None
@@ -382,7 +422,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     estimator = DiscriminatorScoreDifference(model if row_labels is None else LabelledModel(model, row_labels),
                                              loss="logistic", sigma_conditioned=True)
     weights, report, sizes = [], [], []
-    m = min(len(real_heldout), n_heldout)
+    m = min(len(real_heldout), n_heldout)  # held-out reals in the checks (all held-out particles are used)
+    m_train = min(len(real_train), max(m, MIN_HELDOUT_PARTICLES))
     started = time.time()
     search = []
     if automatic:
@@ -396,7 +437,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
                 step_fn(_pick(real_train, train_labels, rng.integers(0, len(real_train), batch_size)),
                         _pick(fake_train, fake_labels, rng.integers(0, n_particles, batch_size)), sigma_t)
             _, _, accuracy, _ = eval_fn(_pick(real_heldout, heldout_labels, np.arange(m)),
-                                        _pick(fake_heldout, heldout_fake_labels, np.arange(m)), sigma_t)
+                                        _pick(fake_heldout, heldout_fake_labels, np.arange(n_heldout)), sigma_t)
             search.append({"sigma": float(sigmas[0]), "accuracy": float(accuracy)})
             if verbose:
                 print(f"σ_max probe {sigmas[0]:.3g}: held-out accuracy {float(accuracy):.3f}", flush=True)
@@ -406,7 +447,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             sigmas = np.geomspace(2 * sigmas[0], sigmas[-1], len(sigmas) + added)
             model.set_weights(initial)
     if copy_scale is None:
-        copy_scale = float(np.median(image_metrics.nearest_distances(real_heldout, real_train))) or 1.0
+        copy_scale = copying_scale(real_train, real_heldout, seed=seed)
     sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-1])
     adaptive = automatic and fine_ratio is not None
     if max_stages is None:
@@ -416,8 +457,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     def copy_ratio(points):
         return float(np.median(image_metrics.nearest_distances(np.asarray(points), real_train))) / copy_scale
 
-    ratio = copy_ratio(particles[n_particles:n_particles + m]) if min_copy_ratio is not None else None
     m_check = min(n_heldout, 1024)
+    ratio = copy_ratio(particles[n_particles:n_particles + m_check]) if min_copy_ratio is not None else None
     check_real = real_train[rng.choice(len(real_train), min(len(real_train), 1024), replace=False)]
     k, next_sigma = 0, sigma_max
     while k < max_stages:
@@ -438,14 +479,16 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             real_batch = _pick(real_train, train_labels, rng.integers(0, len(real_train), batch_size))
             fake_batch = _pick(fake_train, fake_labels, rng.integers(0, n_particles, batch_size))
             step_fn(real_batch, fake_batch, sigma_t)
-        train_idx = rng.choice(len(real_train), m, replace=m > len(real_train))
-        train_loss, _, _, _ = eval_fn(_pick(real_train, train_labels, train_idx),
-                                      _pick(fake_train, fake_labels, rng.integers(0, n_particles, m)), sigma_t)
-        heldout_loss, error, accuracy, saturated = eval_fn(_pick(real_heldout, heldout_labels, np.arange(m)),
-                                                           _pick(fake_heldout, heldout_fake_labels, np.arange(m)),
-                                                           sigma_t)
+        train_idx = rng.choice(len(real_train), m_train, replace=False)
+        train_loss, train_error, _, _ = eval_fn(_pick(real_train, train_labels, train_idx),
+                                                _pick(fake_train, fake_labels, rng.integers(0, n_particles, n_heldout)),
+                                                sigma_t)
+        heldout_loss, error, accuracy, saturated = eval_fn(
+            _pick(real_heldout, heldout_labels, np.arange(m)),
+            _pick(fake_heldout, heldout_fake_labels, np.arange(n_heldout)), sigma_t)
         trusted, why = _judge(float(train_loss), float(heldout_loss), float(accuracy), float(saturated),
-                              max_gap=max_gap, max_accuracy=max_accuracy, max_saturated=max_saturated)
+                              max_gap=max_gap, max_accuracy=max_accuracy, max_saturated=max_saturated,
+                              gap_error=math.hypot(float(error), float(train_error)))
         if trusted and report and not report[-1]["trusted"]:
             trusted, why = False, "after an untrusted stage"
         # Information: held-out loss below log 2 (a constant guess) by more than `min_signal` standard errors.
@@ -456,7 +499,8 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         entry = {"stage": k, "sigma": float(sigma), "train_loss": float(train_loss),
                  "heldout_loss": float(heldout_loss),
                  "gap": float(heldout_loss - train_loss), "accuracy": float(accuracy), "saturated": float(saturated),
-                 "signal": float(signal), "trusted": bool(trusted), "moves": moves, "why": why}
+                 "signal": float(signal), "trusted": bool(trusted), "moves": moves, "why": why,
+                 "heldout_real": int(m), "heldout_particles": int(n_heldout)}
         weights.append([np.array(w) for w in model.get_weights()])
         sizes.append(step_scale * sigma**2)
         report.append(entry)
@@ -482,10 +526,33 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         # `max_increase`; otherwise ε is halved (at most `max_halvings` times) and, failing that, the stage does not
         # move. Measured on a digits DCGAN: the unchecked first stage (σ 4.3) raised it 3.6× and the Fréchet
         # distance 2× (the discriminator's gradient at large σ is far too large, issue 15's "scale fit").
-        moved, scale, before_mmd, after_mmd = checked_move(
+        # The copying check is one of the backtracking's criteria: a move that contracts the particles onto the
+        # training samples is first retried with a smaller ε (at small σ a step of ε = 1 jumps to the posterior
+        # mean, tighter than the data); only when even the smallest ε copies is the stage distrusted.
+        tried = {}
+
+        def copying(rows, before=ratio, tried=tried):
+            tried["ratio"] = copy_ratio(rows)
+            if tried["ratio"] < min_copy_ratio and tried["ratio"] < before:
+                return (f"copies: held-out particles' distance to the nearest training sample fell to "
+                        f"{tried['ratio']:.2f} of real data's (< {min_copy_ratio})")
+            return None
+
+        moved, scale, before_mmd, after_mmd, failed = checked_move(
             particles, estimator, sigma, step_scale, flow_steps, bounds, check_real,
-            check_rows=slice(n_particles, n_particles + m_check), max_increase=max_increase, max_halvings=max_halvings)
+            check_rows=slice(n_particles, n_particles + m_check), max_increase=max_increase, max_halvings=max_halvings,
+            check=None if min_copy_ratio is None else copying)
         entry.update(mmd_before=before_mmd, mmd_after=after_mmd, step_scale=scale)
+        if "ratio" in tried:
+            entry["copy_ratio"] = tried["ratio"]
+        if moved is None and failed is not None:  # even the smallest ε copies: distrusted, the flow stops here
+            entry.update(trusted=False, moves=False, why=failed)
+            sizes[-1] = 0.0
+            if verbose:
+                print(f"stage {entry['stage']:2d}: {entry['why']}", flush=True)
+            if stop_untrusted:
+                break
+            continue
         if moved is None:
             entry.update(moves=False, why=f"not moved: even ε = {step_scale * 0.5**max_halvings:.3g} raised the "
                                           f"σ-smoothed MMD {after_mmd / max(before_mmd, 1e-300):.2f}×")
@@ -493,17 +560,7 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             continue
         sizes[-1] = scale * sigma**2
         particles = moved
-        if min_copy_ratio is None:
-            continue
-        before, ratio = ratio, copy_ratio(particles[n_particles:n_particles + m])
-        entry["copy_ratio"] = ratio
-        if ratio < min_copy_ratio and ratio < before:
-            entry.update(trusted=False, moves=False, why=f"copies: held-out particles' distance to the nearest "
-                         f"training sample fell to {ratio:.2f} of held-out real data's (< {min_copy_ratio})")
-            if verbose:
-                print(f"stage {entry['stage']:2d}: {entry['why']}", flush=True)
-            if stop_untrusted:
-                break
+        ratio = tried.get("ratio", ratio)
     result = StagedCalibration(model, weights, levels, sizes, flow_steps, bounds, report,
                                trusted_prefix(report))
     result.sigma_search = search
@@ -599,15 +656,22 @@ def _step_functions(model, optimizer):
 
     @tf.function(reduce_retracing=True, autograph=False)  # plain Python: nothing for autograph to convert
     def evaluate(real, fake, sigma, draws=4):
-        per_sample, hits, saturated = [], [], []
+        real_losses, fake_losses, hits, saturated = [], [], [], []
         for _ in range(draws):
             r, f = logits(real, sigma), logits(fake, sigma)
-            per_sample.append(0.5 * (tf.nn.softplus(-r) + tf.nn.softplus(f)))
+            real_losses.append(tf.nn.softplus(-r))
+            fake_losses.append(tf.nn.softplus(f))
             hits.append(0.5 * (tf.reduce_mean(tf.cast(r > 0, tf.float32)) + tf.reduce_mean(tf.cast(f < 0, tf.float32))))
             saturated.append(tf.reduce_mean(tf.cast(tf.abs(tf.concat([r, f], 0)) > 10.0, tf.float32)))
-        per_pair = tf.reduce_mean(tf.stack(per_sample), 0)  # pairs (real_i, fake_i), averaged over the noise draws
-        n = tf.cast(tf.shape(per_pair)[0], tf.float32)
-        return (tf.reduce_mean(per_pair), tf.math.reduce_std(per_pair) / tf.sqrt(n), tf.reduce_mean(hits),
+        # Per sample, averaged over the noise draws; real and fake rows may differ in number (few held-out reals,
+        # many held-out particles): loss ½(mean real + mean fake), standard error ½ √(var_r/n_r + var_f/n_f).
+        real_loss, fake_loss = tf.reduce_mean(tf.stack(real_losses), 0), tf.reduce_mean(tf.stack(fake_losses), 0)
+
+        def variance_of_mean(values):
+            return tf.math.reduce_variance(values) / tf.cast(tf.shape(values)[0], tf.float32)
+
+        error = 0.5 * tf.sqrt(variance_of_mean(real_loss) + variance_of_mean(fake_loss))
+        return (0.5 * (tf.reduce_mean(real_loss) + tf.reduce_mean(fake_loss)), error, tf.reduce_mean(hits),
                 tf.reduce_mean(saturated))
 
     return step, evaluate

@@ -188,9 +188,9 @@ def test_checked_move_backtracks_on_overshoot(slope, accepted):
     real = (np.array([1.0, 0.0]) + 0.05 * rng.normal(size=(200, 2))).astype(np.float32)
     x = (0.05 * rng.normal(size=(200, 2))).astype(np.float32)
     estimator = DiscriminatorScoreDifference(_steep_discriminator(slope), loss="logistic", sigma_conditioned=True)
-    moved, scale, before, after = staged.checked_move(x, estimator, 1.0, 0.5, 2, _wide_bounds(), real,
-                                                      max_increase=1.5, max_halvings=3)
-    assert scale == accepted
+    moved, scale, before, after, failed = staged.checked_move(x, estimator, 1.0, 0.5, 2, _wide_bounds(), real,
+                                                              max_increase=1.5, max_halvings=3)
+    assert scale == accepted and failed is None
     if accepted:
         np.testing.assert_allclose(np.asarray(moved)[:, 0] - x[:, 0], 2 * accepted * slope, atol=1e-5)
         assert after <= 1.5 * before
@@ -239,7 +239,73 @@ def test_checked_move_without_a_limit_accepts_even_from_a_zero_mmd():
 
     real = np.zeros((50, 2), np.float32)
     estimator = DiscriminatorScoreDifference(_steep_discriminator(1.0), loss="logistic", sigma_conditioned=True)
-    moved, scale, before, _ = staged.checked_move(real.copy(), estimator, 1.0, 0.5, 2, _wide_bounds(), real,
-                                                  max_increase=np.inf)
+    moved, scale, before, _, _ = staged.checked_move(real.copy(), estimator, 1.0, 0.5, 2, _wide_bounds(), real,
+                                                     max_increase=np.inf)
     assert before == 0.0 and scale == 0.5
     np.testing.assert_allclose(np.asarray(moved)[:, 0], 1.0, atol=1e-6)
+
+
+def test_copying_scale_pools_heldout_and_leave_one_out_distances():
+    # Training points 0, 1, 3 on a line, one held-out point at 10. Held-out → training: 7. Leave one out:
+    # 0 → 1 (1), 1 → 0 (1), 3 → 1 (2). The median of (7, 1, 1, 2) is 1.5; the held-out point alone would say 7.
+    train = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], np.float32)
+    heldout = np.array([[10.0, 0.0]], np.float32)
+    assert staged.copying_scale(train, heldout) == pytest.approx(1.5)
+    # Duplicated training points are each other's nearest neighbour (distance 0), not themselves excluded twice.
+    doubled = np.concatenate([train, train[:1]])
+    assert staged.copying_scale(doubled, heldout) == pytest.approx(1.0)  # (7, 0, 1, 2, 0) → 1
+
+
+def test_trust_gap_must_exceed_its_standard_error():
+    # A gap of 0.3 > max_gap 0.15 is an overfit only when it is more than twice its standard error.
+    options = dict(max_gap=0.15, max_accuracy=0.95, max_saturated=0.05)
+    assert not staged._judge(0.4, 0.7, 0.6, 0.0, gap_error=0.1, **options)[0]
+    assert staged._judge(0.4, 0.7, 0.6, 0.0, gap_error=0.2, **options)[0]
+    assert staged._judge(0.4, 0.5, 0.6, 0.0, gap_error=0.0, **options)[0]  # below max_gap: never an overfit
+
+
+def test_evaluation_takes_unequal_real_and_fake_counts():
+    # A constant logit c: loss ½(softplus(−c) + softplus(c)) exactly, no spread (standard error 0), real rows
+    # right (c > 0) and fake rows wrong: accuracy ½, whatever the counts of each side.
+    model = _steep_discriminator(0.0)
+    model.layers[-1].set_weights([np.zeros((3, 1), np.float32), np.array([0.7], np.float32)])
+    _, evaluate = staged._step_functions(model, keras.optimizers.Adam())
+    real, fake = np.zeros((7, 2), np.float32), np.ones((512, 2), np.float32)
+    loss, error, accuracy, saturated = (float(v) for v in evaluate(real, fake, tf.constant(0.5)))
+    expected = 0.5 * (np.log1p(np.exp(-0.7)) + np.log1p(np.exp(0.7)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert error == pytest.approx(0.0, abs=1e-6) and accuracy == pytest.approx(0.5) and saturated == 0.0
+
+
+def test_tiny_data_sets_get_enough_heldout_particles():
+    # 40 real points, 8 held out: the checks still see MIN_HELDOUT_PARTICLES held-out particles.
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(40, 2)).astype(np.float32)
+    result = staged.calibrate_stages(_affine_generator(1.0, [0.0, 0.0]), real[:32], real[32:], latent_shape=(2,),
+                                     sigmas=[1.0], n_particles=256, train_steps=5, hidden=(8,), fourier_features=4,
+                                     refit=False, seed=0)
+    entry = result.report[0]
+    assert entry["heldout_real"] == 8 and entry["heldout_particles"] == staged.MIN_HELDOUT_PARTICLES
+
+
+def test_checked_move_backtracks_on_a_failed_check():
+    # T = x₁: two moves of ε at σ = 1 displace by 2ε. A check refusing displacements beyond 0.3 accepts ε = 1/8
+    # (0.25) after refusing ½ (1.0) and ¼ (0.5); a check that always refuses ends with None, ε 0 and its reason.
+    from gan2flow.estimators import DiscriminatorScoreDifference
+
+    x = np.zeros((64, 2), np.float32)
+    estimator = DiscriminatorScoreDifference(_steep_discriminator(1.0), loss="logistic", sigma_conditioned=True)
+    seen = []
+
+    def short(rows):
+        seen.append(float(rows[:, 0].mean()))
+        return None if seen[-1] <= 0.3 else "too far"
+
+    moved, scale, _, _, failed = staged.checked_move(x, estimator, 1.0, 0.5, 2, _wide_bounds(), x + [0.25, 0.0],
+                                                     max_increase=np.inf, check=short)
+    assert scale == 0.125 and failed is None
+    assert seen == pytest.approx([1.0, 0.5, 0.25])
+    np.testing.assert_allclose(np.asarray(moved)[:, 0], 0.25, atol=1e-6)
+    moved, scale, _, _, failed = staged.checked_move(x, estimator, 1.0, 0.5, 2, _wide_bounds(), x,
+                                                     max_increase=np.inf, max_halvings=2, check=lambda rows: "no")
+    assert moved is None and scale == 0.0 and failed == "no"
