@@ -9,7 +9,8 @@ for stages k = 1 … K over a decreasing schedule σ_1 > … > σ_K:
    y + σ_k n versus noised *current* particles x + σ_k n'. At its optimum T_k(x, σ_k) = log p_σk(x) − log q_k,σk(x),
    where q_k is the particles' distribution at stage k;
 2. check it on held-out real samples and held-out particles (which move too, never trained on): a stage
-   is trusted while held-out loss − training loss ≤ ``max_gap`` and held-out accuracy ≤ ``max_accuracy``
+   is trusted while held-out loss − training loss ≤ ``max_gap`` (or ≤ twice its standard error: at least 512
+   held-out particles are flowed, whatever the number of held-out reals) and held-out accuracy ≤ ``max_accuracy``
    (otherwise the field is an overfit or saturated extrapolation, §9.1, §9.3). The flow stops before the
    first untrusted stage;
 3. move the particles ``flow_steps`` times
@@ -19,8 +20,10 @@ for stages k = 1 … K over a decreasing schedule σ_1 > … > σ_K:
    with Π the projection onto the real data's per-coordinate range [lo, hi]. By Tweedie
    σ²∇(log p_σ − log q_σ) = D_p(x, σ) − D_q(x, σ) is a displacement in data units, so ε is scale-free.
    The moves are checked without the discriminator (:func:`checked_move`): if they raise the σ-smoothed MMD
-   between held-out particles and the data more than 1.5-fold, ε is halved (up to 3 times), else the stage
-   does not move. A discriminator's gradient at large σ can be many times too large (issue 15's scale fit);
+   between held-out particles and the data more than 1.5-fold, or pull the held-out particles onto the training
+   samples (median nearest-training distance below ``min_copy_ratio`` of :func:`copying_scale`), ε is halved (up
+   to 3 times); failing that, a stage whose moves raise the MMD does not move, and one whose moves copy is not
+   trusted (the flow stops there). A discriminator's gradient at large σ can be many times too large (issue 15's scale fit);
    on a digits DCGAN the unchecked first stage doubled the Fréchet distance and the flow never recovered;
 4. choose the next σ: after a stage whose held-out loss still lies more than ``fine_signal`` standard errors
    below log 2 (the particles differ from the data at that σ: the flow is short of transport) the next stage
