@@ -23,8 +23,8 @@ for stages k = 1 … K over a decreasing schedule σ_1 > … > σ_K:
    between held-out particles and the data more than 1.5-fold, or pull the held-out particles onto the training
    samples (median nearest-training distance below ``min_copy_ratio`` of :func:`copying_scale`), ε is halved (up
    to 3 times); failing that, a stage whose moves raise the MMD does not move, and one whose moves copy is not
-   trusted (the flow stops there). A discriminator's gradient at large σ can be many times too large (issue 15's scale fit);
-   on a digits DCGAN the unchecked first stage doubled the Fréchet distance and the flow never recovered;
+   trusted (the flow stops there). A discriminator's gradient at large σ can be many times too large (issue 15's
+   scale fit); on a digits DCGAN the unchecked first stage doubled the Fréchet distance and the flow never recovered;
 4. choose the next σ: after a stage whose held-out loss still lies more than ``fine_signal`` standard errors
    below log 2 (the particles differ from the data at that σ: the flow is short of transport) the next stage
    comes at ``fine_ratio`` σ (0.97), otherwise at ``sigma_ratio`` σ (0.9).
