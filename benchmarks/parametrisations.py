@@ -25,6 +25,33 @@ VARIANTS = {
     "energy difference, K=8 (default)": {"parametrisation": "energy_difference"},
     "energy difference, K=8 + Fourier(x)": {"parametrisation": "energy_difference", "fourier_features": 64},
 }
+# Training variants of the default discriminator (docs/losses.md, "Training the SD discriminator"):
+# "training" goes to compare_losses(training_options=...), "budget" overrides its budget (steps, batch_size).
+_ED = {"parametrisation": "energy_difference"}
+VARIANTS.update({
+    "EMA 0.9": dict(_ED, training={"ema_momentum": 0.9}),
+    "EMA 0.95": dict(_ED, training={"ema_momentum": 0.95}),
+    "EMA 0.98": dict(_ED, training={"ema_momentum": 0.98}),
+    "EMA 0.99": dict(_ED, training={"ema_momentum": 0.99}),
+    "EMA 0.995": dict(_ED, training={"ema_momentum": 0.995}),
+    "EMA 0.999": dict(_ED, training={"ema_momentum": 0.999}),
+    "lr decay to 1/100": dict(_ED, training={"final_fraction": 0.01}),
+    "batch ×4, steps ÷4": dict(_ED, budget={"batch_size": 4}),
+    "batch ×4": dict(_ED, budget={"batch_size": 4, "steps": 1}),
+    "R1 1e-3": dict(_ED, training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "R1 1e-2": dict(_ED, training={"penalty": "r1", "penalty_weight": 1e-2}),
+    "R1 1e-4": dict(_ED, training={"penalty": "r1", "penalty_weight": 1e-4}),
+    "σ log_ends": dict(_ED, training={"sigma_sampling": "log_ends"}),
+    "σ log_small": dict(_ED, training={"sigma_sampling": "log_small"}),
+    "batch ×2": dict(_ED, budget={"batch_size": 2, "steps": 1}),
+    "batch ×4 + R1 1e-3": dict(_ED, budget={"batch_size": 4, "steps": 1},
+                               training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3": dict(_ED, budget={"learning_rate": 3e-3}),
+    "lr 3e-3 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3}, training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3 + EMA 0.99": dict(_ED, budget={"learning_rate": 3e-3}, training={"ema_momentum": 0.99}),
+    "lr 3e-3 + batch ×4 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 1e-3}),
+})
 
 
 def _spread(values, spec):
@@ -36,6 +63,7 @@ def _spread(values, spec):
 
 def main():
     from gan2flow.experiments.compare import compare_losses
+    from gan2flow.experiments.compare.budgets import LOSS_BUDGETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -50,8 +78,18 @@ def main():
     for label in labels:
         for seed in seeds:
             started = time.perf_counter()
+            options = dict(VARIANTS[label])
+            training, scale = options.pop("training", None), options.pop("budget", {})
+            budget = LOSS_BUDGETS["quick" if args.quick else "full"]
+            steps = args.steps or budget["steps"]
+            batch_size = budget["batch_size"] * scale.get("batch_size", 1)
+            # "batch_size": 4 alone keeps the number of samples (steps ÷ 4); "steps": 1 keeps the steps.
+            if "batch_size" in scale and "steps" not in scale:
+                steps //= scale["batch_size"]
             result = compare_losses(losses=["logistic"], targets=("2d", "16d"), seed=seed, quick=args.quick,
-                                    steps=args.steps, discriminator_options=VARIANTS[label], verbose=False)
+                                    steps=steps, batch_size=batch_size, discriminator_options=options,
+                                    learning_rate=scale.get("learning_rate", 1e-3),
+                                    training_options=training, verbose=False)
             for problem in ("2d", "16d"):
                 fields = sorted((f for f in result["fields"] if f["problem"] == problem and f["points"] == "q_sigma"),
                                 key=lambda f: f["sigma"])
@@ -61,7 +99,8 @@ def main():
                                  cosine=[f["cosine"] for f in fields], scale=[f["scale_fit"] for f in fields],
                                  sliced_w2=flow["sliced_w2"], oracle_sliced_w2=oracle["sliced_w2"],
                                  steps=result["settings"]["steps"], seconds=time.perf_counter() - started))
-                print(f"{label} seed {seed} {problem}: cosine {np.mean(rows[-1]['cosine']):.3f} scale "
+                print(f"{label} seed {seed} {problem}: cosine {np.mean(rows[-1]['cosine']):.3f} ("
+                      + " ".join(f"{c:.2f}" for c in rows[-1]["cosine"]) + ") scale "
                       + " ".join(f"{c:.2f}" for c in rows[-1]["scale"]) + f" W2 {flow['sliced_w2']:.3f}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "parametrisations.json"), "w") as handle:

@@ -45,8 +45,20 @@ def steps_per_execution(steps):
     return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
 
 
-def cosine_adam(learning_rate, steps, beta_1=0.9):
-    """Adam whose learning rate decays (cosine) to a tenth over ``steps``."""
-    # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
-    return keras.optimizers.Adam(schedule, beta_1=beta_1)
+def cosine_adam(learning_rate, steps, beta_1=0.9, *, final_fraction=0.1, ema_momentum=None):
+    """Adam whose learning rate decays (cosine) to ``final_fraction`` of itself over ``steps``.
+
+    Args:
+      learning_rate: the initial learning rate.
+      steps: the decay horizon (optimizer steps).
+      beta_1: Adam's β₁.
+      final_fraction: the learning rate at the end as a fraction of the initial one (0.1: a tenth).
+      ema_momentum: None, or the momentum ``m`` of an exponential moving average of the weights
+        (Keras's ``use_ema``: ``w̄ ← m w̄ + (1 − m) w`` after every step, ``w̄ = w`` after the first),
+        written into the model's weights at the end of ``fit``.
+    """
+    # Cosine decay: the last steps average out the minibatch noise of the input gradient.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=final_fraction)
+    if ema_momentum is None:
+        return keras.optimizers.Adam(schedule, beta_1=beta_1)
+    return keras.optimizers.Adam(schedule, beta_1=beta_1, use_ema=True, ema_momentum=ema_momentum)

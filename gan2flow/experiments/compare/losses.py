@@ -51,16 +51,21 @@ def _all_finite(model):
 
 
 def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learning_rate, seed, jit_compile,
-                         discriminator_options=None):
+                         discriminator_options=None, training_options=None):
     """Discriminator-only SDGAN training against the frozen affine generator; returns (disc, info)."""
     loss = _losses.get(loss)
     keras.utils.set_random_seed(seed)  # the same initial weights for every loss
     options = {"parametrisation": models.SD_PARAMETRISATION} if discriminator_options is None else discriminator_options
     discriminator = models.mlp_discriminator((prob.dim,), hidden=hidden, **options)
-    penalty = "gradient_penalty" if loss.name == "wasserstein" else None
+    training_options = dict(training_options or {})
+    optimizer_options = {key: training_options.pop(key) for key in ("final_fraction", "ema_momentum")
+                         if key in training_options}
+    sdgan_options = {"penalty": "gradient_penalty" if loss.name == "wasserstein" else None}
+    sdgan_options.update(training_options)
+    penalty = sdgan_options["penalty"]
     gan = _training.SDGAN(affine_generator(prob.source_loc, prob.source_scale), discriminator, loss=loss,
-                          generator_objective=None, sigma_range=prob.sigma_range, penalty=penalty, seed=seed)
-    gan.compile(d_optimizer=cosine_adam(learning_rate, steps), jit_compile=jit_compile,
+                          generator_objective=None, sigma_range=prob.sigma_range, seed=seed, **sdgan_options)
+    gan.compile(d_optimizer=cosine_adam(learning_rate, steps, **optimizer_options), jit_compile=jit_compile,
                 steps_per_execution=steps_per_execution(steps))
     started = time.perf_counter()
     history = gan.fit(datasets.shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
@@ -93,8 +98,8 @@ def _flow_scores(x0, estimator, schedule, step_scale, reference, centers, stds, 
 
 def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=None, batch_size=None,
                    hidden=None, n_train=None, n_eval=None, n_flow=None, eval_sigmas=None, flow_levels=None,
-                   learning_rate=1e-3, flow_step_scale=0.5, discriminator_options=None, jit_compile=False,
-                   verbose=True):
+                   learning_rate=1e-3, flow_step_scale=0.5, discriminator_options=None, training_options=None,
+                   jit_compile=False, verbose=True):
     """Train a discriminator per loss and problem; measure its field against the exact SD and flow along it.
 
     See the module docstring for the protocol and the definitions of the errors.
@@ -211,7 +216,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
             discriminator, info = _train_discriminator(
                 prob, loss, real, steps=budget["steps"], batch_size=budget["batch_size"], hidden=budget["hidden"],
                 learning_rate=learning_rate, seed=seed, jit_compile=jit_compile,
-                discriminator_options=discriminator_options)
+                discriminator_options=discriminator_options, training_options=training_options)
             training_rows.append(info)
             stage_started = time.perf_counter()
             estimator = _estimators.DiscriminatorScoreDifference(
