@@ -64,14 +64,14 @@ GENERATOR_OBJECTIVES = ("minimax", "non_saturating", "logit", "flow_regression")
 #: Accepted values of ``SDGAN(regression_weighting=...)`` (the ``"flow_regression"`` objective).
 REGRESSION_WEIGHTINGS = ("inverse_step", "uniform")
 #: Accepted values of ``SDGAN(penalty=...)`` besides ``None``.
-PENALTIES = ("r1", "gradient_penalty")
+PENALTIES = ("r1", "r1_scaled", "gradient_penalty")
 # How σ is drawn on sigma_range: log σ = log σ_min + t(u)·log(σ_max/σ_min), u ~ U(0, 1), with t(u) = u
 # ("log_uniform"), sin²(πu/2) ("log_ends": the arcsine law, more mass at both ends of the range) or u²
 # ("log_small": more mass at small σ).
 SIGMA_SAMPLINGS = ("log_uniform", "log_ends", "log_small")
 # Default penalty weights: WGAN-GP's λ = 10 (Gulrajani et al. 2017); for R1 the weight multiplies
 # mean ‖∇ₓT‖² directly, i.e. γ/2 = 1 in Mescheder et al. (2018)'s notation (γ = 2; they use 0.1-10).
-_DEFAULT_PENALTY_WEIGHT = {"r1": 1.0, "gradient_penalty": 10.0}
+_DEFAULT_PENALTY_WEIGHT = {"r1": 1.0, "r1_scaled": 1.0, "gradient_penalty": 10.0}
 # Objectives whose generator loss needs a link (a log-ratio), and which sd-inconsistent losses may use.
 _NEEDS_LINK = ("logit", "flow_regression")
 _ALLOWED_WITHOUT_LINK = {"hinge": ("non_saturating",), "wasserstein": ("minimax", "non_saturating")}
@@ -175,9 +175,11 @@ class SDGAN(keras.Model):
         (``"log_ends"``, the arcsine law: more mass at both ends) or ``u²`` (``"log_small"``).
       discriminator_steps: discriminator updates per train step (≥ 1).
       penalty: None, ``"r1"`` (``mean ‖∇ₓT(y + σn, σ)‖²`` on the noised real inputs at their σ,
-        through ``losses.r1_penalty``) or ``"gradient_penalty"`` (WGAN-GP at random interpolates of
-        the noised real and fake samples, which share σ, through ``losses.gradient_penalty``).
-      penalty_weight: multiplies the penalty; None: 1.0 for R1, 10.0 for the gradient penalty.
+        through ``losses.r1_penalty``), ``"r1_scaled"`` (``mean ‖σ²∇ₓT(y + σn, σ)‖²``: R1 on the
+        denoiser difference ``σ² v``, whose size does not grow like ``1/σ²`` at small σ) or
+        ``"gradient_penalty"`` (WGAN-GP at random interpolates of the noised real and fake samples, which
+        share σ, through ``losses.gradient_penalty``).
+      penalty_weight: multiplies the penalty; None: 1.0 for both R1s, 10.0 for the gradient penalty.
       flow_steps: Euler steps per generator update for ``"flow_regression"``.
       flow_step_scale: ε in ``η = ε σ²`` for ``"flow_regression"`` (the same σ for all steps of a sample).
       regression_weighting: ``"inverse_step"`` (divide each sample's regression loss by ``flow_steps·η``)
@@ -542,6 +544,8 @@ class SDGAN(keras.Model):
 
         if self.penalty == "r1":
             return _losses.r1_penalty(critic, noisy_real)
+        if self.penalty == "r1_scaled":  # ‖σ² ∇ₓT‖²: the denoiser difference's size, O(1) at every σ
+            return _losses.r1_penalty(critic, noisy_real, weights=tf.square(tf.square(sigma)))
         # WGAN-GP at x̂ = real + α (fake − real), α drawn here from our seeded stream (stateless, the same
         # under a strategy and under XLA). Passing x̂ as both `real` and `fake` makes
         # losses.gradient_penalty evaluate exactly at x̂ (its own interpolation is then x̂ + α·0).

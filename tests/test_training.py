@@ -188,6 +188,16 @@ def test_flow_targets_follow_linear_field():
     np.testing.assert_allclose(gan.flow_targets(x, 0.5).numpy(), x + 0.25 * W, rtol=RTOL, atol=ATOL)
 
 
+def test_scaled_r1_penalty_is_sigma_to_the_fourth_times_r1():
+    # ‖σ²∇ₓT‖² = σ⁴‖w‖² for the linear discriminator at the fixed σ = 0.5.
+    gan = training.SDGAN(_constant_generator([0.0, 0.0]), _linear_discriminator(W), generator_objective=None,
+                         penalty="r1_scaled", sigma_range=(0.5, 0.5), seed=0)
+    assert gan.penalty_weight == 1.0
+    gan.compile(keras.optimizers.SGD(0.0))
+    history = gan.fit(_real(64), batch_size=32, epochs=1, verbose=0).history
+    np.testing.assert_allclose(history["penalty"][0], 0.5**4 * np.sum(np.square(W)), rtol=RTOL)
+
+
 @pytest.mark.parametrize("penalty", ["r1", "gradient_penalty"])
 def test_penalty_values_for_linear_discriminator(penalty):
     # ‖∇ₓT‖ = ‖w‖ everywhere: R1 = ‖w‖², WGAN-GP = (‖w‖ − 1)², whatever the inputs and noise.
