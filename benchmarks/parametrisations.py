@@ -64,6 +64,10 @@ VARIANTS.update({
                                            training={"penalty": "r1_scaled", "penalty_weight": 1e-2}),
     "lr 3e-3 + batch ×4 + R1σ⁴ 1e-1": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
                                            training={"penalty": "r1_scaled", "penalty_weight": 1e-1}),
+    "lr 5e-3 + batch ×4 + R1 1e-3": dict(_ED, budget={"learning_rate": 5e-3, "batch_size": 4, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3 + batch ×4 + R1 3e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 3e-3}),
     "lr 3e-3 + batch ×4 + R1 1e-3 + EMA 0.99": dict(
         _ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
         training={"penalty": "r1", "penalty_weight": 1e-3, "ema_momentum": 0.99}),
