@@ -7,6 +7,9 @@ c* per σ under q_σ against the exact SD, and the sliced W2 of the flow along t
 
     python benchmarks/parametrisations.py [--quick] [--seeds 0,1,2] [--steps N] [--out DIR] [--variants "a;b"]
 
+Variants are measured with the training of the runs before issue 15 (``discriminator_training="previous"``)
+unless they say otherwise; "recipe sd" is the comparison's default since then.
+
 On the shared 2-core machine one variant costs about 1 minute per seed with --quick (300 steps).
 """
 import argparse
@@ -25,6 +28,50 @@ VARIANTS = {
     "energy difference, K=8 (default)": {"parametrisation": "energy_difference"},
     "energy difference, K=8 + Fourier(x)": {"parametrisation": "energy_difference", "fourier_features": 64},
 }
+# Every variant trains with compare_losses(discriminator_training="previous") (batch 256, Adam 1e-3, no
+# penalty) unless it names another "discriminator_training". Training variants of the default discriminator
+# (docs/losses.md, "Training the SD discriminator"): "training" adds to its training_options, "budget" scales
+# the batch (× n; with the steps ÷ n unless "steps" is given too) or sets the learning rate.
+_ED = {"parametrisation": "energy_difference"}
+VARIANTS.update({
+    "EMA 0.9": dict(_ED, training={"ema_momentum": 0.9}),
+    "EMA 0.95": dict(_ED, training={"ema_momentum": 0.95}),
+    "EMA 0.98": dict(_ED, training={"ema_momentum": 0.98}),
+    "EMA 0.99": dict(_ED, training={"ema_momentum": 0.99}),
+    "EMA 0.995": dict(_ED, training={"ema_momentum": 0.995}),
+    "EMA 0.999": dict(_ED, training={"ema_momentum": 0.999}),
+    "lr decay to 1/100": dict(_ED, training={"final_fraction": 0.01}),
+    "batch ×4, steps ÷4": dict(_ED, budget={"batch_size": 4}),
+    "batch ×4": dict(_ED, budget={"batch_size": 4, "steps": 1}),
+    "R1 1e-3": dict(_ED, training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "R1 1e-2": dict(_ED, training={"penalty": "r1", "penalty_weight": 1e-2}),
+    "R1 1e-4": dict(_ED, training={"penalty": "r1", "penalty_weight": 1e-4}),
+    "σ log_ends": dict(_ED, training={"sigma_sampling": "log_ends"}),
+    "σ log_small": dict(_ED, training={"sigma_sampling": "log_small"}),
+    "batch ×2": dict(_ED, budget={"batch_size": 2, "steps": 1}),
+    "batch ×4 + R1 1e-3": dict(_ED, budget={"batch_size": 4, "steps": 1},
+                               training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3": dict(_ED, budget={"learning_rate": 3e-3}),
+    "lr 3e-3 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3}, training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3 + EMA 0.99": dict(_ED, budget={"learning_rate": 3e-3}, training={"ema_momentum": 0.99}),
+    "lr 3e-3 + batch ×4 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "recipe sd (the comparison's default)": dict(_ED, discriminator_training="sd"),
+    "lr 3e-3 + batch ×8 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 8, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3 + batch ×4": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1}),
+    "lr 3e-3 + batch ×4 + R1σ⁴ 1e-2": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+                                           training={"penalty": "r1_scaled", "penalty_weight": 1e-2}),
+    "lr 3e-3 + batch ×4 + R1σ⁴ 1e-1": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+                                           training={"penalty": "r1_scaled", "penalty_weight": 1e-1}),
+    "lr 5e-3 + batch ×4 + R1 1e-3": dict(_ED, budget={"learning_rate": 5e-3, "batch_size": 4, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 1e-3}),
+    "lr 3e-3 + batch ×4 + R1 3e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+                                         training={"penalty": "r1", "penalty_weight": 3e-3}),
+    "lr 3e-3 + batch ×4 + R1 1e-3 + EMA 0.99": dict(
+        _ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
+        training={"penalty": "r1", "penalty_weight": 1e-3, "ema_momentum": 0.99}),
+})
 
 
 def _spread(values, spec):
@@ -36,6 +83,7 @@ def _spread(values, spec):
 
 def main():
     from gan2flow.experiments.compare import compare_losses
+    from gan2flow.experiments.compare.budgets import DISCRIMINATOR_TRAININGS, LOSS_BUDGETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -50,8 +98,20 @@ def main():
     for label in labels:
         for seed in seeds:
             started = time.perf_counter()
+            options = dict(VARIANTS[label])
+            training, scale = options.pop("training", {}), options.pop("budget", {})
+            recipe = options.pop("discriminator_training", "previous")
+            base = DISCRIMINATOR_TRAININGS[recipe]
+            steps = args.steps or LOSS_BUDGETS["quick" if args.quick else "full"]["steps"]
+            batch_size = base["batch_size"] * scale.get("batch_size", 1)
+            # "batch_size": 4 alone keeps the number of samples (steps ÷ 4); "steps": 1 keeps the steps.
+            if "batch_size" in scale and "steps" not in scale:
+                steps //= scale["batch_size"]
             result = compare_losses(losses=["logistic"], targets=("2d", "16d"), seed=seed, quick=args.quick,
-                                    steps=args.steps, discriminator_options=VARIANTS[label], verbose=False)
+                                    steps=steps, batch_size=batch_size, discriminator_options=options,
+                                    learning_rate=scale.get("learning_rate", base["learning_rate"]),
+                                    discriminator_training=recipe, training_options={**base["options"], **training},
+                                    verbose=False)
             for problem in ("2d", "16d"):
                 fields = sorted((f for f in result["fields"] if f["problem"] == problem and f["points"] == "q_sigma"),
                                 key=lambda f: f["sigma"])
@@ -61,7 +121,8 @@ def main():
                                  cosine=[f["cosine"] for f in fields], scale=[f["scale_fit"] for f in fields],
                                  sliced_w2=flow["sliced_w2"], oracle_sliced_w2=oracle["sliced_w2"],
                                  steps=result["settings"]["steps"], seconds=time.perf_counter() - started))
-                print(f"{label} seed {seed} {problem}: cosine {np.mean(rows[-1]['cosine']):.3f} scale "
+                print(f"{label} seed {seed} {problem}: cosine {np.mean(rows[-1]['cosine']):.3f} ("
+                      + " ".join(f"{c:.2f}" for c in rows[-1]["cosine"]) + ") scale "
                       + " ".join(f"{c:.2f}" for c in rows[-1]["scale"]) + f" W2 {flow['sliced_w2']:.3f}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "parametrisations.json"), "w") as handle:

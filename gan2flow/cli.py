@@ -530,9 +530,13 @@ def _compare(args):
     options = None
     if args.parametrisation is not None:
         options = {"parametrisation": _names(args.parametrisation, "--parametrisation", models.PARAMETRISATIONS)[0]}
+    training = {}
+    if args.discriminator_training is not None:
+        training["discriminator_training"] = _names(args.discriminator_training, "--discriminator-training",
+                                                    tuple(compare.budgets.DISCRIMINATOR_TRAININGS))[0]
     compare.run(args.out or "gan2flow-out/compare", quick=args.quick, seed=args.seed, seeds=seeds, losses=losses,
                 targets=targets, objectives=() if args.no_objectives else compare.GENERATOR_OBJECTIVES,
-                discriminator_options=options)
+                discriminator_options=options, **training)
     return 0
 
 
@@ -542,9 +546,10 @@ def _compare_refiners(args):
     from gan2flow.experiments import refiners as experiment
     from gan2flow.experiments import zoo
 
-    if args.losses is not None or args.targets is not None or args.no_objectives or args.parametrisation is not None:
-        raise _CommandLineError("`--losses`, `--targets`, `--no-objectives` and `--parametrisation` apply to the loss "
-                                "comparison, not to `--refiners`.")
+    if (args.losses is not None or args.targets is not None or args.no_objectives or args.parametrisation is not None
+            or args.discriminator_training is not None):
+        raise _CommandLineError("`--losses`, `--targets`, `--no-objectives`, `--parametrisation` and "
+                                "`--discriminator-training` apply to the loss comparison, not to `--refiners`.")
     members = None if args.members is None else _names(args.members, "--members", zoo.names())
     methods = None if args.methods is None else _names(args.methods, "--methods", refiners.names())
     seeds = None if args.seeds is None else _seed_list(args.seeds)
@@ -577,7 +582,8 @@ def _add_compare_command(commands):
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
                "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1\n"
                "  gan2flow compare --quick --losses logistic --seeds 0,1,2 --no-objectives\n"
-               "  gan2flow compare --quick --parametrisation plain   # the discriminator of earlier versions\n"
+               "  gan2flow compare --quick --parametrisation plain --discriminator-training previous"
+               "   # as before issue 15\n"
                "  gan2flow compare --refiners --quick          # DRS, MH-GAN, DOT, DDLS, DGflow, gan2flow on the zoo\n"
                "  gan2flow compare --refiners --members digits_dcgan --seeds 0,1,2 --n 1000",
     )
@@ -612,8 +618,12 @@ def _add_compare_command(commands):
     compare.add_argument("--parametrisation", default=None, metavar="NAME",
                          help="the discriminators' parametrisation, one of gan2flow.models.PARAMETRISATIONS, for "
                               "both comparisons (default: energy_difference for the loss comparison, plain for the "
-                              "objectives; 'plain' reproduces the runs before issue 15; docs/losses.md, "
-                              "'Parametrisations')")
+                              "objectives; 'plain' with --discriminator-training previous reproduces the runs "
+                              "before issue 15; docs/losses.md, 'Parametrisations')")
+    compare.add_argument("--discriminator-training", default=None, metavar="NAME",
+                         help="how the loss comparison trains its discriminators: 'sd' (default: batch 1024, Adam "
+                              "3e-3, R1 penalty 1e-3) or 'previous' (batch 256, Adam 1e-3, no penalty: the runs "
+                              "before issue 15); docs/losses.md, 'Training the SD discriminator'")
     compare.add_argument("--n", type=int, default=None,
                          help="with --refiners: samples per refiner and seed (default 1000; 500 with --quick)")
     compare.set_defaults(handler=_compare)

@@ -514,8 +514,8 @@ def gradient_penalty(discriminator_fn, real, fake, *, target=1.0, seed=None):
     return tf.reduce_mean(tf.square(norms - target))
 
 
-def r1_penalty(discriminator_fn, real):
-    """R1 penalty ``mean ‖∇ₓ D(real)‖²`` on real samples (Mescheder et al. 2018).
+def r1_penalty(discriminator_fn, real, weights=None):
+    """R1 penalty ``mean_i w_i ‖∇ₓ D(real_i)‖²`` on real samples (Mescheder et al. 2018: ``w_i = 1``).
 
     The paper's regulariser is ``(γ/2) · r1_penalty``; the weight is left to the caller. The
     discriminator must treat samples independently (no batch statistics).
@@ -523,6 +523,8 @@ def r1_penalty(discriminator_fn, real):
     Args:
       discriminator_fn: callable ``x -> output`` (``[batch]`` or ``[batch, 1]``).
       real: real samples, ``[batch, ...]``.
+      weights: None (all 1) or per-sample weights ``w_i`` (anything reshapeable to ``[batch]``), e.g.
+        ``σ_i⁴`` to penalise ``‖σ_i² ∇ₓD‖²``, the size of the denoiser difference rather than of the SD.
 
     Returns:
       A float32 scalar.
@@ -533,4 +535,7 @@ def r1_penalty(discriminator_fn, real):
     """
     _check_discriminator_fn(discriminator_fn)
     real = _checks.as_float_tensor(real, "real", min_rank=1)
-    return tf.reduce_mean(_input_gradient_sq_norms(discriminator_fn, real))
+    norms = _input_gradient_sq_norms(discriminator_fn, real)
+    if weights is not None:
+        norms = norms * tf.reshape(tf.cast(weights, tf.float32), [-1])
+    return tf.reduce_mean(norms)

@@ -57,17 +57,21 @@ from gan2flow import estimators as _estimators
 from gan2flow import losses as _losses
 from gan2flow import noise as _noise
 
-__all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES", "REGRESSION_WEIGHTINGS"]
+__all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES", "REGRESSION_WEIGHTINGS", "SIGMA_SAMPLINGS"]
 
 #: Accepted values of ``SDGAN(generator_objective=...)`` besides ``None``.
 GENERATOR_OBJECTIVES = ("minimax", "non_saturating", "logit", "flow_regression")
 #: Accepted values of ``SDGAN(regression_weighting=...)`` (the ``"flow_regression"`` objective).
 REGRESSION_WEIGHTINGS = ("inverse_step", "uniform")
 #: Accepted values of ``SDGAN(penalty=...)`` besides ``None``.
-PENALTIES = ("r1", "gradient_penalty")
+PENALTIES = ("r1", "r1_scaled", "gradient_penalty")
+# How σ is drawn on sigma_range: log σ = log σ_min + t(u)·log(σ_max/σ_min), u ~ U(0, 1), with t(u) = u
+# ("log_uniform"), sin²(πu/2) ("log_ends": the arcsine law, more mass at both ends of the range) or u²
+# ("log_small": more mass at small σ).
+SIGMA_SAMPLINGS = ("log_uniform", "log_ends", "log_small")
 # Default penalty weights: WGAN-GP's λ = 10 (Gulrajani et al. 2017); for R1 the weight multiplies
 # mean ‖∇ₓT‖² directly, i.e. γ/2 = 1 in Mescheder et al. (2018)'s notation (γ = 2; they use 0.1-10).
-_DEFAULT_PENALTY_WEIGHT = {"r1": 1.0, "gradient_penalty": 10.0}
+_DEFAULT_PENALTY_WEIGHT = {"r1": 1.0, "r1_scaled": 1.0, "gradient_penalty": 10.0}
 # Objectives whose generator loss needs a link (a log-ratio), and which sd-inconsistent losses may use.
 _NEEDS_LINK = ("logit", "flow_regression")
 _ALLOWED_WITHOUT_LINK = {"hinge": ("non_saturating",), "wasserstein": ("minimax", "non_saturating")}
@@ -162,14 +166,20 @@ class SDGAN(keras.Model):
         or None (discriminator only). ``"logit"`` and ``"flow_regression"`` need a loss with a link;
         hinge allows ``"non_saturating"`` (``−T``) only, Wasserstein ``"minimax"`` and
         ``"non_saturating"`` (both ``−T``).
-      sigma_range: ``(sigma_min, sigma_max)``, ``0 < sigma_min <= sigma_max``; σ is log-uniform on it
-        (``sigma_min == sigma_max`` fixes σ). ``(0, 0)`` trains without noise (a plain GAN; then a
-        σ-conditioned discriminator receives σ = 0 and ``"flow_regression"`` is not allowed).
+      sigma_range: ``(sigma_min, sigma_max)``, ``0 < sigma_min <= sigma_max``; σ is drawn on it as
+        ``sigma_sampling`` says (``sigma_min == sigma_max`` fixes σ). ``(0, 0)`` trains without noise (a
+        plain GAN; then a σ-conditioned discriminator receives σ = 0 and ``"flow_regression"`` is not
+        allowed).
+      sigma_sampling: one of :data:`SIGMA_SAMPLINGS`: ``log σ = log σ_min + t(u) log(σ_max/σ_min)``,
+        ``u ~ U(0, 1)``, with ``t(u) = u`` (``"log_uniform"``, the default), ``sin²(πu/2)``
+        (``"log_ends"``, the arcsine law: more mass at both ends) or ``u²`` (``"log_small"``).
       discriminator_steps: discriminator updates per train step (≥ 1).
       penalty: None, ``"r1"`` (``mean ‖∇ₓT(y + σn, σ)‖²`` on the noised real inputs at their σ,
-        through ``losses.r1_penalty``) or ``"gradient_penalty"`` (WGAN-GP at random interpolates of
-        the noised real and fake samples, which share σ, through ``losses.gradient_penalty``).
-      penalty_weight: multiplies the penalty; None: 1.0 for R1, 10.0 for the gradient penalty.
+        through ``losses.r1_penalty``), ``"r1_scaled"`` (``mean ‖σ²∇ₓT(y + σn, σ)‖²``: R1 on the
+        denoiser difference ``σ² v``, whose size does not grow like ``1/σ²`` at small σ) or
+        ``"gradient_penalty"`` (WGAN-GP at random interpolates of the noised real and fake samples, which
+        share σ, through ``losses.gradient_penalty``).
+      penalty_weight: multiplies the penalty; None: 1.0 for both R1s, 10.0 for the gradient penalty.
       flow_steps: Euler steps per generator update for ``"flow_regression"``.
       flow_step_scale: ε in ``η = ε σ²`` for ``"flow_regression"`` (the same σ for all steps of a sample).
       regression_weighting: ``"inverse_step"`` (divide each sample's regression loss by ``flow_steps·η``)
@@ -221,7 +231,8 @@ class SDGAN(keras.Model):
     """
 
     def __init__(self, generator, discriminator, *, loss="logistic", generator_objective="logit",
-                 sigma_range=(0.05, 2.0), discriminator_steps=1, penalty=None, penalty_weight=None,
+                 sigma_range=(0.05, 2.0), sigma_sampling="log_uniform", discriminator_steps=1, penalty=None,
+                 penalty_weight=None,
                  flow_steps=5, flow_step_scale=0.5, regression_weighting="inverse_step", seed=None,
                  latent_dim=None, sigma_conditioned=None,
                  replica_invariant_noise=False, n_classes=None, name="sdgan", **kwargs):
@@ -239,6 +250,7 @@ class SDGAN(keras.Model):
             raise ValueError("`n_classes` (a class-conditional pair) is supported for calibration only: pass "
                              f"generator_objective=None, got {generator_objective!r}.")
         self.sigma_range = _sigma_range(sigma_range)
+        self.sigma_sampling = _checks.one_of(sigma_sampling, "sigma_sampling", SIGMA_SAMPLINGS)
         if generator_objective == "flow_regression" and self.sigma_range[1] == 0:
             raise ValueError(
                 "`generator_objective`='flow_regression' needs sigma_range with sigma > 0 (its step "
@@ -369,7 +381,9 @@ class SDGAN(keras.Model):
         """Set and build the optimizers, then ``keras.Model.compile(**kwargs)``.
 
         Args:
-          d_optimizer: the discriminator's optimizer (a ``keras.optimizers.Optimizer`` or a name).
+          d_optimizer: the discriminator's optimizer (a ``keras.optimizers.Optimizer`` or a name). With
+            ``use_ema=True`` (a frozen generator only) ``fit`` ends by writing the exponential moving
+            average of the discriminator's weights into them (Keras's ``finalize_variable_values``).
           g_optimizer: the generator's; required unless ``generator_objective`` is None (then it is
             ignored, with a warning if given). Must be a different object from ``d_optimizer``.
           **kwargs: passed on (``run_eagerly``, ``jit_compile``, ``steps_per_execution``;
@@ -378,7 +392,8 @@ class SDGAN(keras.Model):
             rejected: the losses and metrics are fixed by the constructor.
 
         Raises:
-          ValueError: a missing or shared optimizer, or a rejected keyword.
+          ValueError: a missing or shared optimizer, a rejected keyword, or ``use_ema`` where Keras cannot
+            finalise it (``g_optimizer``; ``d_optimizer`` with a trainable generator).
         """
         for key in ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics"):
             if key in kwargs:
@@ -403,6 +418,14 @@ class SDGAN(keras.Model):
             g_optimizer = keras.optimizers.get(g_optimizer)
             if g_optimizer is d_optimizer:
                 raise ValueError("`g_optimizer` must be a different optimizer object from `d_optimizer`.")
+        if g_optimizer is not None and g_optimizer.use_ema:
+            raise ValueError("`g_optimizer` with use_ema=True is not supported: Keras writes the moving average "
+                             "into the weights at the end of fit only for d_optimizer (its `optimizer` slot).")
+        if d_optimizer.use_ema and self.generator.trainable_variables:
+            raise ValueError(
+                "`d_optimizer` with use_ema=True needs a generator without trainable variables (a frozen one, as "
+                "in calibration): at the end of fit Keras writes the optimizer's averages into all of the "
+                "SDGAN's trainable weights, which then include the generator's.")
         d_variables = self.discriminator.trainable_variables
         if not d_variables:
             raise ValueError("`discriminator` has no trainable variables to optimise.")
@@ -474,11 +497,15 @@ class SDGAN(keras.Model):
         return self._normal(tf.concat([[batch], tf.constant(self.latent_shape, tf.int32)], axis=0), offset)
 
     def _sigmas(self, batch, offset=0):
-        """σ per sample, shaped [batch, 1], log-uniform on sigma_range."""
+        """σ per sample, shaped [batch, 1], on sigma_range as ``sigma_sampling`` says."""
         low, high = self.sigma_range
         if low == high:
             return tf.fill([batch, 1], tf.constant(low, tf.float32))
         u = self._uniform(tf.stack([batch, 1]), offset)
+        if self.sigma_sampling == "log_ends":
+            u = tf.square(tf.sin(0.5 * math.pi * u))
+        elif self.sigma_sampling == "log_small":
+            u = tf.square(u)
         return tf.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
     @staticmethod
@@ -517,6 +544,8 @@ class SDGAN(keras.Model):
 
         if self.penalty == "r1":
             return _losses.r1_penalty(critic, noisy_real)
+        if self.penalty == "r1_scaled":  # ‖σ² ∇ₓT‖²: the denoiser difference's size, O(1) at every σ
+            return _losses.r1_penalty(critic, noisy_real, weights=tf.square(tf.square(sigma)))
         # WGAN-GP at x̂ = real + α (fake − real), α drawn here from our seeded stream (stateless, the same
         # under a strategy and under XLA). Passing x̂ as both `real` and `fake` makes
         # losses.gradient_penalty evaluate exactly at x̂ (its own interpolation is then x̂ + α·0).

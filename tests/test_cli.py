@@ -164,6 +164,8 @@ BAD_INPUTS = [
     ("compare --n 5 --out {out}", "--n"),
     ("compare --parametrisation edm --out {out}", "--parametrisation"),
     ("compare --refiners --parametrisation plain --out {out}", "--parametrisation"),
+    ("compare --discriminator-training fast --out {out}", "--discriminator-training"),
+    ("compare --refiners --discriminator-training sd --out {out}", "--discriminator-training"),
 ]
 
 

@@ -207,7 +207,8 @@ def _easy_problem():
 def test_easy_case_logistic_is_the_sd_and_hinge_is_not():
     result = compare.compare_losses(
         losses=["logistic", "hinge"], targets=[_easy_problem()], steps=1500, batch_size=256, hidden=(64, 64),
-        n_train=8192, n_eval=1000, n_flow=200, eval_sigmas=2, flow_levels=2, seed=0, verbose=False)
+        n_train=8192, n_eval=1000, n_flow=200, eval_sigmas=2, flow_levels=2, seed=0, verbose=False,
+        discriminator_training="previous")  # no penalty: the margins below were measured without one
     rows = {(row["loss"], row["points"]): row for row in result["fields"]}
     logistic_q, logistic_p = rows["logistic", "q_sigma"], rows["logistic", "p_sigma"]
     hinge_p = rows["hinge", "p_sigma"]
@@ -269,3 +270,69 @@ def test_seed_summary_mean_and_spread():
     # mean 0.85, sample standard deviation 0.0707 of (0.8, 0.9); W2: 0.3 ± 0.141.
     assert "| 2d | logistic | 0.850 ± 0.071 |" in table
     assert "0.300 ± 0.141" in table
+
+
+@pytest.mark.parametrize("loss, recipe, expected_sdgan, expected_optimizer", [
+    # The comparison's default ("sd", issue 15): batch 1024, Adam 3e-3, R1 of weight 1e-3.
+    ("logistic", None, {"penalty": "r1", "penalty_weight": 1e-3}, (1024, 3e-3)),
+    # "previous" reproduces the runs before issue 15: batch 256, Adam 1e-3, no penalty.
+    ("logistic", "previous", {"penalty": None}, (256, 1e-3)),
+    # Wasserstein keeps WGAN-GP (weight None: SDGAN's default 10) under either recipe.
+    ("wasserstein", None, {"penalty": "gradient_penalty", "penalty_weight": None}, (1024, 3e-3)),
+])
+def test_compare_losses_trains_with_the_named_recipe(monkeypatch, loss, recipe, expected_sdgan, expected_optimizer):
+    seen = {}
+
+    class StandIn:
+        def __init__(self, generator, discriminator, **kwargs):
+            seen["sdgan"] = kwargs
+
+        def compile(self, d_optimizer, **kwargs):
+            seen["optimizer"] = d_optimizer
+
+        def fit(self, *args, **kwargs):
+            raise _Built(seen)
+
+    def batches(real, batch_size, seed):
+        seen["batch_size"] = batch_size
+
+    def adam(learning_rate, steps, **options):
+        return (learning_rate, options)
+
+    monkeypatch.setattr(compare.losses._training, "SDGAN", StandIn)
+    monkeypatch.setattr(compare.losses.datasets, "shuffled_batches", batches)
+    monkeypatch.setattr(compare.losses, "cosine_adam", adam)
+    kwargs = {} if recipe is None else {"discriminator_training": recipe}
+    with pytest.raises(_Built):
+        compare.compare_losses(losses=[loss], targets=["2d"], quick=True, n_train=64, n_eval=16, n_flow=16,
+                               eval_sigmas=2, flow_levels=2, verbose=False, **kwargs)
+    assert {key: seen["sdgan"][key] for key in expected_sdgan} == expected_sdgan
+    assert (seen["batch_size"], seen["optimizer"][0]) == expected_optimizer
+    assert seen["optimizer"][1] == {}
+
+
+def test_compare_losses_passes_ema_and_decay_to_the_optimizer(monkeypatch):
+    seen = {}
+
+    def adam(learning_rate, steps, **options):
+        seen.update(options)
+        raise _Built(options)
+
+    monkeypatch.setattr(compare.losses, "cosine_adam", adam)
+    with pytest.raises(_Built):
+        compare.compare_losses(losses=["logistic"], targets=["2d"], quick=True, n_train=64, n_eval=16, n_flow=16,
+                               eval_sigmas=2, flow_levels=2, verbose=False,
+                               training_options={"ema_momentum": 0.99, "final_fraction": 0.01})
+    assert seen == {"ema_momentum": 0.99, "final_fraction": 0.01}
+    with pytest.raises(ValueError, match="discriminator_training"):
+        compare.compare_losses(losses=["logistic"], targets=["2d"], quick=True, discriminator_training="fast")
+
+
+def test_cosine_adam_with_ema():
+    # The optimizer carries Keras's moving average and the decay's end point (a tenth by default).
+    plain, averaged = compare.budgets.cosine_adam(1e-3, 100), compare.budgets.cosine_adam(
+        1e-3, 100, final_fraction=0.01, ema_momentum=0.9)
+    assert not plain.use_ema and averaged.use_ema and averaged.ema_momentum == pytest.approx(0.9)
+    schedule = averaged._learning_rate
+    assert float(schedule(100)) == pytest.approx(1e-5, rel=1e-5)
+    assert float(plain._learning_rate(100)) == pytest.approx(1e-4, rel=1e-5)

@@ -436,6 +436,15 @@ def test_r1_penalty_linear_critic():
     )
 
 
+def test_r1_penalty_weights_each_sample():
+    # ‖∇ₓD‖² = ‖W‖² at every sample, so the weighted mean is mean(w)·‖W‖².
+    weights = np.linspace(0.5, 2.0, len(X_REAL)).astype(np.float32)
+    np.testing.assert_allclose(float(losses.r1_penalty(_linear_critic(W), X_REAL, weights=weights)),
+                               weights.mean() * np.sum(W**2), rtol=RTOL)
+    np.testing.assert_allclose(float(losses.r1_penalty(_linear_critic(W), X_REAL, weights=weights[:, None])),
+                               weights.mean() * np.sum(W**2), rtol=RTOL)
+
+
 def test_penalties_seeded_and_compiled():
     def critic(x):  # nonlinear, so the penalty depends on where the interpolates land
         return tf.reduce_sum(tf.sin(x) * x, axis=[1, 2])

@@ -188,6 +188,16 @@ def test_flow_targets_follow_linear_field():
     np.testing.assert_allclose(gan.flow_targets(x, 0.5).numpy(), x + 0.25 * W, rtol=RTOL, atol=ATOL)
 
 
+def test_scaled_r1_penalty_is_sigma_to_the_fourth_times_r1():
+    # ‖σ²∇ₓT‖² = σ⁴‖w‖² for the linear discriminator at the fixed σ = 0.5.
+    gan = training.SDGAN(_constant_generator([0.0, 0.0]), _linear_discriminator(W), generator_objective=None,
+                         penalty="r1_scaled", sigma_range=(0.5, 0.5), seed=0)
+    assert gan.penalty_weight == 1.0
+    gan.compile(keras.optimizers.SGD(0.0))
+    history = gan.fit(_real(64), batch_size=32, epochs=1, verbose=0).history
+    np.testing.assert_allclose(history["penalty"][0], 0.5**4 * np.sum(np.square(W)), rtol=RTOL)
+
+
 @pytest.mark.parametrize("penalty", ["r1", "gradient_penalty"])
 def test_penalty_values_for_linear_discriminator(penalty):
     # ‖∇ₓT‖ = ‖w‖ everywhere: R1 = ‖w‖², WGAN-GP = (‖w‖ − 1)², whatever the inputs and noise.
@@ -705,3 +715,59 @@ def test_training_killed_with_sigkill_resumes_from_its_last_backup(tmp_path):
     assert second[0]["event"] == "start" and second[0]["checksum"] == saved["checksum"]
     assert second[1]["iterations"] == saved["iterations"] + 64 // 16  # the optimizer's step count continues
     assert not metadata.exists(), "a finished run removes its backup"
+
+
+@pytest.mark.parametrize("sampling, transform", [
+    ("log_ends", lambda t: np.sin(0.5 * np.pi * t) ** 2),
+    ("log_small", np.square),
+])
+def test_sigma_sampling_transforms_the_log_uniform_position(sampling, transform):
+    # The same seed draws the same u: with t = log(σ/σ_min)/log(σ_max/σ_min) of the log-uniform draw, the
+    # other samplings give t(u) exactly (float32 log/exp round trips: ~1e-6 relative, 1e-5 allowed).
+    low, high = 0.05, 2.0
+    draws = {}
+    for name in ("log_uniform", sampling):
+        gan = training.SDGAN(_shift_generator(), _linear_discriminator(W), generator_objective=None,
+                             sigma_range=(low, high), sigma_sampling=name, seed=3)
+        draws[name] = gan._sigmas(1000).numpy()[:, 0].astype(np.float64)
+    t = np.log(draws["log_uniform"] / low) / np.log(high / low)
+    expected = np.exp(np.log(low) + transform(t) * np.log(high / low))
+    np.testing.assert_allclose(draws[sampling], expected, rtol=1e-5)
+    assert draws[sampling].min() >= low * (1 - 1e-6) and draws[sampling].max() <= high * (1 + 1e-6)
+
+
+def test_bad_sigma_sampling_raises():
+    with pytest.raises(ValueError, match="sigma_sampling"):
+        training.SDGAN(**_gan_kwargs(sigma_sampling="uniform"))
+
+
+def test_discriminator_ema_is_the_hand_computed_average_after_two_steps():
+    # Adam(use_ema=True, ema_momentum=m) keeps w̄ = w₁ after the first step and m w̄ + (1 − m) w₂ after the
+    # second; fit ends by writing w̄ into the discriminator. The raw weights w₁, w₂ are read by a callback
+    # after each step (one step per call), before that final write. float32 arithmetic: 1e-6 absolute.
+    momentum = 0.7
+    generator = _shift_generator()
+    generator.trainable = False  # use_ema needs a frozen generator (test below)
+    gan = training.SDGAN(generator, models.mlp_discriminator((2,), hidden=(8,)), generator_objective=None,
+                         sigma_range=(0.1, 1.0), seed=0)
+    gan.compile(keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=momentum), steps_per_execution=1)
+    raw = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([v.numpy().copy() for v in gan.discriminator.trainable_variables])
+
+    gan.fit(_real(64), batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[Snapshot()])
+    assert len(raw) == 2
+    assert any(not np.allclose(a, b) for a, b in zip(raw[0], raw[1], strict=True))  # the weights did move
+    for final, first, second in zip(gan.discriminator.trainable_variables, raw[0], raw[1], strict=True):
+        np.testing.assert_allclose(final.numpy(), momentum * first + (1 - momentum) * second, atol=1e-6)
+
+
+def test_ema_needs_a_frozen_generator():
+    gan = _small_gan(None)
+    with pytest.raises(ValueError, match="use_ema"):
+        gan.compile(keras.optimizers.Adam(1e-3, use_ema=True))
+    gan = training.SDGAN(**_gan_kwargs(generator_objective="logit"))
+    with pytest.raises(ValueError, match="use_ema"):
+        gan.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3, use_ema=True))

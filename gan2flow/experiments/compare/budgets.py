@@ -14,9 +14,9 @@ import keras
 # Budgets. "full" is what docs/losses.md reports: 526 CPU-seconds, 9.4 minutes wall on the 2-core
 # machine at load average ~4 (other jobs running). "quick" is a smoke run: 97 CPU-seconds.
 LOSS_BUDGETS = {
-    "full": dict(steps=1500, batch_size=256, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
+    "full": dict(steps=1500, batch_size=None, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
                  n_flow=2000, eval_sigmas=8, flow_levels=20),
-    "quick": dict(steps=300, batch_size=256, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
+    "quick": dict(steps=300, batch_size=None, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
                   eval_sigmas=5, flow_levels=12),
 }
 OBJECTIVE_BUDGETS = {
@@ -26,6 +26,15 @@ OBJECTIVE_BUDGETS = {
                   n_eval=1000, seeds=1),
 }
 _MAX_STEPS_PER_EXECUTION = 100
+# How the loss comparison trains its discriminators (docs/losses.md, "Training the SD discriminator"):
+# the batch, Adam's initial learning rate and further SDGAN / optimizer options (``training_options`` of
+# compare_losses: SDGAN keywords, ``ema_momentum``, ``final_fraction``). "sd" (issue 15) is the default;
+# "previous" reproduces the runs before it. Wasserstein keeps its WGAN-GP penalty under either.
+DISCRIMINATOR_TRAININGS = {
+    "sd": dict(batch_size=1024, learning_rate=3e-3, options={"penalty": "r1", "penalty_weight": 1e-3}),
+    "previous": dict(batch_size=256, learning_rate=1e-3, options={}),
+}
+DISCRIMINATOR_TRAINING = "sd"
 
 
 def resolve_budget(table, quick, overrides):
@@ -45,8 +54,20 @@ def steps_per_execution(steps):
     return math.gcd(int(steps), _MAX_STEPS_PER_EXECUTION)
 
 
-def cosine_adam(learning_rate, steps, beta_1=0.9):
-    """Adam whose learning rate decays (cosine) to a tenth over ``steps``."""
-    # Cosine decay to a tenth: the last steps average out the minibatch noise of the input gradient.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=0.1)
-    return keras.optimizers.Adam(schedule, beta_1=beta_1)
+def cosine_adam(learning_rate, steps, beta_1=0.9, *, final_fraction=0.1, ema_momentum=None):
+    """Adam whose learning rate decays (cosine) to ``final_fraction`` of itself over ``steps``.
+
+    Args:
+      learning_rate: the initial learning rate.
+      steps: the decay horizon (optimizer steps).
+      beta_1: Adam's β₁.
+      final_fraction: the learning rate at the end as a fraction of the initial one (0.1: a tenth).
+      ema_momentum: None, or the momentum ``m`` of an exponential moving average of the weights
+        (Keras's ``use_ema``: ``w̄ ← m w̄ + (1 − m) w`` after every step, ``w̄ = w`` after the first),
+        written into the model's weights at the end of ``fit``.
+    """
+    # Cosine decay: the last steps average out the minibatch noise of the input gradient.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1), alpha=final_fraction)
+    if ema_momentum is None:
+        return keras.optimizers.Adam(schedule, beta_1=beta_1)
+    return keras.optimizers.Adam(schedule, beta_1=beta_1, use_ema=True, ema_momentum=ema_momentum)

@@ -40,7 +40,14 @@ from gan2flow import flows as _flows
 from gan2flow import losses as _losses
 from gan2flow import sigmas as _sigmas
 from gan2flow import training as _training
-from gan2flow.experiments.compare.budgets import LOSS_BUDGETS, cosine_adam, resolve_budget, steps_per_execution
+from gan2flow.experiments.compare.budgets import (
+    DISCRIMINATOR_TRAINING,
+    DISCRIMINATOR_TRAININGS,
+    LOSS_BUDGETS,
+    cosine_adam,
+    resolve_budget,
+    steps_per_execution,
+)
 from gan2flow.experiments.compare.fields import ScaledPerSigma, calibration_scales, field_errors
 from gan2flow.experiments.compare.problems import PROBLEMS, affine_generator, as_problem
 from gan2flow.experiments.compare.scores import hq_threshold, nan_scores, sample_scores
@@ -51,16 +58,23 @@ def _all_finite(model):
 
 
 def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learning_rate, seed, jit_compile,
-                         discriminator_options=None):
+                         discriminator_options=None, training_options=None):
     """Discriminator-only SDGAN training against the frozen affine generator; returns (disc, info)."""
     loss = _losses.get(loss)
     keras.utils.set_random_seed(seed)  # the same initial weights for every loss
     options = {"parametrisation": models.SD_PARAMETRISATION} if discriminator_options is None else discriminator_options
     discriminator = models.mlp_discriminator((prob.dim,), hidden=hidden, **options)
-    penalty = "gradient_penalty" if loss.name == "wasserstein" else None
+    training_options = dict(training_options or {})
+    optimizer_options = {key: training_options.pop(key) for key in ("final_fraction", "ema_momentum")
+                         if key in training_options}
+    sdgan_options = {"penalty": None}
+    sdgan_options.update(training_options)
+    if loss.name == "wasserstein":  # without its penalty the critic is unbounded: WGAN-GP whatever the recipe
+        sdgan_options.update(penalty="gradient_penalty", penalty_weight=None)
+    penalty = sdgan_options["penalty"]
     gan = _training.SDGAN(affine_generator(prob.source_loc, prob.source_scale), discriminator, loss=loss,
-                          generator_objective=None, sigma_range=prob.sigma_range, penalty=penalty, seed=seed)
-    gan.compile(d_optimizer=cosine_adam(learning_rate, steps), jit_compile=jit_compile,
+                          generator_objective=None, sigma_range=prob.sigma_range, seed=seed, **sdgan_options)
+    gan.compile(d_optimizer=cosine_adam(learning_rate, steps, **optimizer_options), jit_compile=jit_compile,
                 steps_per_execution=steps_per_execution(steps))
     started = time.perf_counter()
     history = gan.fit(datasets.shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
@@ -93,7 +107,8 @@ def _flow_scores(x0, estimator, schedule, step_scale, reference, centers, stds, 
 
 def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=None, batch_size=None,
                    hidden=None, n_train=None, n_eval=None, n_flow=None, eval_sigmas=None, flow_levels=None,
-                   learning_rate=1e-3, flow_step_scale=0.5, discriminator_options=None, jit_compile=False,
+                   learning_rate=None, flow_step_scale=0.5, discriminator_options=None,
+                   discriminator_training=DISCRIMINATOR_TRAINING, training_options=None, jit_compile=False,
                    verbose=True):
     """Train a discriminator per loss and problem; measure its field against the exact SD and flow along it.
 
@@ -106,7 +121,8 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         streams, the evaluation points and the metrics.
       quick: use the small budget (each argument below left as None takes the budget's value).
       steps: discriminator training steps per loss (full 1500, quick 300).
-      batch_size: real (and fake) samples per step (256).
+      batch_size: real (and fake) samples per step (None: the ``discriminator_training``'s, 1024 for ``"sd"``,
+        256 for ``"previous"``).
       hidden: discriminator hidden widths (full (128, 128, 128), quick (64, 64)).
       n_train: target samples to train on (full 50 000, quick 8192).
       n_eval: evaluation points per σ and per weighting (full 4000, quick 1000); as many again fit the
@@ -115,11 +131,22 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
       eval_sigmas: σ levels of the geometric evaluation grid over the trained range (full 8, quick 5).
       flow_levels: levels of the geometric flow schedule σ_max → σ_min (full 20, quick 12), one Euler
         step each.
-      learning_rate: Adam's initial learning rate (cosine decay to a tenth over ``steps``).
+      learning_rate: Adam's initial learning rate (cosine decay to a tenth over ``steps``; None: the
+        ``discriminator_training``'s, 3e-3 for ``"sd"``, 1e-3 for ``"previous"``).
       flow_step_scale: ε in η_k = ε σ_k², the same for every row.
       discriminator_options: keyword arguments of :func:`gan2flow.models.mlp_discriminator`; None:
         ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"``, the best measured SD
-        estimator; ``{"parametrisation": "plain"}`` reproduces the runs before issue 15).
+        estimator; ``{"parametrisation": "plain"}`` with ``discriminator_training="previous"`` reproduces the
+        runs before issue 15).
+      discriminator_training: a name in ``budgets.DISCRIMINATOR_TRAININGS``: ``"sd"`` (the default: batch
+        1024, Adam 3e-3, an R1 penalty of weight 1e-3; docs/losses.md, "Training the SD discriminator") or
+        ``"previous"`` (batch 256, Adam 1e-3, no penalty). It supplies ``batch_size``, ``learning_rate`` and
+        ``training_options`` where those are None.
+      training_options: further keyword arguments of :class:`gan2flow.SDGAN` (``penalty``,
+        ``penalty_weight``, ``sigma_sampling``, ``discriminator_steps``) and of the optimizer
+        (``ema_momentum``: an exponential moving average of the weights, evaluated instead of them;
+        ``final_fraction``: where the cosine decay ends); None: the ``discriminator_training``'s.
+        Wasserstein always gets the WGAN-GP penalty.
       jit_compile: compile training steps and flows with XLA. Off by default: on the 2-core CPU, XLA
         compilation took 10-20 s per model, more than it saved over 1500 steps of these small MLPs.
       verbose: print one line per trained discriminator.
@@ -141,6 +168,11 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
     if not problems:
         raise ValueError("`targets` must name at least one problem, got an empty list.")
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
+    recipe = DISCRIMINATOR_TRAININGS[_checks.one_of(discriminator_training, "discriminator_training",
+                                                    tuple(DISCRIMINATOR_TRAININGS))]
+    batch_size = recipe["batch_size"] if batch_size is None else batch_size
+    learning_rate = recipe["learning_rate"] if learning_rate is None else learning_rate
+    training_options = dict(recipe["options"] if training_options is None else training_options)
     budget = resolve_budget(LOSS_BUDGETS, quick, dict(
         steps=steps, batch_size=batch_size, hidden=hidden, n_train=n_train, n_eval=n_eval, n_flow=n_flow,
         eval_sigmas=eval_sigmas, flow_levels=flow_levels))
@@ -156,8 +188,10 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
     settings = dict(losses=names, problems={}, seed=seed, quick=bool(quick), learning_rate=learning_rate,
                     optimizer="Adam, cosine decay to 0.1x", flow_step_scale=flow_step_scale,
                     flow_steps_per_sigma=1, flow_method="euler", jit_compile=bool(jit_compile),
-                    penalties={"wasserstein": "gradient_penalty (WGAN-GP, weight 10)", "others": "none"},
+                    penalties={"wasserstein": "gradient_penalty (WGAN-GP, weight 10)",
+                               "others": training_options.get("penalty") or "none"},
                     discriminator_options=(None if discriminator_options is None else dict(discriminator_options)),
+                    discriminator_training=discriminator_training, training_options=training_options,
                     evaluation_points="q_sigma: source samples + sigma noise (primary); p_sigma: target "
                                       "samples + sigma noise (secondary)",
                     **budget)
@@ -211,7 +245,7 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
             discriminator, info = _train_discriminator(
                 prob, loss, real, steps=budget["steps"], batch_size=budget["batch_size"], hidden=budget["hidden"],
                 learning_rate=learning_rate, seed=seed, jit_compile=jit_compile,
-                discriminator_options=discriminator_options)
+                discriminator_options=discriminator_options, training_options=training_options)
             training_rows.append(info)
             stage_started = time.perf_counter()
             estimator = _estimators.DiscriminatorScoreDifference(
