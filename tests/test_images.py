@@ -198,3 +198,17 @@ def test_image_zoo_gan_converts_with_the_conv_calibration(tmp_path):
     path = str(tmp_path / "flow.keras")
     flow.save(path)
     np.testing.assert_array_equal(np.asarray(gan2flow.load(path).sample(40, seed=0, batch_size=16)), x)
+
+
+@pytest.mark.parametrize("cmap, dark", [("gray", True), ("gray_r", False)])
+def test_image_grid_grey_levels(tmp_path, cmap, dark):
+    # A grey image at the bottom of the value range: "gray" (photographs: low = dark) must draw it black, the
+    # digits' "gray_r" white, i.e. no pixel of the PNG darker than the axes-free white figure background.
+    import matplotlib.image
+
+    from gan2flow import plotting
+
+    images = np.full((2, 6, 6, 1), -1.0, np.float32)
+    path = plotting.image_grid(images, str(tmp_path / "grid.png"), columns=2, value_range=(-1, 1), cmap=cmap)
+    pixels = matplotlib.image.imread(path)[..., :3]
+    assert (pixels.max(-1) < 0.1).any() == dark
