@@ -195,6 +195,20 @@ def markdown(rows, machine):
     for row in rows:
         lines.append(f"| {row['member']} | " + " | ".join("yes" if v else "**no**" for v in row["targets"].values())
                      + " |")
+    for row in rows:
+        if "matched" in row:
+            floor = row["matched"]
+
+            def stat(key, floor=floor):
+                return f"{floor[key]['mean']:.3g} ± {floor[key]['std']:.2g}"
+
+            lines += ["", f"{row['member']}, matched sample sizes (mean ± sd over random subsets; Gaussian: a perfect "
+                      f"generator if the features were Gaussian): n = {floor['n_small']} against the reference: "
+                      f"held-out {floor['heldout']:.3g}, training subsets {stat('at_m_train')}, raw "
+                      f"{stat('at_m_raw')}, refined {stat('at_m_refined')}, Gaussian {stat('gaussian_m')}; "
+                      f"disjoint halves of {floor['half']} real images: real {stat('halves_real')}, raw "
+                      f"{stat('halves_raw')}, refined {stat('halves_refined')}, Gaussian {stat('gaussian_half')}; "
+                      f"n = {row['n_eval']}: Gaussian perfect generator {stat('gaussian_n_eval')}."]
     return "\n".join(lines) + "\n"
 
 
