@@ -129,6 +129,17 @@ def test_calibration_model_is_chosen_by_shape():
     assert conv_models.convert_defaults((32, 32, 3))["steps"] > 0
 
 
+def test_image_stage_defaults_are_calibrate_stages_arguments():
+    # Every image stage option must name a calibrate_stages argument (a misspelt key fails only inside convert).
+    import inspect
+
+    from gan2flow import staged
+
+    options = conv_models.convert_defaults((25, 25, 1))["stage_options"]
+    assert set(options) <= set(inspect.signature(staged.calibrate_stages).parameters)
+    assert options["flow_steps"] == 2 and options["learning_rate"] == 1e-3
+
+
 def test_conv_calibration_shapes_taps_and_standardised_features():
     keras.utils.set_random_seed(0)
     given = _given_discriminator()

@@ -73,6 +73,7 @@ def test_report_and_schedule(shifted_gaussian):
     for entry in result.report:
         assert set(entry) >= {"sigma", "train_loss", "heldout_loss", "gap", "accuracy", "saturated", "signal", "moves",
                               "trusted", "why"}
+        assert entry["gap_error"] == 0.0  # gap_errors defaults to 0: the fixed max_gap
     assert "stage" in staged.format_report(result)
 
 
@@ -115,6 +116,16 @@ def test_trust_rule():
     assert not trusted and "accuracy" in why
     trusted, why = judge(0.5, 0.5, 0.7, 0.2, **rule)
     assert not trusted and "saturated" in why
+
+
+def test_trust_rule_noise_allowance():
+    # gap 0.10 > max_gap 0.05: untrusted without an allowance, trusted with 0.06 of it, untrusted again with 0.04.
+    judge = staged._judge
+    rule = dict(max_gap=0.05, max_accuracy=0.95, max_saturated=0.01)
+    assert not judge(0.40, 0.50, 0.8, 0.0, **rule)[0]
+    assert judge(0.40, 0.50, 0.8, 0.0, gap_error=0.06, **rule) == (True, "ok")
+    trusted, why = judge(0.40, 0.50, 0.8, 0.0, gap_error=0.04, **rule)
+    assert not trusted and "0.09" in why and "noise allowance" in why
 
 
 def test_default_sigmas_respect_quantisation():
