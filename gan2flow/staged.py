@@ -301,9 +301,10 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             more than this many standard errors of the measured gap, √(s.e.(held-out loss)² + s.e.(training loss)²)
             over the held-out pairs. 0 (default): the fixed ``max_gap``. With few held-out real samples (the
             25×25 faces: 32) one standard error of the gap is about 0.08, half of ``max_gap``, so a fixed
-            threshold stops on noise. Not a default: with moves of ε = 1 and 2 standard errors the faces GAN went
-            to 8 stages (Fréchet distance −49 %) but admitted stages with gaps of 0.27–0.36 (the standard error
-            grows as a stage overfits), and it was not measured on its own on the patches (docs/images.md).
+            threshold stops on noise. The image defaults (``conv_models.convert_defaults``) set 2: the faces GAN
+            then uses 6 stages instead of 3 (Fréchet distance −40 % instead of −20 %, docs/images.md). The standard
+            error grows as a stage overfits, so the allowance does too (the faces' last admitted stage had a gap of
+            0.32); the copying check (``min_copy_ratio``) still applies.
         min_signal: None (default): every trusted stage moves the particles. A number: a trusted stage moves
             them only when its held-out loss lies more than this many standard errors below log 2. Measured
             on the dropped-mode ring, skipping such stages *hurt* (sliced W2 0.13–0.19 with 2, 0.11–0.14 without):

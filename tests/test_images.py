@@ -137,7 +137,7 @@ def test_image_stage_defaults_are_calibrate_stages_arguments():
 
     options = conv_models.convert_defaults((25, 25, 1))["stage_options"]
     assert set(options) <= set(inspect.signature(staged.calibrate_stages).parameters)
-    assert options["flow_steps"] == 2 and options["learning_rate"] == 1e-3
+    assert options["flow_steps"] == 2 and options["learning_rate"] == 1e-3 and options["gap_errors"] == 2.0
 
 
 def test_conv_calibration_shapes_taps_and_standardised_features():
