@@ -23,6 +23,11 @@ and measures the first ``--n-eval`` (2 000) raw and refined samples with
   (held-out tiles for the patches), < 0.75 means copying; ``out``: share of values beyond [−1, 1] by more than
   0.2; ``sw`` (pixel sliced W2) and ``spectrum`` (log power-spectrum distance) against the reference.
 
+When the held-out set is smaller than ``--n-eval`` (the faces: 40), its FD carries a far larger small-sample bias
+than the 2 000 samples' and is no floor: :func:`small_sample_floor` adds matched-size comparisons (``matched`` in
+``images.json``, a line in ``images.md``). ``--save-samples`` also writes the measured samples
+(``<member>_samples.npz``); ``--stage-options '<JSON>'`` (experiments only) overrides the stage defaults.
+
 Targets (issue 17): FD ≥ 25 % lower than raw, recall not lower, nn ratio ≥ 0.75, nothing out of range; and for
 the 32×32×3 member, convert + refining 10 000 samples within 600 s on 2 cores. The peak resident memory of the
 process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is reported after each member, and the process's CPU
