@@ -129,6 +129,18 @@ def test_calibration_model_is_chosen_by_shape():
     assert conv_models.convert_defaults((32, 32, 3))["steps"] > 0
 
 
+def test_image_stage_defaults_are_calibrate_stages_arguments():
+    # Every image stage option must name a calibrate_stages argument (a misspelt key fails only inside convert).
+    import inspect
+
+    from gan2flow import staged
+
+    options = conv_models.convert_defaults((25, 25, 1))["stage_options"]
+    assert set(options) <= set(inspect.signature(staged.calibrate_stages).parameters)
+    assert options["flow_steps"] == 2 and options["learning_rate"] == 1e-3
+    assert inspect.signature(staged.calibrate_stages).parameters["gap_errors"].default == 2.0  # images rely on it
+
+
 def test_conv_calibration_shapes_taps_and_standardised_features():
     keras.utils.set_random_seed(0)
     given = _given_discriminator()
@@ -198,3 +210,17 @@ def test_image_zoo_gan_converts_with_the_conv_calibration(tmp_path):
     path = str(tmp_path / "flow.keras")
     flow.save(path)
     np.testing.assert_array_equal(np.asarray(gan2flow.load(path).sample(40, seed=0, batch_size=16)), x)
+
+
+@pytest.mark.parametrize("cmap, dark", [("gray", True), ("gray_r", False)])
+def test_image_grid_grey_levels(tmp_path, cmap, dark):
+    # A grey image at the bottom of the value range: "gray" (photographs: low = dark) must draw it black, the
+    # digits' "gray_r" white, i.e. no pixel of the PNG darker than the axes-free white figure background.
+    import matplotlib.image
+
+    from gan2flow import plotting
+
+    images = np.full((2, 6, 6, 1), -1.0, np.float32)
+    path = plotting.image_grid(images, str(tmp_path / "grid.png"), columns=2, value_range=(-1, 1), cmap=cmap)
+    pixels = matplotlib.image.imread(path)[..., :3]
+    assert (pixels.max(-1) < 0.1).any() == dark
