@@ -298,12 +298,18 @@ def main(argv=None):
     machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     text = markdown(rows, machine)
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "zoo.json"), "w", encoding="utf-8") as handle:
+    return _write(args.out, "zoo", machine, rows, text)
+
+
+def _write(out, stem, machine, rows, text):
+    """``<stem>.json`` (machine, argv, rows) and ``<stem>.md`` (the table) in ``out``; exit status 0 iff all pass."""
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f"{stem}.json"), os.path.join(out, f"{stem}.md")]
+    with open(paths[0], "w", encoding="utf-8") as handle:
         json.dump({"machine": machine, "argv": sys.argv[1:], "rows": _jsonable(rows)}, handle, indent=2)
-    with open(os.path.join(args.out, "zoo.md"), "w", encoding="utf-8") as handle:
+    with open(paths[1], "w", encoding="utf-8") as handle:
         handle.write(text)
-    print(f"wrote {os.path.join(args.out, 'zoo.json')} and {os.path.join(args.out, 'zoo.md')}")
+    print(f"wrote {paths[0]} and {paths[1]}")
     return 0 if all(row["pass"] for row in rows) else 1
 
 
@@ -323,13 +329,7 @@ def _main_conditional(args):
     machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     text = conditional_markdown(rows, machine)
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "zoo_conditional.json"), "w", encoding="utf-8") as handle:
-        json.dump({"machine": machine, "argv": sys.argv[1:], "rows": _jsonable(rows)}, handle, indent=2)
-    with open(os.path.join(args.out, "zoo_conditional.md"), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    print(f"wrote {os.path.join(args.out, 'zoo_conditional.json')} and {os.path.join(args.out, 'zoo_conditional.md')}")
-    return 0 if all(row["pass"] for row in rows) else 1
+    return _write(args.out, "zoo_conditional", machine, rows, text)
 
 
 if __name__ == "__main__":

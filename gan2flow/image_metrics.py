@@ -295,7 +295,7 @@ def precision_recall(real, fake, *, k=3):
             "recall": float(_covered(real, fake, fake_radii).mean())}
 
 
-def nearest_distances(x, reference):
+def nearest_distances(x, reference, *, exclude=None):
     """Euclidean distance from each sample to its nearest reference sample (axes after the first flattened).
 
     With ``reference`` the training images, small values flag memorised samples; compare with the same
@@ -303,6 +303,8 @@ def nearest_distances(x, reference):
 
     Args:
         x: [n, ...]; reference: [m, ...] with the same trailing shape.
+        exclude: None, or n indices into ``reference``, one per row of x, not to count for that row (with x =
+            ``reference[exclude]``: leave-one-out distances, each sample to its nearest *other* one).
 
     Returns:
         float64 array [n].
@@ -316,6 +318,8 @@ def nearest_distances(x, reference):
     for i0 in range(0, len(x), _BLOCK):
         i1 = min(i0 + _BLOCK, len(x))
         squared = _distances.squared_distances(x[i0:i1], reference, x_norms[i0:i1], reference_norms)
+        if exclude is not None:
+            squared[np.arange(i1 - i0), exclude[i0:i1]] = np.inf
         out[i0:i1] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
     return out
 

@@ -69,7 +69,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gan2flow import _checks, _distances, adapters, conv_models, image_metrics, metrics
+from gan2flow import _checks, adapters, conv_models, image_metrics, metrics
 from gan2flow.estimators import DiscriminatorScoreDifference, LabelledModel, RowLabels
 from gan2flow.flows import make_plan, run
 
@@ -227,16 +227,8 @@ def copying_scale(real_train, real_heldout, *, seed=0, max_rows=1024):
     out) the held-out samples alone give a median of a handful of distances.
     """
     heldout = image_metrics.nearest_distances(real_heldout, real_train)
-    flat = np.asarray(real_train, np.float64).reshape(len(real_train), -1)
-    flat = flat - flat.mean(0)
-    norms = np.einsum("ij,ij->i", flat, flat)
-    rows = np.random.default_rng([seed, 11]).choice(len(flat), min(len(flat), max_rows), replace=False)
-    leave_one_out = np.empty(len(rows))
-    for start in range(0, len(rows), 256):
-        block = rows[start:start + 256]
-        squared = _distances.squared_distances(flat[block], flat, norms[block], norms)
-        squared[np.arange(len(block)), block] = np.inf  # not to itself
-        leave_one_out[start:start + 256] = np.sqrt(np.maximum(squared.min(1), 0.0))
+    rows = np.random.default_rng([seed, 11]).choice(len(real_train), min(len(real_train), max_rows), replace=False)
+    leave_one_out = image_metrics.nearest_distances(np.asarray(real_train)[rows], real_train, exclude=rows)
     return float(np.median(np.concatenate([heldout, leave_one_out]))) or 1.0
 
 
