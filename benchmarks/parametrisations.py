@@ -72,6 +72,18 @@ VARIANTS.update({
         _ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
         training={"penalty": "r1", "penalty_weight": 1e-3, "ema_momentum": 0.99}),
 })
+# Denoising score matching on the two bowls of the energy difference (SDGAN(denoising_weight=λ)), with and
+# without the σ-dependent offset of T (mlp_discriminator(energy_bias=True)); all on the "sd" training.
+_SD = dict(_ED, discriminator_training="sd")
+VARIANTS.update({
+    "sd + offset c(σ)": dict(_SD, energy_bias=True),
+    "sd + DSM 0.1": dict(_SD, training={"denoising_weight": 0.1}),
+    "sd + DSM 1": dict(_SD, training={"denoising_weight": 1.0}),
+    "sd + DSM 10": dict(_SD, training={"denoising_weight": 10.0}),
+    "sd + offset + DSM 0.1": dict(_SD, energy_bias=True, training={"denoising_weight": 0.1}),
+    "sd + offset + DSM 1": dict(_SD, energy_bias=True, training={"denoising_weight": 1.0}),
+    "sd + offset + DSM 10": dict(_SD, energy_bias=True, training={"denoising_weight": 10.0}),
+})
 
 
 def _spread(values, spec):

@@ -51,7 +51,8 @@ import tensorflow as tf
 
 from gan2flow import _checks
 
-__all__ = ["Loss", "names", "get", "gradient_penalty", "r1_penalty", "GENERATOR_OBJECTIVES"]
+__all__ = ["Loss", "names", "get", "gradient_penalty", "r1_penalty", "denoising_score_matching",
+           "GENERATOR_OBJECTIVES"]
 
 #: Generator objectives accepted by :meth:`Loss.generator_loss`.
 GENERATOR_OBJECTIVES = ("minimax", "non_saturating", "logit")
@@ -539,3 +540,51 @@ def r1_penalty(discriminator_fn, real, weights=None):
     if weights is not None:
         norms = norms * tf.reshape(tf.cast(weights, tf.float32), [-1])
     return tf.reduce_mean(norms)
+
+
+def denoising_score_matching(log_density_fn, x, noise, sigma):
+    """Denoising score matching ``mean_i ‖σ_i ∇ₓ f(x_i) + n_i‖² / d`` at ``x_i = x0_i + σ_i n_i``.
+
+    For ``x0 ~ p`` and ``n ~ N(0, I)`` this is minimised over f exactly when ``∇ₓ f = ∇log p_σ``
+    (Vincent 2011; ``E[n | x] = −σ ∇log p_σ(x)`` by Tweedie), with minimum
+    ``1 − σ² E‖∇log p_σ(x)‖²/d`` (for one σ): equal to ``E‖σ(∇f − ∇log p_σ)‖²/d`` plus that constant,
+    i.e. the score error weighted by σ² (EDM's weighting of the denoiser error, divided by σ²). The
+    squared norm is divided by ``d`` (features per sample) so one weight means the same in every dimension.
+
+    Args:
+      log_density_fn: callable ``x -> f(x)`` (``[batch]`` or ``[batch, 1]``), an unnormalised log-density
+        whose input gradient is the score estimate; it must treat samples independently.
+      x: the noised samples ``x0 + σ n``, ``[batch, ...]``.
+      noise: the ``n`` that noised them, shaped like x.
+      sigma: per-sample noise levels (anything reshapeable to ``[batch]``) or a scalar.
+
+    Returns:
+      A float32 scalar.
+
+    Raises:
+      ValueError: if ``x`` has no batch axis or ``noise`` has another shape.
+      TypeError: if ``log_density_fn`` is not callable.
+
+    Example::
+
+        # x0 ~ N(0, I), σ = 1: f = −‖x‖²/4 is the exact log-density of p_σ = N(0, 2I) (up to a constant),
+        # and the loss is then its minimum 1/(1 + σ²) = 0.5 (up to Monte Carlo error)
+        loss = denoising_score_matching(lambda x: -tf.reduce_sum(x**2, 1) / 4.0, x0 + n, n, 1.0)
+    """
+    if not callable(log_density_fn):
+        raise TypeError(f"`log_density_fn` must be callable (x -> f(x)), got {type(log_density_fn).__name__}.")
+    x = _checks.as_float_tensor(x, "x", min_rank=1)
+    noise = tf.cast(noise, tf.float32)
+    if noise.shape.is_fully_defined() and x.shape.is_fully_defined() and noise.shape != x.shape:
+        raise ValueError(f"`noise` must be shaped like `x` {tuple(x.shape)}, got {tuple(noise.shape)}.")
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        # Each output depends only on its own sample: the gradient of the sum is the per-sample gradient.
+        total = tf.reduce_sum(tf.cast(log_density_fn(x), tf.float32))
+    scores = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    batch = tf.shape(x)[0]
+    scores = tf.reshape(scores, [batch, -1])
+    sigma = tf.cast(sigma, tf.float32)
+    sigma = tf.reshape(sigma, [-1, 1]) if sigma.shape.rank else sigma
+    residuals = sigma * scores + tf.reshape(noise, [batch, -1])
+    return tf.reduce_mean(tf.square(residuals))

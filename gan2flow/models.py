@@ -66,6 +66,7 @@ __all__ = [
     "input_scale",
     "InputScaling",
     "EnergyDifference",
+    "energy_bowls",
 ]
 
 #: Accepted values of ``mlp_discriminator(parametrisation=...)`` (docs/losses.md, "Parametrisations").
@@ -181,7 +182,7 @@ def _sigma_input(sigma_conditioned, n_frequencies):
 # ------------------------------------------------------------------------------------------------
 def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=True, activation="swish",
                       spectral_norm=False, sigma_frequencies=4, parametrisation="plain", sigma_data=0.5,
-                      energy_components=8, fourier_features=0, fourier_scales=(0.05, 5.0),
+                      energy_components=8, energy_bias=False, fourier_features=0, fourier_scales=(0.05, 5.0),
                       name="mlp_discriminator"):
     """An MLP discriminator ``T(x, σ)`` returning one raw output per sample.
 
@@ -225,6 +226,10 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
           lets the curvature of the bowls follow σ.
       sigma_data: σ_data of the preconditioned parametrisations (> 0; the data's per-feature scale).
       energy_components: K of ``"energy_difference"`` (≥ 1).
+      energy_bias: add a σ-dependent offset ``c(σ)`` (a linear function of the σ embedding, initially 0)
+        to the p bowl of ``"energy_difference"``: ``T = A − B + c(σ)``. It changes no gradient in x; it
+        lets ``T`` equal ``log p_σ/q_σ`` (whose σ-dependent constant, e.g. ``(d/2) log(s_q²/s_p²)`` for two
+        Gaussians, the bowls alone cannot carry) while the bowls keep exact scores.
       fourier_features: how many :class:`FourierFeatures` of x (damped at level σ) to add to the
         network's input (0: none; σ-conditioned only).
       fourier_scales: ``(min_scale, max_scale)`` length scales of the Fourier features.
@@ -247,6 +252,8 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
     _checks.one_of(parametrisation, "parametrisation", PARAMETRISATIONS)
     sigma_data = _checks.positive_float(sigma_data, "sigma_data")
     energy_components = _checks.positive_int(energy_components, "energy_components")
+    if energy_bias and parametrisation != "energy_difference":
+        raise ValueError(f"`energy_bias`=True needs parametrisation='energy_difference', got {parametrisation!r}.")
     fourier_features = _checks.positive_int(fourier_features, "fourier_features", allow_zero=True)
     if not sigma_conditioned and (parametrisation != "plain" or fourier_features):
         raise ValueError(
@@ -271,7 +278,10 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
     if parametrisation == "energy_difference":
         residuals = _dense(2 * energy_components * int(np.prod(input_shape)), None, spectral_norm, "residuals")(h)
         log_gain = keras.layers.Dense(1, kernel_initializer="zeros", name="log_gain")(embedding)
-        output = EnergyDifference(components=energy_components, name="output")([scaled, residuals, log_gain])
+        head = [scaled, residuals, log_gain]
+        if energy_bias:
+            head.append(keras.layers.Dense(1, kernel_initializer="zeros", name="energy_bias")(embedding))
+        output = EnergyDifference(components=energy_components, name="output")(head)
     else:
         output = _dense(1, None, spectral_norm, "output")(h)
     inputs = [x, sigma] if sigma_conditioned else x
@@ -321,7 +331,7 @@ class InputScaling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="gan2flow")
 class EnergyDifference(keras.layers.Layer):
-    """``[u, Δ, g] -> LSE_k(−½‖e^g Δ_{p,k}‖²) − LSE_k(−½‖e^g Δ_{q,k}‖²)``, the energy-difference output.
+    """``[u, Δ, g, c] -> LSE_k(−½‖e^g Δ_{p,k}‖²) + c − LSE_k(−½‖e^g Δ_{q,k}‖²)``, the energy-difference output.
 
     The output of ``mlp_discriminator(parametrisation="energy_difference")``. ``Δ`` holds ``K`` residual
     vectors for p then ``K`` for q, each shaped like u; ``g`` is a per-sample log-gain. For K = 1, g = 0,
@@ -333,16 +343,25 @@ class EnergyDifference(keras.layers.Layer):
     scaling built in. With K > 1 each side is the log-density of a K-component mixture of such bowls
     (up to the constant log K). u is taken for its size (the residuals are computed from it upstream).
 
+    The two sides are the *bowls* ``A = LSE_k(−½‖e^g Δ_{p,k}‖²) + c`` and ``B = LSE_k(−½‖e^g Δ_{q,k}‖²)``
+    (``T = A − B``); ``c`` is an optional per-sample offset (a function of σ only, in
+    ``mlp_discriminator(energy_bias=True)``): it leaves ``∇ₓA`` and the SD unchanged and lets ``T`` carry
+    the σ-dependent constant of ``log p_σ/q_σ`` that bowls ``≤ log K`` cannot (each bowl is at most 0).
+    With ``bowls=True`` the layer returns ``[A, B]`` instead of ``A − B`` (:func:`energy_bowls`).
+
     Args:
       components: K (≥ 1).
+      bowls: output ``[A, B]`` (``[batch, 2]``) instead of ``T`` (``[batch, 1]``).
 
-    Input: u ``[batch, d]``, Δ ``[batch, 2·K·d]`` and optionally g ``[batch, 1]`` (0 if absent).
-    Output: float32 ``[batch, 1]``.
+    Input: u ``[batch, d]``, Δ ``[batch, 2·K·d]``, optionally g ``[batch, 1]`` (0 if absent) and then
+    optionally c ``[batch, 1]`` (0 if absent).
+    Output: float32 ``[batch, 1]`` (``[batch, 2]`` with ``bowls``).
     """
 
-    def __init__(self, components=1, **kwargs):
+    def __init__(self, components=1, bowls=False, **kwargs):
         super().__init__(**kwargs)
         self.components = _checks.positive_int(components, "components")
+        self.bowls = bool(bowls)
 
     def _log_density(self, residuals, dim):
         """``log Σ_k exp(−½‖Δ_k‖²)`` over the components (``−½‖Δ‖²`` for one), [batch, 1]."""
@@ -358,15 +377,48 @@ class EnergyDifference(keras.layers.Layer):
             residuals = residuals * keras.ops.exp(keras.ops.cast(inputs[2], "float32"))
         dim = keras.ops.shape(u)[-1]
         half = self.components * dim
-        return self._log_density(residuals[:, :half], dim) - self._log_density(residuals[:, half:], dim)
+        real_bowl = self._log_density(residuals[:, :half], dim)
+        if len(inputs) > 3:
+            real_bowl = real_bowl + keras.ops.cast(inputs[3], "float32")
+        fake_bowl = self._log_density(residuals[:, half:], dim)
+        if self.bowls:
+            return keras.ops.concatenate([real_bowl, fake_bowl], axis=-1)
+        return real_bowl - fake_bowl
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], 1)
+        return (input_shape[0][0], 2 if self.bowls else 1)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"components": self.components})
+        config.update({"components": self.components, "bowls": self.bowls})
         return config
+
+
+def energy_bowls(discriminator):
+    """The two bowls ``[x, σ] -> [A, B]`` of an energy-difference discriminator (``T = A − B``).
+
+    ``A`` and ``B`` are the log-sum-exps of :class:`EnergyDifference` (``A`` with the offset, if any),
+    computed by the same layers as ``T``: the returned model shares every weight with
+    ``discriminator``. Trained so that ``∇ₓA ≈ ∇log p_σ`` and ``∇ₓB ≈ ∇log q_σ`` (denoising score
+    matching, ``SDGAN(denoising_weight=...)``), ``∇ₓT`` is the SD.
+
+    Args:
+      discriminator: a model built by ``mlp_discriminator(parametrisation="energy_difference")`` (any
+        model with exactly one :class:`EnergyDifference` layer computing its output).
+
+    Returns:
+      A ``keras.Model`` with the discriminator's inputs and output ``[batch, 2]`` (columns A, B).
+
+    Raises:
+      ValueError: if the discriminator has no (or more than one) :class:`EnergyDifference` layer.
+    """
+    layers = [layer for layer in discriminator.layers if isinstance(layer, EnergyDifference)]
+    if len(layers) != 1:
+        raise ValueError("`discriminator` must have one EnergyDifference layer (mlp_discriminator("
+                         f"parametrisation='energy_difference')), found {len(layers)}.")
+    layer = layers[0]
+    bowls = EnergyDifference(components=layer.components, bowls=True, name=f"{layer.name}_bowls")(layer.input)
+    return keras.Model(discriminator.inputs, bowls, name=f"{discriminator.name}_bowls")
 
 
 def mlp_generator(latent_dim, output_shape, *, hidden=(128, 128, 128), activation="swish",

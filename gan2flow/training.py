@@ -55,6 +55,7 @@ import tensorflow as tf
 from gan2flow import _checks, adapters
 from gan2flow import estimators as _estimators
 from gan2flow import losses as _losses
+from gan2flow import models as _models
 from gan2flow import noise as _noise
 
 __all__ = ["SDGAN", "GENERATOR_OBJECTIVES", "PENALTIES", "REGRESSION_WEIGHTINGS", "SIGMA_SAMPLINGS"]
@@ -180,6 +181,14 @@ class SDGAN(keras.Model):
         ``"gradient_penalty"`` (WGAN-GP at random interpolates of the noised real and fake samples, which
         share σ, through ``losses.gradient_penalty``).
       penalty_weight: multiplies the penalty; None: 1.0 for both R1s, 10.0 for the gradient penalty.
+      denoising_weight: λ ≥ 0 of an auxiliary denoising-score-matching term on the two bowls ``T = A − B``
+        of an energy-difference discriminator (``models.energy_bowls``): ``λ·(dsm_A + dsm_B)`` with
+        ``dsm_A = losses.denoising_score_matching(A, y + σn, n, σ)`` on the noised real samples and
+        ``dsm_B`` the same with B on the noised fakes (the same draws the discriminator loss sees). Its
+        optimum ``∇A = ∇log p_σ``, ``∇B = ∇log q_σ`` is the exact SD, so it is SD-consistent; the
+        discriminator loss fixes T's σ-dependent constant (``mlp_discriminator(energy_bias=True)`` gives
+        the model one that changes no gradient). 0 (the default): no such term. σ-conditioned
+        ``"energy_difference"`` discriminators with ``sigma_range`` above 0 only.
       flow_steps: Euler steps per generator update for ``"flow_regression"``.
       flow_step_scale: ε in ``η = ε σ²`` for ``"flow_regression"`` (the same σ for all steps of a sample).
       regression_weighting: ``"inverse_step"`` (divide each sample's regression loss by ``flow_steps·η``)
@@ -208,7 +217,8 @@ class SDGAN(keras.Model):
       ``d_loss`` (the discriminator loss without the penalty, averaged over the discriminator
       steps), ``d_accuracy`` (fraction of noised real samples with ``link(T) > 0`` and noised fakes
       with ``link(T) < 0``; ``T`` in place of ``link(T)`` for hinge/Wasserstein, where the threshold 0
-      is arbitrary), ``penalty`` (unweighted, when a penalty is set) and ``g_loss`` (when the
+      is arbitrary), ``penalty`` (unweighted, when a penalty is set), ``denoising`` (``dsm_A + dsm_B``,
+      unweighted, when ``denoising_weight`` > 0) and ``g_loss`` (when the
       generator is trained). There is deliberately no ``loss`` key: monitor ``d_loss`` or ``g_loss``
       (``EarlyStopping`` then needs ``mode="min"``: Keras cannot infer a custom metric's direction).
       ``evaluate`` / ``validation_data`` report ``d_loss`` and ``d_accuracy`` on held-out real
@@ -232,7 +242,7 @@ class SDGAN(keras.Model):
 
     def __init__(self, generator, discriminator, *, loss="logistic", generator_objective="logit",
                  sigma_range=(0.05, 2.0), sigma_sampling="log_uniform", discriminator_steps=1, penalty=None,
-                 penalty_weight=None,
+                 penalty_weight=None, denoising_weight=0.0,
                  flow_steps=5, flow_step_scale=0.5, regression_weighting="inverse_step", seed=None,
                  latent_dim=None, sigma_conditioned=None,
                  replica_invariant_noise=False, n_classes=None, name="sdgan", **kwargs):
@@ -263,6 +273,7 @@ class SDGAN(keras.Model):
         if penalty_weight is None:
             penalty_weight = _DEFAULT_PENALTY_WEIGHT.get(penalty, 0.0)
         self.penalty_weight = _checks.positive_float(penalty_weight, "penalty_weight", allow_zero=True)
+        self.denoising_weight = _checks.positive_float(denoising_weight, "denoising_weight", allow_zero=True)
         self.flow_steps = _checks.positive_int(flow_steps, "flow_steps")
         self.flow_step_scale = _checks.positive_float(flow_step_scale, "flow_step_scale")
         self.regression_weighting = _checks.one_of(regression_weighting, "regression_weighting",
@@ -288,6 +299,13 @@ class SDGAN(keras.Model):
         self._d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self._d_accuracy_tracker = keras.metrics.Mean(name="d_accuracy")
         self._penalty_tracker = keras.metrics.Mean(name="penalty") if penalty else None
+        self._bowls = None
+        if self.denoising_weight > 0:
+            if self.sigma_range[1] == 0 or not self.sigma_conditioned:
+                raise ValueError("`denoising_weight` > 0 needs a σ-conditioned discriminator and sigma_range above 0 "
+                                 f"(it matches scores of noised data), got sigma_range={tuple(sigma_range)!r}.")
+            self._bowls = _models.energy_bowls(discriminator)
+        self._denoising_tracker = keras.metrics.Mean(name="denoising") if self._bowls is not None else None
         self._g_loss_tracker = keras.metrics.Mean(name="g_loss") if generator_objective else None
         self.d_optimizer = None
         self.g_optimizer = None
@@ -456,7 +474,8 @@ class SDGAN(keras.Model):
     @property
     def metrics(self):
         trackers = [
-            self._d_loss_tracker, self._d_accuracy_tracker, self._penalty_tracker, self._g_loss_tracker
+            self._d_loss_tracker, self._d_accuracy_tracker, self._penalty_tracker, self._denoising_tracker,
+            self._g_loss_tracker,
         ]
         return [tracker for tracker in trackers if tracker is not None]
 
@@ -514,23 +533,36 @@ class SDGAN(keras.Model):
         return tf.reshape(sigma, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
 
     def _add_noise(self, x, sigma, offset=0):
+        """``(x + σ n, n)`` with ``n ~ N(0, I)`` (``(x, None)`` when training without noise)."""
         if self.sigma_range[1] == 0:
-            return x
-        return x + self._broadcastable(sigma, x) * self._normal(tf.shape(x), offset)
+            return x, None
+        noise = self._normal(tf.shape(x), offset)
+        return x + self._broadcastable(sigma, x) * noise, noise
 
     # --------------------------------------------------------------------------------------------
     # Discriminator
     # --------------------------------------------------------------------------------------------
-    def _discriminate(self, x, sigma, training, labels=None):
-        """Raw outputs T(x, σ) (T(x, σ, y) with ``labels``) as float32 [batch]."""
+    def _discriminate(self, x, sigma, training, labels=None, model=None):
+        """Raw outputs T(x, σ) (T(x, σ, y) with ``labels``) as float32 [batch] (``model``'s outputs, [batch, ...],
+        for another model with the discriminator's inputs)."""
         if labels is not None:
             label = adapters.label_input(self.discriminator, labels, self.n_classes)
-            output = self.discriminator([x, sigma, label] if self.sigma_conditioned else [x, label], training=training)
-        elif self.sigma_conditioned:
-            output = self.discriminator([x, sigma], training=training)
+            inputs = [x, sigma, label] if self.sigma_conditioned else [x, label]
         else:
-            output = self.discriminator(x, training=training)
-        return tf.reshape(tf.cast(output, tf.float32), [-1])
+            inputs = [x, sigma] if self.sigma_conditioned else x
+        if model is not None:
+            return tf.cast(model(inputs, training=training), tf.float32)
+        return tf.reshape(tf.cast(self.discriminator(inputs, training=training), tf.float32), [-1])
+
+    def _denoising(self, noisy_real, noisy_fake, sigma, real_noise, fake_noise, labels=None):
+        """``dsm_A + dsm_B``: denoising score matching of bowl A on the noised reals, of B on the noised fakes."""
+        total = 0.0
+        for column, x, noise in ((0, noisy_real, real_noise), (1, noisy_fake, fake_noise)):
+            def bowl(points, column=column):
+                return self._discriminate(points, sigma, training=True, labels=labels, model=self._bowls)[:, column]
+
+            total = total + _losses.denoising_score_matching(bowl, x, noise, sigma)
+        return total
 
     def _decision(self, output):
         """link(T), or T for losses without a link; positive means 'real'."""
@@ -554,9 +586,10 @@ class SDGAN(keras.Model):
         interpolates = noisy_real + alpha * (noisy_fake - noisy_real)
         return _losses.gradient_penalty(critic, interpolates, interpolates)
 
-    def _noised_pair(self, real, offset=0, labels=None):
-        """Noised real and fake batches at shared per-pair σ: (noisy_real, noisy_fake, sigma [batch, 1]).
-        With ``labels`` (conditional), fake i is drawn with real i's label."""
+    def _noised_pair(self, real, offset=0, labels=None, with_noise=False):
+        """Noised real and fake batches at shared per-pair σ: (noisy_real, noisy_fake, sigma [batch, 1]), plus
+        (real_noise, fake_noise) with ``with_noise``. With ``labels`` (conditional), fake i is drawn with real
+        i's label."""
         batch = tf.shape(real)[0]
         latents = self._latents(batch, offset)
         if labels is not None:
@@ -564,8 +597,11 @@ class SDGAN(keras.Model):
         # Fakes are made outside any tape: no generator gradient work for the discriminator.
         fake = tf.stop_gradient(self.generator(latents, training=self.generator_objective is not None))
         sigma = self._sigmas(batch, offset)
-        return (self._add_noise(real, sigma, offset), self._add_noise(tf.cast(fake, tf.float32), sigma, offset),
-                sigma)
+        noisy_real, real_noise = self._add_noise(real, sigma, offset)
+        noisy_fake, fake_noise = self._add_noise(tf.cast(fake, tf.float32), sigma, offset)
+        if with_noise:
+            return noisy_real, noisy_fake, sigma, real_noise, fake_noise
+        return noisy_real, noisy_fake, sigma
 
     def _discriminator_loss(self, real_output, fake_output, global_batch):
         real_terms, fake_terms = self.gan_loss.per_sample_discriminator_loss(real_output, fake_output)
@@ -578,7 +614,8 @@ class SDGAN(keras.Model):
             tf.reduce_sum(tf.cast(self._decision(fake_output) < 0, tf.float32))
 
     def _discriminator_step(self, real, global_batch, offset, labels=None):
-        noisy_real, noisy_fake, sigma = self._noised_pair(real, offset, labels)
+        noisy_real, noisy_fake, sigma, real_noise, fake_noise = self._noised_pair(real, offset, labels,
+                                                                                  with_noise=True)
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             real_output = self._discriminate(noisy_real, sigma, training=True, labels=labels)
@@ -594,9 +631,16 @@ class SDGAN(keras.Model):
                 penalty = self._penalty(noisy_real, noisy_fake, sigma, offset, labels)
                 penalty = tf.where(local > 0, penalty, 0.0) * local_fraction
                 total = total + self.penalty_weight * penalty
+            denoising = tf.constant(0.0)
+            if self._bowls is not None:  # a share of the global mean, as the penalty
+                local = tf.shape(real)[0]
+                local_fraction = tf.cast(local, tf.float32) / tf.cast(global_batch, tf.float32)
+                denoising = self._denoising(noisy_real, noisy_fake, sigma, real_noise, fake_noise, labels)
+                denoising = tf.where(local > 0, denoising, 0.0) * local_fraction
+                total = total + self.denoising_weight * denoising
         gradients = tape.gradient(total, variables)
         self.d_optimizer.apply_gradients(zip(gradients, variables, strict=False))
-        return d_loss, penalty, self._correct(real_output, fake_output)
+        return d_loss, penalty, denoising, self._correct(real_output, fake_output)
 
     # --------------------------------------------------------------------------------------------
     # Generator
@@ -668,7 +712,7 @@ class SDGAN(keras.Model):
         """One training step on a batch of real samples (or a tuple whose first entry is that batch).
 
         Returns:
-          ``{"d_loss", "d_accuracy"[, "penalty"][, "g_loss"]}``: the epoch-running means (Keras
+          ``{"d_loss", "d_accuracy"[, "penalty"][, "denoising"][, "g_loss"]}``: the epoch-running means (Keras
           convention), each update being a global-batch mean summed over replicas.
         """
         if self.d_optimizer is None:
@@ -680,11 +724,13 @@ class SDGAN(keras.Model):
         offset, global_batch = _global_rows(batch)
         d_loss_sum = tf.constant(0.0)
         penalty_sum = tf.constant(0.0)
+        denoising_sum = tf.constant(0.0)
         correct_sum = tf.constant(0.0)
         for _ in range(self.discriminator_steps):
-            d_loss, penalty, correct = self._discriminator_step(real, global_batch, offset, labels)
+            d_loss, penalty, denoising, correct = self._discriminator_step(real, global_batch, offset, labels)
             d_loss_sum += d_loss
             penalty_sum += penalty
+            denoising_sum += denoising
             correct_sum += correct
         steps = float(self.discriminator_steps)
         self._d_loss_tracker.update_state(_all_reduce_sum(d_loss_sum) / steps)
@@ -692,6 +738,8 @@ class SDGAN(keras.Model):
         self._d_accuracy_tracker.update_state(accuracy)
         if self._penalty_tracker is not None:
             self._penalty_tracker.update_state(_all_reduce_sum(penalty_sum) / steps)
+        if self._denoising_tracker is not None:
+            self._denoising_tracker.update_state(_all_reduce_sum(denoising_sum) / steps)
         if self.generator_objective is not None:
             g_loss = self._generator_step(batch, global_batch, offset)
             self._g_loss_tracker.update_state(_all_reduce_sum(g_loss))

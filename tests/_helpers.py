@@ -49,6 +49,36 @@ def three_input_discriminator():
     inputs = [keras.Input((2,)), keras.Input((1,)), keras.Input((1,))]
     return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Concatenate()(inputs)))
 
+def gaussian_energy_difference(sigma, m, tau, rho, energy_bias=False):
+    """``mlp_discriminator(parametrisation="energy_difference")`` set by hand to the exact bowls of two Gaussians.
+
+    p = N(m, τ² I), q = N(0, ρ² I), at the noise level σ: with no hidden layer, σ_data = τ, a zero log-gain,
+    u = x/sqrt(σ² + τ²), residuals Δ_p = u − m/sqrt(σ² + τ²) and Δ_q = β u with β = sqrt((σ² + τ²)/(σ² + ρ²)),
+    the bowls are A = −‖x − m‖²/(2(σ² + τ²)) (+ log K) and B = −‖x‖²/(2(σ² + ρ²)) (+ log K): log p_σ and
+    log q_σ up to constants, so ∇A, ∇B are the exact scores at σ (every mixture component set alike).
+    """
+    m = np.asarray(m, np.float32)
+    dim = len(m)
+    model = models.mlp_discriminator((dim,), hidden=(), parametrisation="energy_difference", sigma_data=tau,
+                                     energy_bias=energy_bias)
+    gain = model.get_layer("log_gain")
+    gain.set_weights([np.zeros_like(w) for w in gain.get_weights()])
+    residuals = model.get_layer("residuals")
+    in_features, out_features = residuals.get_weights()[0].shape
+    components = out_features // (2 * dim)
+    scale = np.sqrt(sigma**2 + tau**2)
+    beta = np.sqrt((sigma**2 + tau**2) / (sigma**2 + rho**2))
+    kernel = np.zeros((in_features, out_features), np.float32)
+    bias = np.zeros(out_features, np.float32)
+    for k in range(components):
+        kernel[:dim, k * dim:(k + 1) * dim] = np.eye(dim)
+        bias[k * dim:(k + 1) * dim] = -m / scale
+        q = (components + k) * dim
+        kernel[:dim, q:q + dim] = beta * np.eye(dim)
+    residuals.set_weights([kernel, bias])
+    return model
+
+
 def one_nan(array):
     array = np.array(array, np.float32)
     array.flat[3] = np.nan

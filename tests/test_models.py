@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from gan2flow import estimators, models
 
+from _helpers import gaussian_energy_difference
+
 RNG = np.random.default_rng(0)
 
 # (builder, positional args, keyword args, expected x shape, expected output shape)
@@ -171,12 +173,6 @@ def _set_dense(model, name, kernel, bias):
     layer.set_weights([np.asarray(kernel, np.float32), np.asarray(bias, np.float32)])
 
 
-def _zero_log_gain(model):
-    if "log_gain" in [layer.name for layer in model.layers]:
-        layer = model.get_layer("log_gain")
-        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
-
-
 @pytest.mark.parametrize("sigma", [0.05, 0.4, 2.0])
 def test_energy_difference_gives_the_gaussian_score_difference(sigma):
     # p = N(m, τ² I), q = N(0, ρ² I): v_σ(x) = −(x − m)/(σ² + τ²) + x/(σ² + ρ²) and
@@ -186,21 +182,7 @@ def test_energy_difference_gives_the_gaussian_score_difference(sigma):
     # every mixture component (all K set alike, the log-sum-exp adds log K, a constant).
     dim, tau, rho = 3, 0.3, 1.5
     m = np.array([1.0, -0.5, 0.25], np.float32)
-    model = models.mlp_discriminator((dim,), hidden=(), parametrisation="energy_difference", sigma_data=tau)
-    _zero_log_gain(model)
-    residuals = model.get_layer("residuals")
-    in_features, out_features = residuals.get_weights()[0].shape
-    components = out_features // (2 * dim)
-    scale = math.sqrt(sigma**2 + tau**2)
-    beta = math.sqrt((sigma**2 + tau**2) / (sigma**2 + rho**2))
-    kernel = np.zeros((in_features, out_features), np.float32)
-    bias = np.zeros(out_features, np.float32)
-    for k in range(components):
-        kernel[:dim, k * dim:(k + 1) * dim] = np.eye(dim)
-        bias[k * dim:(k + 1) * dim] = -m / scale
-        q = (components + k) * dim
-        kernel[:dim, q:q + dim] = beta * np.eye(dim)
-    _set_dense(model, "residuals", kernel, bias)
+    model = gaussian_energy_difference(sigma, m, tau, rho)
     x = RNG.normal(size=(64, dim)).astype(np.float32) * 2.0
     v = estimators.DiscriminatorScoreDifference(model, loss="logistic")(x, sigma).numpy()
     expected = -(x - m) / (sigma**2 + tau**2) + x / (sigma**2 + rho**2)
@@ -210,6 +192,60 @@ def test_energy_difference_gives_the_gaussian_score_difference(sigma):
     exact = -np.sum((x - m) ** 2, 1) / (2 * (sigma**2 + tau**2)) + np.sum(x**2, 1) / (2 * (sigma**2 + rho**2))
     offsets = logit - exact
     np.testing.assert_allclose(offsets, offsets[0], atol=1e-4 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("sigma", [0.05, 2.0])
+def test_energy_bowls_are_the_two_scores_and_the_offset_moves_no_gradient(sigma):
+    # The hand-set Gaussian model (as above): ∇ₓA = −(x − m)/(σ² + τ²) = ∇log p_σ, ∇ₓB = −x/(σ² + ρ²) =
+    # ∇log q_σ, A − B = T. The offset c(σ) (energy_bias) adds a constant to A and T and changes neither
+    # gradient. Tolerances as in the test above (float32 on values up to ~1e3).
+    dim, tau, rho = 3, 0.3, 1.5
+    m = np.array([1.0, -0.5, 0.25], np.float32)
+    model = gaussian_energy_difference(sigma, m, tau, rho, energy_bias=True)
+    bowls = models.energy_bowls(model)
+    assert {id(w) for w in bowls.trainable_weights} == {id(w) for w in model.trainable_weights}
+    x = tf.constant(RNG.normal(size=(32, dim)).astype(np.float32) * 2.0)
+    sigmas = tf.fill([32, 1], sigma)
+
+    def values_and_gradients():
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ab = bowls([x, sigmas])
+            a, b = tf.reduce_sum(ab[:, 0]), tf.reduce_sum(ab[:, 1])
+        return ab.numpy(), tape.gradient(a, x).numpy(), tape.gradient(b, x).numpy()
+
+    ab, grad_a, grad_b = values_and_gradients()
+    score_p = -(x.numpy() - m) / (sigma**2 + tau**2)
+    score_q = -x.numpy() / (sigma**2 + rho**2)
+    np.testing.assert_allclose(grad_a, score_p, rtol=1e-4, atol=1e-4 * np.abs(score_p).max())
+    np.testing.assert_allclose(grad_b, score_q, rtol=1e-4, atol=1e-4 * np.abs(score_q).max())
+    np.testing.assert_allclose(ab[:, 0] - ab[:, 1], model([x, sigmas]).numpy()[:, 0], rtol=1e-6, atol=1e-5)
+    offset = model.get_layer("energy_bias")
+    offset.set_weights([np.zeros_like(offset.get_weights()[0]), np.array([0.7], np.float32)])
+    shifted, shifted_a, shifted_b = values_and_gradients()
+    np.testing.assert_allclose(shifted[:, 0] - ab[:, 0], 0.7, rtol=1e-5, atol=1e-4 * np.abs(ab).max())
+    np.testing.assert_array_equal(shifted[:, 1], ab[:, 1])
+    np.testing.assert_allclose(shifted_a, grad_a, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(shifted_b, grad_b)
+
+
+def test_energy_bowls_and_bias_checks(tmp_path):
+    with pytest.raises(ValueError, match="EnergyDifference"):
+        models.energy_bowls(models.mlp_discriminator((2,), hidden=(8,)))
+    with pytest.raises(ValueError, match="energy_bias"):
+        models.mlp_discriminator((2,), hidden=(8,), parametrisation="preconditioned", energy_bias=True)
+    # The offset is off by default; a model with it round-trips through a .keras file.
+    assert "energy_bias" not in {layer.name for layer in models.mlp_discriminator(
+        (2,), hidden=(8,), parametrisation="energy_difference").layers}
+    model = models.mlp_discriminator((2,), hidden=(8,), parametrisation="energy_difference", energy_bias=True)
+    offset = model.get_layer("energy_bias")
+    offset.set_weights([w + 0.3 for w in offset.get_weights()])
+    path = str(tmp_path / "d.keras")
+    model.save(path)
+    inputs = _inputs(model)
+    np.testing.assert_array_equal(keras.saving.load_model(path)(inputs).numpy(), model(inputs).numpy())
+    layer = models.EnergyDifference(components=3, bowls=True)
+    assert models.EnergyDifference.from_config(layer.get_config()).bowls
 
 
 def test_preconditioned_gradient_carries_c_in():

@@ -29,7 +29,7 @@ import tensorflow_probability as tfp
 import gan2flow
 from gan2flow import estimators, models, training
 
-from _helpers import Interrupted, Recorder, bad_call_tests, one_nan
+from _helpers import Interrupted, Recorder, bad_call_tests, gaussian_energy_difference, one_nan
 
 tfd = tfp.distributions
 RTOL, ATOL = 1e-5, 1e-6
@@ -196,6 +196,50 @@ def test_scaled_r1_penalty_is_sigma_to_the_fourth_times_r1():
     gan.compile(keras.optimizers.SGD(0.0))
     history = gan.fit(_real(64), batch_size=32, epochs=1, verbose=0).history
     np.testing.assert_allclose(history["penalty"][0], 0.5**4 * np.sum(np.square(W)), rtol=RTOL)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0])
+def test_denoising_term_of_the_exact_bowls_is_its_closed_form_minimum(sigma):
+    # Real N(m, τ² I), fakes G(z) = ρz ~ N(0, ρ² I), σ fixed; the energy difference set by hand to the exact
+    # bowls (∇A = ∇log p_σ, ∇B = ∇log q_σ; tests/_helpers.py). Each side's DSM term is then at its minimum
+    # τ²/(σ² + τ²) and ρ²/(σ² + ρ²) (losses.denoising_score_matching; the real side up to the finite real
+    # sample, itself drawn from N(m, τ² I)). Monte Carlo: each term is a mean of N·d = 4096·3 values v·χ²₁,
+    # standard error v·sqrt(2/(N·d)) (1.3 %); 5 SE of the sum. SGD(0) leaves the weights as set.
+    tau, rho, dim = 0.3, 1.5, 3
+    m = np.array([1.0, -0.5, 0.25], np.float32)
+    generator = _constant_generator(np.zeros(dim), latent_dim=dim)
+    generator.layers[-1].set_weights([rho * np.eye(dim, dtype=np.float32), np.zeros(dim, np.float32)])
+    real = (m + tau * np.random.default_rng(0).normal(size=(4096, dim))).astype(np.float32)
+    gan = training.SDGAN(generator, gaussian_energy_difference(sigma, m, tau, rho), generator_objective=None,
+                         sigma_range=(sigma, sigma), denoising_weight=1.0, seed=0)
+    gan.compile(keras.optimizers.SGD(0.0))
+    history = gan.fit(real, batch_size=1024, epochs=1, verbose=0).history
+    terms = np.array([tau**2 / (sigma**2 + tau**2), rho**2 / (sigma**2 + rho**2)])
+    assert abs(history["denoising"][0] - terms.sum()) < 5 * np.sqrt(np.sum(terms**2)) * np.sqrt(2 / (4096 * dim))
+    # Mis-scaled bowls (residuals × 1.5: ∇A and ∇B 2.25× too steep) are far above it.
+    residuals = gan.discriminator.get_layer("residuals")
+    residuals.set_weights([1.5 * w for w in residuals.get_weights()])
+    worse = gan.fit(real, batch_size=1024, epochs=1, verbose=0).history["denoising"][0]
+    assert worse > terms.sum() + 0.1
+
+
+def test_denoising_weight_checks_and_logs():
+    # Off by default (no metric, the same draws as before the option existed); needs bowls and noise.
+    assert "denoising" not in _small_gan(None).fit(_real(64), batch_size=32, epochs=1, verbose=0).history
+    with pytest.raises(ValueError, match="EnergyDifference"):
+        _small_gan(None, denoising_weight=1.0)
+    energy = models.mlp_discriminator((2,), hidden=(8,), parametrisation="energy_difference")
+    with pytest.raises(ValueError, match="denoising_weight"):
+        training.SDGAN(_shift_generator(), energy, generator_objective=None, sigma_range=(0.0, 0.0),
+                       denoising_weight=1.0)
+    with pytest.raises(ValueError, match="denoising_weight"):
+        training.SDGAN(_shift_generator(), energy, generator_objective=None, denoising_weight=-1.0)
+    # Training with it lowers the term (and keeps the discriminator loss finite).
+    keras.utils.set_random_seed(0)
+    gan = training.SDGAN(_shift_generator(), energy, generator_objective=None, denoising_weight=1.0, seed=0)
+    gan.compile(keras.optimizers.Adam(1e-2))
+    history = gan.fit(_real(512), batch_size=128, epochs=8, verbose=0).history
+    assert history["denoising"][-1] < history["denoising"][0] and np.isfinite(history["d_loss"][-1])
 
 
 @pytest.mark.parametrize("penalty", ["r1", "gradient_penalty"])
