@@ -8,7 +8,8 @@ c* per σ under q_σ against the exact SD, and the sliced W2 of the flow along t
     python benchmarks/parametrisations.py [--quick] [--seeds 0,1,2] [--steps N] [--out DIR] [--variants "a;b"]
 
 Variants are measured with the training of the runs before issue 15 (``discriminator_training="previous"``)
-unless they say otherwise; "recipe sd" is the comparison's default since then.
+unless they say otherwise; "recipe sd" is the comparison's default since then at the quick budget, and
+"sd + DSM 10" (= "sd_dsm") at the full budget (issue 15, third pass).
 
 On the shared 2-core machine one variant costs about 1 minute per seed with --quick (300 steps).
 """
@@ -56,7 +57,7 @@ VARIANTS.update({
     "lr 3e-3 + EMA 0.99": dict(_ED, budget={"learning_rate": 3e-3}, training={"ema_momentum": 0.99}),
     "lr 3e-3 + batch ×4 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1},
                                          training={"penalty": "r1", "penalty_weight": 1e-3}),
-    "recipe sd (the comparison's default)": dict(_ED, discriminator_training="sd"),
+    "recipe sd (the comparison's default)": dict(_ED, discriminator_training="sd"),  # its quick default
     "lr 3e-3 + batch ×8 + R1 1e-3": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 8, "steps": 1},
                                          training={"penalty": "r1", "penalty_weight": 1e-3}),
     "lr 3e-3 + batch ×4": dict(_ED, budget={"learning_rate": 3e-3, "batch_size": 4, "steps": 1}),
@@ -80,7 +81,7 @@ VARIANTS.update({
     "sd + DSM 0.1": dict(_SD, training={"denoising_weight": 0.1}),
     "sd + DSM 1": dict(_SD, training={"denoising_weight": 1.0}),
     "sd + DSM 3": dict(_SD, training={"denoising_weight": 3.0}),
-    "sd + DSM 10": dict(_SD, training={"denoising_weight": 10.0}),
+    "sd + DSM 10": dict(_SD, training={"denoising_weight": 10.0}),  # "sd_dsm", the comparison's full default
     "sd + DSM 30": dict(_SD, training={"denoising_weight": 30.0}),
     "sd + DSM 100": dict(_SD, training={"denoising_weight": 100.0}),
     "sd + offset + DSM 0.1": dict(_SD, energy_bias=True, training={"denoising_weight": 0.1}),

@@ -576,8 +576,10 @@ def _add_compare_command(commands):
                     "high-quality %). A second table trains full SDGANs with each generator objective\n"
                     "(minimax, non_saturating, logit, flow_regression) at an equal budget.\n\n"
                     "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, seeds.csv, results.json\n"
-                    "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget takes\n"
-                    "about 9 CPU-minutes (10 minutes on 2 cores, more when they are shared); --quick about 2.",
+                    "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget took\n"
+                    "about 9 CPU-minutes before its default added denoising score matching (10 minutes on 2\n"
+                    "cores, more when they are shared; DSM cost 20-65 % more training time for the logistic\n"
+                    "loss); --quick about 2.",
         epilog="examples:\n"
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
                "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1\n"
@@ -621,9 +623,14 @@ def _add_compare_command(commands):
                               "objectives; 'plain' with --discriminator-training previous reproduces the runs "
                               "before issue 15; docs/losses.md, 'Parametrisations')")
     compare.add_argument("--discriminator-training", default=None, metavar="NAME",
-                         help="how the loss comparison trains its discriminators: 'sd' (default: batch 1024, Adam "
-                              "3e-3, R1 penalty 1e-3) or 'previous' (batch 256, Adam 1e-3, no penalty: the runs "
-                              "before issue 15); docs/losses.md, 'Training the SD discriminator'")
+                         help="how the loss comparison trains its discriminators: 'sd_dsm' ('sd' plus denoising "
+                              "score matching of weight 10 on the energy difference's bowls, SD-consistent losses "
+                              "only), 'sd' (batch 1024, Adam 3e-3, R1 penalty 1e-3) or 'previous' (batch 256, Adam "
+                              "1e-3, no penalty: the runs before issue 15). Default: 'sd_dsm' at the full budget, "
+                              "'sd' with --quick (DSM measured better at the full budget, worse at the quick one) "
+                              "or with another --parametrisation than energy_difference; pass 'sd' to turn DSM "
+                              "off. The training that ran is in report.md and results.json; docs/losses.md, "
+                              "'Denoising score matching on the bowls'")
     compare.add_argument("--n", type=int, default=None,
                          help="with --refiners: samples per refiner and seed (default 1000; 500 with --quick)")
     compare.set_defaults(handler=_compare)

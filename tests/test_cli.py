@@ -26,6 +26,8 @@ HELP_OPTIONS = {
     "convert": ["--generator", "--discriminator", "--data", "--loss", "--steps", "--out", "--output", "--seed"],
     "refine": ["--flow", "--n", "--out", "--space", "--no-refine", "--seed", "--batch-size", "--levels",
                "--step-scale"],
+    # The loss comparison's discriminator trainings, its budget-dependent default (DSM at the full budget).
+    "compare": ["--quick", "--discriminator-training", "sd_dsm", "--parametrisation", "--seeds"],
 }
 
 

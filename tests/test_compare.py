@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gan2flow import cli, losses, toys
+from gan2flow import cli, losses, models, toys
 from gan2flow.experiments import compare
 
 
@@ -158,6 +158,11 @@ def test_run_end_to_end_tiny(tmp_path, eager):
         saved = json.load(handle)
     settings = saved["losses"]["settings"]
     assert settings["seed"] == 3 and settings["steps"] == 2 and settings["hidden"] == [8]
+    # The training that ran is recorded: the quick budget's default is "sd" (no DSM).
+    assert settings["discriminator_training"] == "sd" and "denoising_weight" not in settings["training_options"]
+    assert "training `sd` (r1 0.001)" in report
+    with open(result["files"]["training"], newline="") as handle:
+        assert {row["denoising_weight"] for row in csv.DictReader(handle)} == {"0.0"}
     assert saved["objectives"]["settings"]["steps"] == 2 and saved["objectives"]["settings"]["seeds"] == 1
     assert [row["objective"] for row in saved["objectives"]["rows"]] == ["logit"]
 
@@ -272,15 +277,28 @@ def test_seed_summary_mean_and_spread():
     assert "0.300 ± 0.141" in table
 
 
-@pytest.mark.parametrize("loss, recipe, expected_sdgan, expected_optimizer", [
-    # The comparison's default ("sd", issue 15): batch 1024, Adam 3e-3, R1 of weight 1e-3.
-    ("logistic", None, {"penalty": "r1", "penalty_weight": 1e-3}, (1024, 3e-3)),
+_SD = {"penalty": "r1", "penalty_weight": 1e-3}
+
+
+@pytest.mark.parametrize("loss, quick, recipe, options, expected_sdgan, expected_optimizer", [
+    # The quick default ("sd", issue 15): batch 1024, Adam 3e-3, R1 of weight 1e-3, no DSM.
+    ("logistic", True, None, None, dict(_SD, denoising_weight=None), (1024, 3e-3)),
+    # The full default ("sd_dsm"): "sd" plus DSM of weight 10 on the energy difference's bowls.
+    ("logistic", False, None, None, dict(_SD, denoising_weight=10.0), (1024, 3e-3)),
+    # ... for SD-consistent losses only: hinge has no link, so its T is not log r and DSM would fight it.
+    ("hinge", False, None, None, dict(_SD, denoising_weight=None), (1024, 3e-3)),
+    # Turned off: "sd" by name, or training options without it (they replace the recipe's).
+    ("logistic", False, "sd", None, dict(_SD, denoising_weight=None), (1024, 3e-3)),
+    ("logistic", False, None, dict(_SD, denoising_weight=0.0), dict(_SD, denoising_weight=0.0), (1024, 3e-3)),
     # "previous" reproduces the runs before issue 15: batch 256, Adam 1e-3, no penalty.
-    ("logistic", "previous", {"penalty": None}, (256, 1e-3)),
-    # Wasserstein keeps WGAN-GP (weight None: SDGAN's default 10) under either recipe.
-    ("wasserstein", None, {"penalty": "gradient_penalty", "penalty_weight": None}, (1024, 3e-3)),
+    ("logistic", True, "previous", None, {"penalty": None, "denoising_weight": None}, (256, 1e-3)),
+    # Wasserstein keeps WGAN-GP (weight None: SDGAN's default 10) under every recipe, and gets no DSM.
+    ("wasserstein", False, None, None, {"penalty": "gradient_penalty", "penalty_weight": None,
+                                        "denoising_weight": None}, (1024, 3e-3)),
 ])
-def test_compare_losses_trains_with_the_named_recipe(monkeypatch, loss, recipe, expected_sdgan, expected_optimizer):
+def test_compare_losses_trains_with_the_named_recipe(monkeypatch, loss, quick, recipe, options, expected_sdgan,
+                                                     expected_optimizer):
+    # Stand-ins stop compare_losses at fit(): only the resolution of the training is run, at either budget.
     seen = {}
 
     class StandIn:
@@ -304,11 +322,29 @@ def test_compare_losses_trains_with_the_named_recipe(monkeypatch, loss, recipe, 
     monkeypatch.setattr(compare.losses, "cosine_adam", adam)
     kwargs = {} if recipe is None else {"discriminator_training": recipe}
     with pytest.raises(_Built):
-        compare.compare_losses(losses=[loss], targets=["2d"], quick=True, n_train=64, n_eval=16, n_flow=16,
-                               eval_sigmas=2, flow_levels=2, verbose=False, **kwargs)
-    assert {key: seen["sdgan"][key] for key in expected_sdgan} == expected_sdgan
+        compare.compare_losses(losses=[loss], targets=["2d"], quick=quick, n_train=64, n_eval=16, n_flow=16,
+                               eval_sigmas=2, flow_levels=2, hidden=(8,), verbose=False, training_options=options,
+                               **kwargs)
+    assert {key: seen["sdgan"].get(key) for key in expected_sdgan} == expected_sdgan
     assert (seen["batch_size"], seen["optimizer"][0]) == expected_optimizer
     assert seen["optimizer"][1] == {}
+
+
+def test_discriminator_training_resolution():
+    # None: DSM ("sd_dsm") at the full budget with the energy difference, "sd" at the quick budget or with a
+    # discriminator without bowls; a name is kept, and "sd_dsm" without bowls is an error.
+    resolve = compare.budgets.resolve_discriminator_training
+    energy = models.SD_PARAMETRISATION
+    assert resolve(None, quick=False, parametrisation=energy) == "sd_dsm"
+    assert resolve(None, quick=True, parametrisation=energy) == "sd"
+    assert resolve(None, quick=False, parametrisation="plain") == "sd"
+    assert resolve("sd", quick=False, parametrisation=energy) == "sd"
+    assert resolve("previous", quick=False, parametrisation="plain") == "previous"
+    assert compare.budgets.DISCRIMINATOR_TRAININGS["sd_dsm"]["options"]["denoising_weight"] == 10.0
+    with pytest.raises(ValueError, match="discriminator_training"):
+        resolve("sd_dsm", quick=False, parametrisation="plain")
+    with pytest.raises(ValueError, match="discriminator_training"):
+        resolve("fast", quick=True, parametrisation=energy)
 
 
 def test_compare_losses_passes_ema_and_decay_to_the_optimizer(monkeypatch):

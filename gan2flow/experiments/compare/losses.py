@@ -41,11 +41,11 @@ from gan2flow import losses as _losses
 from gan2flow import sigmas as _sigmas
 from gan2flow import training as _training
 from gan2flow.experiments.compare.budgets import (
-    DISCRIMINATOR_TRAINING,
     DISCRIMINATOR_TRAININGS,
     LOSS_BUDGETS,
     cosine_adam,
     resolve_budget,
+    resolve_discriminator_training,
     steps_per_execution,
 )
 from gan2flow.experiments.compare.fields import ScaledPerSigma, calibration_scales, field_errors
@@ -69,6 +69,8 @@ def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learnin
                          if key in training_options}
     sdgan_options = {"penalty": None}
     sdgan_options.update(training_options)
+    if not loss.sd_consistent:  # DSM makes ∇T the SD, which only an SD-consistent loss's optimum agrees with
+        sdgan_options.pop("denoising_weight", None)
     if loss.name == "wasserstein":  # without its penalty the critic is unbounded: WGAN-GP whatever the recipe
         sdgan_options.update(penalty="gradient_penalty", penalty_weight=None)
     penalty = sdgan_options["penalty"]
@@ -80,7 +82,8 @@ def _train_discriminator(prob, loss, real, *, steps, batch_size, hidden, learnin
     history = gan.fit(datasets.shuffled_batches(real, batch_size, seed), steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - started
     d_loss = float(history.history["d_loss"][-1])
-    info = {"problem": prob.name, "loss": loss.name, "penalty": penalty, "steps": int(steps),
+    info = {"problem": prob.name, "loss": loss.name, "penalty": penalty,
+            "denoising_weight": float(sdgan_options.get("denoising_weight", 0.0)), "steps": int(steps),
             "seconds": seconds, "d_loss": d_loss, "finite": bool(np.isfinite(d_loss) and _all_finite(discriminator))}
     return discriminator, info
 
@@ -108,7 +111,7 @@ def _flow_scores(x0, estimator, schedule, step_scale, reference, centers, stds, 
 def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=None, batch_size=None,
                    hidden=None, n_train=None, n_eval=None, n_flow=None, eval_sigmas=None, flow_levels=None,
                    learning_rate=None, flow_step_scale=0.5, discriminator_options=None,
-                   discriminator_training=DISCRIMINATOR_TRAINING, training_options=None, jit_compile=False,
+                   discriminator_training=None, training_options=None, jit_compile=False,
                    verbose=True):
     """Train a discriminator per loss and problem; measure its field against the exact SD and flow along it.
 
@@ -138,15 +141,20 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"``, the best measured SD
         estimator; ``{"parametrisation": "plain"}`` with ``discriminator_training="previous"`` reproduces the
         runs before issue 15).
-      discriminator_training: a name in ``budgets.DISCRIMINATOR_TRAININGS``: ``"sd"`` (the default: batch
-        1024, Adam 3e-3, an R1 penalty of weight 1e-3; docs/losses.md, "Training the SD discriminator") or
-        ``"previous"`` (batch 256, Adam 1e-3, no penalty). It supplies ``batch_size``, ``learning_rate`` and
-        ``training_options`` where those are None.
+      discriminator_training: a name in ``budgets.DISCRIMINATOR_TRAININGS``: ``"sd_dsm"`` (``"sd"`` plus
+        ``denoising_weight=10``: denoising score matching on the energy difference's bowls, for the
+        SD-consistent losses; docs/losses.md, "Denoising score matching on the bowls"), ``"sd"`` (batch
+        1024, Adam 3e-3, an R1 penalty of weight 1e-3; "Training the SD discriminator") or ``"previous"``
+        (batch 256, Adam 1e-3, no penalty). None (the default): ``"sd_dsm"`` at the full budget with the
+        energy-difference discriminator, ``"sd"`` otherwise (DSM was measured better at the full budget and
+        worse at the quick one; ``budgets.resolve_discriminator_training``). It supplies ``batch_size``,
+        ``learning_rate`` and ``training_options`` where those are None; ``"sd"`` turns DSM off.
       training_options: further keyword arguments of :class:`gan2flow.SDGAN` (``penalty``,
-        ``penalty_weight``, ``sigma_sampling``, ``discriminator_steps``) and of the optimizer
-        (``ema_momentum``: an exponential moving average of the weights, evaluated instead of them;
-        ``final_fraction``: where the cosine decay ends); None: the ``discriminator_training``'s.
-        Wasserstein always gets the WGAN-GP penalty.
+        ``penalty_weight``, ``denoising_weight``, ``sigma_sampling``, ``discriminator_steps``) and of the
+        optimizer (``ema_momentum``: an exponential moving average of the weights, evaluated instead of
+        them; ``final_fraction``: where the cosine decay ends), *instead of* the ``discriminator_training``'s
+        (None: those). Wasserstein always gets the WGAN-GP penalty; losses that are not SD-consistent never
+        get ``denoising_weight``.
       jit_compile: compile training steps and flows with XLA. Off by default: on the 2-core CPU, XLA
         compilation took 10-20 s per model, more than it saved over 1500 steps of these small MLPs.
       verbose: print one line per trained discriminator.
@@ -168,8 +176,11 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
     if not problems:
         raise ValueError("`targets` must name at least one problem, got an empty list.")
     seed = _checks.positive_int(seed, "seed", allow_zero=True)
-    recipe = DISCRIMINATOR_TRAININGS[_checks.one_of(discriminator_training, "discriminator_training",
-                                                    tuple(DISCRIMINATOR_TRAININGS))]
+    parametrisation = (models.SD_PARAMETRISATION if discriminator_options is None
+                       else discriminator_options.get("parametrisation", "plain"))
+    discriminator_training = resolve_discriminator_training(discriminator_training, quick=quick,
+                                                            parametrisation=parametrisation)
+    recipe = DISCRIMINATOR_TRAININGS[discriminator_training]
     batch_size = recipe["batch_size"] if batch_size is None else batch_size
     learning_rate = recipe["learning_rate"] if learning_rate is None else learning_rate
     training_options = dict(recipe["options"] if training_options is None else training_options)
@@ -190,6 +201,8 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
                     flow_steps_per_sigma=1, flow_method="euler", jit_compile=bool(jit_compile),
                     penalties={"wasserstein": "gradient_penalty (WGAN-GP, weight 10)",
                                "others": training_options.get("penalty") or "none"},
+                    denoising_weight={"SD-consistent losses": float(training_options.get("denoising_weight", 0.0)),
+                                      "others": 0.0},
                     discriminator_options=(None if discriminator_options is None else dict(discriminator_options)),
                     discriminator_training=discriminator_training, training_options=training_options,
                     evaluation_points="q_sigma: source samples + sigma noise (primary); p_sigma: target "

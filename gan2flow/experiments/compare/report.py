@@ -35,6 +35,21 @@ def _metric_cells(row):
             _fmt(100.0 * row["high_quality"], ".1f")]
 
 
+def _training_label(settings):
+    """```sd_dsm` (r1 0.001, DSM 10 on the SD-consistent losses)``: the discriminator training that ran."""
+    name = settings.get("discriminator_training")
+    if name is None:  # results written before the trainings had names
+        return "as recorded in results.json"
+    options = settings.get("training_options") or {}
+    parts = []
+    if options.get("penalty"):
+        weight = options.get("penalty_weight")
+        parts.append(f"{options['penalty']} {'default weight' if weight is None else format(weight, 'g')}")
+    if options.get("denoising_weight"):
+        parts.append(f"DSM {options['denoising_weight']:g} on the SD-consistent losses")
+    return f"`{name}`" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def format_report(losses_result=None, objectives_result=None):
     """Markdown tables of a :func:`compare_losses` and/or :func:`compare_objectives` result.
 
@@ -61,8 +76,9 @@ def format_report(losses_result=None, objectives_result=None):
             lines += [f"### {name}: discriminator fields against the exact SD", "",
                       f"d = {info['dim']}, σ ∈ [{info['sigma_range'][0]:g}, {info['sigma_range'][1]:g}], "
                       f"{settings['steps']} training steps of batch {settings['batch_size']}, discriminator "
-                      f"MLP {settings['hidden']}; means over {len(info['eval_sigmas'])} σ levels "
-                      f"(geometric), {settings['n_eval']} points per level and weighting.", "",
+                      f"MLP {settings['hidden']}, training {_training_label(settings)}; means over "
+                      f"{len(info['eval_sigmas'])} σ levels (geometric), {settings['n_eval']} points per level "
+                      "and weighting.", "",
                       "| loss | SD-consistent | cosine (q_σ) | rel. error (q_σ) | rel. error, best scale (q_σ) "
                       "| c* at σ_min → σ_max (q_σ) | rel. error, calibrated (q_σ) | cosine (p_σ) "
                       "| rel. error, best scale (p_σ) |",
@@ -198,5 +214,6 @@ OBJECTIVE_COLUMNS = ("problem", "objective", "loss", "seed", "seconds", "d_loss"
                       "energy", "modes", "n_modes", "high_quality", "mode_kl")
 SEED_COLUMNS = ("problem", "loss", "seed", "cosine", "rel_error_fit", "scale_sigma_min", "scale_sigma_max",
                 "worst_scale", "sliced_w2")
-TRAINING_COLUMNS = ("problem", "loss", "penalty", "steps", "seconds", "d_loss", "finite", "seconds_fields",
+TRAINING_COLUMNS = ("problem", "loss", "penalty", "denoising_weight", "steps", "seconds", "d_loss", "finite",
+                    "seconds_fields",
                      "seconds_flows")
