@@ -288,6 +288,8 @@ def _calibrate_stages(generator, train, heldout, latent_shape, seed, verbose, op
             "sigmas": [float(calibration.sigmas[k]) for k in used],
             "step_sizes": [float(calibration.step_sizes[k]) for k in used],
             "flow_steps": int(calibration.flow_steps),
+            "noise_scale": float(calibration.noise_scale),
+            "noise_levels": [float(calibration.noise_levels[k]) for k in used],
             "box": [np.asarray(low).tolist(), np.asarray(high).tolist()],
             "max_displacement": diameter,
             "report": calibration.report,

@@ -91,6 +91,8 @@ class FlowPlan:
         steps_per_sigma: steps taken at each level.
         method: ``"euler"`` or ``"heun"``.
         noise_scale: ≥ 0, Langevin noise sqrt(2η)·noise_scale·n per step.
+        noise_levels: None, or float32 [levels] ≥ 0: level k's noise is noise_levels[k]·noise_scale (the staged
+            field's noise-free finishing stages, gan2flow.staged).
         seed: integer noise seed.
         row_offset: global index of the batch's first row (keys the noise).
         step_offset: global index of the plan's first step (keys the noise; counts in error messages).
@@ -127,6 +129,7 @@ class FlowPlan:
     max_displacement: float = float("inf")
     box: object = None
     source_weight: float = 1.0
+    noise_levels: object = None
 
     @property
     def n_levels(self):
@@ -136,6 +139,7 @@ class FlowPlan:
         """The plan restricted to levels ``start:stop``, its steps keeping their global indices."""
         stop = self.n_levels if stop is None else stop
         return dataclasses.replace(self, sigmas=self.sigmas[start:stop], step_sizes=self.step_sizes[start:stop],
+                                   noise_levels=None if self.noise_levels is None else self.noise_levels[start:stop],
                                    step_offset=self.step_offset + int(start) * self.steps_per_sigma)
 
     def rows(self, start):
@@ -166,7 +170,7 @@ def default_divergence_bound(x, sigma_max):
 def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_per_sigma=1, method="euler",
               noise_scale=0.0, seed=None, on_divergence="raise", max_backoffs=8, divergence_bound=None,
               drift_correction=False, kernel_block_size="auto", max_displacement=None, box=None,
-              noise_correction=True):
+              noise_correction=True, noise_levels=None):
     """Validate a flow's arguments into a :class:`FlowPlan` for the batch ``x`` (see :func:`flow`).
 
     ``x`` is used for its shape (the estimator is probed once on its first rows) and for the default
@@ -202,6 +206,12 @@ def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_pe
             )
         if bool(tf.reduce_any(etas < 0)):
             raise ValueError(f"`step_sizes` must be >= 0, got {etas.numpy().tolist()}.")
+    if noise_levels is not None:
+        noise_levels = np.asarray(noise_levels, np.float32).reshape(-1)
+        if noise_levels.shape[0] != sigmas.shape[0] or not np.all(np.isfinite(noise_levels)) or np.any(
+                noise_levels < 0):
+            raise ValueError(f"`noise_levels` must hold one finite factor ≥ 0 per sigma level ({sigmas.shape[0]}), "
+                             f"got {noise_levels.tolist()}.")
     seed = resolve_seed(seed, noise_scale)
     source_weight = 1.0 - noise_scale**2 if (noise_correction and noise_scale > 0) else 1.0
     if source_weight != 1.0 and hasattr(estimator, "with_source_weight"):
@@ -223,7 +233,8 @@ def make_plan(x, estimator, sigmas, *, step_scale=0.5, step_sizes=None, steps_pe
                     steps_per_sigma=steps_per_sigma, method=method, noise_scale=noise_scale, seed=seed,
                     divergence_bound=divergence_bound, on_divergence=on_divergence, max_backoffs=max_backoffs,
                     drift_correction=bool(drift_correction), kernel_block_size=kernel_block_size,
-                    max_displacement=max_displacement, box=box, source_weight=source_weight)
+                    max_displacement=max_displacement, box=box, source_weight=source_weight,
+                    noise_levels=noise_levels)
 
 
 def _checked_box(box, sample_shape):
@@ -290,8 +301,8 @@ def _probe(estimator, x, sigma):
 def _build_loop(estimator, method, record, noisy, drift_block, source_weight, jit_compile):
     """The compiled loop for one static structure; ``drift_block`` is the kernel block size of the drift
     correction, or False for none."""
-    def run_loop(x, reference, sigmas, etas, n_levels, steps_per_sigma, noise_scale, seed, offset, step_offset,
-                 bound, max_backoffs, max_displacement, low, high):
+    def run_loop(x, reference, sigmas, etas, n_levels, steps_per_sigma, noise_scale, noise_levels, seed, offset,
+                 step_offset, bound, max_backoffs, max_displacement, low, high):
         # sigmas/etas are padded to a bucket length (see padded_schedule); n_levels is the real length.
         _TRACES["count"] += 1
         if drift_block is not False:
@@ -335,7 +346,7 @@ def _build_loop(estimator, method, record, noisy, drift_block, source_weight, ji
             eta = etas[level] * scale
             proposal, clipped_now = step_once(x, sigma, eta)
             if noisy:
-                proposal = proposal + tf.sqrt(2.0 * eta) * noise_scale * noise.counter_normal(
+                proposal = proposal + tf.sqrt(2.0 * eta) * noise_scale * noise_levels[level] * noise.counter_normal(
                     shape, seed, step_offset + i, offset)
             inside = tf.clip_by_value(proposal, low, high)
             projected_now = tf.reduce_sum(tf.cast(tf.not_equal(inside, proposal), tf.int32))
@@ -402,10 +413,14 @@ def padded_schedule(plan, bucket=None, scale=1.0):
     etas = np.zeros(bucket, np.float32)
     sigmas[:n_levels] = plan.sigmas
     etas[:n_levels] = plan.step_sizes * np.float32(scale)
+    noise_levels = np.ones(bucket, np.float32)
+    if plan.noise_levels is not None:
+        noise_levels[:n_levels] = plan.noise_levels
     return dict(
         sigmas=tf.constant(sigmas), etas=tf.constant(etas), n_levels=tf.constant(n_levels, tf.int32),
         steps_per_sigma=tf.constant(plan.steps_per_sigma, tf.int32),
-        noise_scale=tf.constant(plan.noise_scale, tf.float32), seed=tf.constant(plan.seed, tf.int64),
+        noise_scale=tf.constant(plan.noise_scale, tf.float32), noise_levels=tf.constant(noise_levels),
+        seed=tf.constant(plan.seed, tf.int64),
         offset=tf.constant(plan.row_offset, tf.int64), step_offset=tf.constant(plan.step_offset, tf.int32),
         bound=tf.constant(plan.divergence_bound, tf.float32),
         max_backoffs=tf.constant(plan.max_backoffs if plan.on_divergence == "backoff" else 0, tf.int32),

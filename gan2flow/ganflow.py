@@ -247,7 +247,7 @@ class GANFlow(keras.Model):
         return schedules.geometric(self.sigma_range[1], self.sigma_range[0], levels)
 
     def refine(self, x, *, field="auto", sigmas=None, levels=None, steps_per_sigma=None, step_scale=None,
-               drift_correction=None, drift_min_sigma=None, kernel_block_size=None, method="euler", noise_scale=0.0,
+               drift_correction=None, drift_min_sigma=None, kernel_block_size=None, method="euler", noise_scale=None,
                seed=None, batch_size=None, verbose=False, callback=None, on_divergence="raise", strategy=None,
                check=True, report=None, labels=None):
         """Refine samples in data space along a calibrated score difference.
@@ -275,7 +275,12 @@ class GANFlow(keras.Model):
             field: ``"auto"``, ``"staged"`` or ``"calibrated"``.
             sigmas, levels, steps_per_sigma, step_scale, drift_correction, drift_min_sigma, kernel_block_size:
                 the ``"calibrated"`` field's schedule (an error with ``"staged"``).
-            method, noise_scale, seed, batch_size, callback, on_divergence: as :func:`gan2flow.flow`.
+            method, seed, batch_size, callback, on_divergence: as :func:`gan2flow.flow`.
+            noise_scale: Langevin noise √(2η)·s·n per step, as :func:`gan2flow.flow`. None (default): the field's
+                own — for the staged field the noise its stages were calibrated with, ``stages["noise_scale"]``
+                times each stage's ``stages["noise_levels"]`` factor (0 for the noise-free finishing stages;
+                docs/convert.md, "Noise in the stages"), 0 for the calibrated field. A number: that s at every
+                level (0: deterministic, which the stages were not calibrated for).
             verbose: show a progress bar.
             strategy: a ``tf.distribute`` strategy: chunks of ``batch_size`` (default n / replicas) are
                 refined in parallel on its replicas (:func:`gan2flow.distribute.run`); the result equals
@@ -322,7 +327,7 @@ class GANFlow(keras.Model):
             plan = self._staged_plan(x, method, noise_scale, seed, on_divergence)
             phases = None
         else:
-            plan, phases = self._calibrated_plan(x, method, noise_scale, seed, on_divergence, **schedule)
+            plan, phases = self._calibrated_plan(x, method, noise_scale or 0.0, seed, on_divergence, **schedule)
         if strategy is not None:  # data-parallel over the strategy's replicas (docs/distributed.md)
             if callback is not None:
                 raise ValueError("`callback` is not supported under a strategy; refine on one device to trace steps.")
@@ -343,7 +348,8 @@ class GANFlow(keras.Model):
     def trajectory(self, x, *, seed=None, labels=None):
         """The staged refinement of x recorded after every stage: (states [stages + 1, n, ...], the stages' σ's).
 
-        The same flow as ``refine(x, field="staged", check=False)`` (its last state equals that result).
+        The same flow as ``refine(x, field="staged", check=False, seed=seed)`` (its last state equals that
+        result; the stages' noise is drawn from ``seed``, a random one when None).
 
         Raises:
             ValueError: a flow converted without stages.
@@ -354,7 +360,7 @@ class GANFlow(keras.Model):
         labels = self.check_labels(labels, int(x.shape[0]))
         if labels is not None:
             self.row_labels.assign(labels[:_PROBE_ROWS])
-        plan = self._staged_plan(x, "euler", 0.0, seed, "raise")
+        plan = self._staged_plan(x, "euler", None, seed, "raise")
         return self._run(plan, x, labels, record=True).history, np.asarray(plan.sigmas)
 
     def _staged_plan(self, x, method, noise_scale, seed, on_divergence):
@@ -364,7 +370,9 @@ class GANFlow(keras.Model):
             return flows.make_plan(x, self.estimator, [], seed=seed)
         low, high = (np.asarray(bound, np.float32) for bound in stages["box"])
         return flows.make_plan(x, self.staged_estimator, stages["sigmas"], step_sizes=stages["step_sizes"],
-                               steps_per_sigma=stages["flow_steps"], method=method, noise_scale=noise_scale,
+                               steps_per_sigma=stages["flow_steps"], method=method,
+                               noise_scale=stages.get("noise_scale", 0.0) if noise_scale is None else noise_scale,
+                               noise_levels=stages.get("noise_levels") if noise_scale is None else None,
                                seed=seed, on_divergence=on_divergence, box=(low, high),
                                max_displacement=stages["max_displacement"])
 

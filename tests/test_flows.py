@@ -448,3 +448,25 @@ def test_progress_bar_segments_draw_the_noise_of_one_flow(kit):
     assert [d["level"] for d in seen] == list(np.repeat(np.arange(7), 2))
     np.testing.assert_allclose([d["sigma"] for d in seen], np.repeat(sigmas.numpy(), 2))
     np.testing.assert_allclose(with_callback, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_per_level_noise_factors_scale_each_levels_langevin_term():
+    """noise_levels[k] multiplies level k's noise: with a zero field, levels (η 0.5, 0.125), two steps each and factors
+    (1, 0) the samples end N(0, 2·0.5·s²·2) = N(0, 0.18) at s = 0.3 (the second level adds nothing); factors
+    (0, 1.5): N(0, 2·0.125·(1.5s)²·2) = N(0, 0.10125). Pieces of the plan keep their levels' factors."""
+    zero = lambda x, sigma: tf.zeros_like(x)  # noqa: E731
+    x = np.zeros((20000, 2), np.float32)
+    common = dict(step_sizes=[0.5, 0.125], steps_per_sigma=2, noise_scale=0.3, seed=11)
+    for factors, variance in (((1.0, 0.0), 0.18), ((0.0, 1.5), 0.10125)):
+        plan = flows.make_plan(x, zero, [1.0, 0.5], noise_levels=factors, **common)
+        out = flows.run(plan, x, jit_compile=False).x.numpy()
+        np.testing.assert_allclose(out.var(0), [variance] * 2, rtol=0.05)  # s.e. of a variance ≈ 1 %
+        assert np.array_equal(plan.levels(1).noise_levels, [factors[1]])
+    # the first level alone, factor 1: the same draws as the whole (1, 0) plan, whose second level adds none
+    plan = flows.make_plan(x, zero, [1.0, 0.5], noise_levels=(1.0, 0.0), **common)
+    whole = flows.run(plan, x, jit_compile=False).x
+    np.testing.assert_allclose(flows.run(plan.levels(0, 1), x, jit_compile=False).x, whole, atol=1e-6)
+    with pytest.raises(ValueError, match="noise_levels"):
+        flows.make_plan(x, zero, [1.0, 0.5], noise_levels=(1.0,), **common)
+    with pytest.raises(ValueError, match="noise_levels"):
+        flows.make_plan(x, zero, [1.0, 0.5], noise_levels=(1.0, -1.0), **common)

@@ -117,3 +117,32 @@ def test_a_flow_with_no_trusted_stage_leaves_samples_unchanged_and_says_so():
                     "trusted": False, "why": "held-out loss exceeds training loss by 0.400 > 0.15"}]})
     assert "not trusted: held-out loss exceeds training loss by 0.400" in text
     assert "no trusted stage: staged refinement leaves samples unchanged" in text
+
+
+def test_the_stages_noise_is_the_langevin_term_of_the_recorded_scale_and_repeats_with_its_seed():
+    """With ``stages["noise_scale"]`` s, each step adds √(2η_k)·s·n: with constant fields and no clipping, refined −
+    the deterministic flow is N(0, 2s²·Σ_k steps·η_k) per coordinate = N(0, 2·0.3²·(2·0.5 + 2·0.125)) = N(0, 0.225)."""
+    flow = _staged_flow(box=((-50.0, -50.0), (50.0, 50.0)))
+    flow.stages["noise_scale"] = 0.3
+    x = np.zeros((20000, 2), np.float32)
+    deterministic = flow.refine(x, noise_scale=0.0, check=False).numpy()
+    np.testing.assert_allclose(deterministic, np.tile([1.0, 0.5], (20000, 1)), atol=1e-6)  # (1, 0) + (0, 0.5)
+    noisy = flow.refine(x, seed=7, check=False).numpy()
+    residual = noisy - deterministic
+    assert np.all(np.abs(residual.mean(0)) < 0.02)                       # s.e. of the mean: √(0.225/20000) ≈ 0.0034
+    np.testing.assert_allclose(residual.var(0), [0.225, 0.225], rtol=0.05)  # s.e. of the variance: ≈ 1 %
+    np.testing.assert_array_equal(flow.refine(x[:64], seed=7, check=False), noisy[:64])   # the seed repeats it
+    assert not np.array_equal(flow.refine(x[:64], seed=8, check=False), noisy[:64])
+    states, _ = flow.trajectory(x[:64], seed=7)
+    np.testing.assert_allclose(states[-1], noisy[:64], atol=1e-6)
+
+
+def test_a_staged_flow_keeps_its_noise_through_save_and_load(tmp_path):
+    flow = _staged_flow(box=((-50.0, -50.0), (50.0, 50.0)))
+    flow.stages["noise_scale"] = 0.3
+    path = str(tmp_path / "noisy.keras")
+    flow.save(path)
+    loaded = gan2flow.load(path)
+    assert loaded.stages["noise_scale"] == 0.3
+    x = np.zeros((32, 2), np.float32)
+    np.testing.assert_array_equal(loaded.refine(x, seed=1, check=False), flow.refine(x, seed=1, check=False))

@@ -312,3 +312,60 @@ def test_checked_move_backtracks_on_a_failed_check():
     moved, scale, _, _, failed = staged.checked_move(x, estimator, 1.0, 0.5, 2, _wide_bounds(), x,
                                                      max_increase=np.inf, max_halvings=2, check=lambda rows: "no")
     assert moved is None and scale == 0.0 and failed == "no"
+
+
+def _bowl_discriminator(curvature):
+    """T(x, σ) = −curvature·‖x‖²/2 (σ unused): ∇ₓT = −curvature·x, a pull to the origin."""
+    x = keras.Input((2,), name="x")
+    sigma = keras.Input((1,), name="sigma")
+    square = keras.layers.Dense(1, use_bias=False)
+    out = square(keras.ops.square(x)) + 0.0 * sigma
+    square.set_weights([np.full((2, 1), -0.5 * curvature, np.float32)])
+    return keras.Model([x, sigma], out)
+
+
+def test_noise_keeps_a_contracting_stage_from_merging_its_samples():
+    """The collapse the noise prevents (module docstring, "Noise"): a field −x/η with a step η maps every sample to
+    the origin in one deterministic step (x − η·x/η = 0: distinct samples merged for good); with noise s each step
+    leaves x = √(2η)·s·n, so after the stage the samples are N(0, 2η s²) whatever they were."""
+    eta = 0.25
+    model = _bowl_discriminator(1.0 / eta)
+    lo, hi = np.full(2, -10.0, np.float32), np.full(2, 10.0, np.float32)
+    calibration = staged.StagedCalibration(model, [model.get_weights()], [1.0], [eta], flow_steps=3,
+                                           bounds=(lo, hi), report=[_entry(True)], n_trusted=1)
+    x0 = np.random.default_rng(0).uniform(-1, 1, size=(20000, 2)).astype(np.float32)
+    np.testing.assert_allclose(staged.refine_stages(x0, calibration).numpy(), 0.0, atol=1e-6)  # merged
+    calibration.noise_scale = 0.3
+    x = staged.refine_stages(x0, calibration, seed=4).numpy()
+    np.testing.assert_allclose(x.var(0), [2 * eta * 0.3**2] * 2, rtol=0.05)   # 0.045; s.e. of a variance ≈ 1 %
+    assert len(np.unique(x, axis=0)) == len(x)                               # no two samples merged
+    np.testing.assert_array_equal(staged.refine_stages(x0, calibration, seed=4).numpy(), x)  # seeded
+
+
+def test_the_noise_scale_is_saved_with_the_stages_and_checked(tmp_path, shifted_gaussian):
+    _, real, result = shifted_gaussian
+    assert result.noise_scale > 0  # noisy by default
+    result.save(str(tmp_path / "stages"))
+    loaded = staged.load_stages(str(tmp_path / "stages"))
+    assert loaded.noise_scale == result.noise_scale and np.array_equal(loaded.noise_levels, result.noise_levels)
+    generator = _affine_generator(1.0, [0.0, 0.0])
+    with pytest.raises(ValueError, match="noise_scale"):
+        staged.calibrate_stages(generator, real[:100], real[100:200], latent_shape=(2,), sigmas=[1.0], noise_scale=-1)
+
+
+def test_noise_free_finishing_stages_end_the_default_schedule(shifted_gaussian):
+    """With noise and the default schedule, ``finish_stages`` noise-free stages at the last trusted σ follow the
+    schedule; the flow's noise factors are 1 then 0, and refine_stages draws no noise there."""
+    generator, real, _ = shifted_gaussian
+    result = staged.calibrate_stages(generator, real[:2400], real[2400:], latent_shape=(2,), max_stages=3,
+                                     finish_stages=2, n_particles=512, train_steps=30, hidden=(16, 16),
+                                     noise_scale=0.2, seed=0, refit=False)
+    main = [entry for entry in result.report if not entry.get("finishing")]
+    finishing = [entry for entry in result.report if entry.get("finishing")]
+    assert len(main) == 3 and len(finishing) == 2
+    last = [entry for entry in main if entry["trusted"] and entry["moves"]][-1]
+    assert all(entry["sigma"] == last["sigma"] and entry["noise"] == 0.0 for entry in finishing)
+    assert all(entry["noise"] == 0.2 for entry in main)
+    finish_rows = [index for index, entry in enumerate(result.report) if entry.get("finishing")]
+    assert np.all(result.noise_levels[finish_rows] == 0.0) and result.noise_levels[0] == 1.0
+    assert [entry["stage"] for entry in result.report] == list(range(len(result.report)))
