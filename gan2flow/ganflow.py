@@ -38,8 +38,9 @@ class GANFlow(keras.Model):
         latent_shape: the generator's input shape (without batch).
         diagnostics: the calibration report (JSON-able dict), kept in the saved file.
         stages: the staged refinement (shared/SD_FLOW.md §9.2), a JSON-able dict: ``sigmas`` and ``step_sizes``
-            of the trusted stages, ``flow_steps`` per stage, ``box`` (low, high) per coordinate and
-            ``max_displacement`` (the data's diameter, the Tweedie bound); or None.
+            of the trusted stages, ``flow_steps`` per stage, ``box`` (low, high) per coordinate,
+            ``max_displacement`` (the data's diameter, the Tweedie bound) and the stages' noise, ``noise_scale``
+            with per-stage factors ``noise_levels`` (both optional: absent, no noise); or None.
         stage_discriminator: the stages' shared σ-conditioned architecture (a Keras model).
         stage_weights: its trainable weights per stage, one array per trainable variable shaped
             ``[K, *variable.shape]`` (:meth:`gan2flow.estimators.StagedScoreDifference.stack`); stage k's

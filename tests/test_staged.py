@@ -219,11 +219,13 @@ def test_adaptive_schedule_follows_the_signal():
                                      fine_ratio=0.8, fine_signal=1.0, max_stages=6, n_particles=512, train_steps=30,
                                      hidden=(16,), fourier_features=0, refit=False, max_doublings=0, seed=0)
     assert result.report[0]["signal"] > 1.0 and result.report[0]["next"] == "fine"
-    for k in range(len(result.report) - 1):
-        expected = 0.8 if result.report[k]["signal"] > 1.0 else 0.5
-        assert result.report[k]["next"] == ("fine" if expected == 0.8 else "coarse")
-        ratio = result.sigmas[k + 1] / result.sigmas[k]
-        assert ratio == pytest.approx(expected) or result.sigmas[k + 1] == pytest.approx(result.sigmas[-1])
+    schedule = [entry for entry in result.report if not entry.get("finishing")]  # the noise-free finishing stages
+    sigmas = [entry["sigma"] for entry in schedule]                             # repeat the last trusted σ
+    for k in range(len(schedule) - 1):
+        expected = 0.8 if schedule[k]["signal"] > 1.0 else 0.5
+        assert schedule[k]["next"] == ("fine" if expected == 0.8 else "coarse")
+        ratio = sigmas[k + 1] / sigmas[k]
+        assert ratio == pytest.approx(expected) or sigmas[k + 1] == pytest.approx(sigmas[-1])
 
 
 @pytest.mark.parametrize("refit", [True, False])
