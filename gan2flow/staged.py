@@ -17,8 +17,8 @@ for stages k = 1 … K over a decreasing schedule σ_1 > … > σ_K:
 
        x ← Π_[lo, hi]( x + ε σ_k² ∇ₓT_k(x, σ_k) + √(2ε) σ_k s n ),   n ~ N(0, I)
 
-   with Π the projection onto the real data's per-coordinate range [lo, hi] and s = ``noise_scale`` (0.3,
-   below). By Tweedie
+   with Π the projection onto the real data's per-coordinate range [lo, hi] and s = ``noise_scale`` (0.03,
+   "Noise" below; the last stages are noise-free). By Tweedie
    σ²∇(log p_σ − log q_σ) = D_p(x, σ) − D_q(x, σ) is a displacement in data units, so ε is scale-free.
    The moves are checked without the discriminator (:func:`checked_move`): if they raise the σ-smoothed MMD
    between held-out particles and the data more than 1.5-fold, or pull the held-out particles onto the training
@@ -40,26 +40,25 @@ nearest-neighbour spacing per coordinate and half its quantisation step. Each st
 held-out loss) in standard errors; ``min_signal`` can skip stages without one (off by default: measured
 worse).
 
-Noise (``noise_scale`` s = 0.03, then ``finish_stages`` = 3 noise-free stages). Without noise a mode the
-particles hold too little of can *collapse*: where q_k is short of p, few particles lie there, the discriminator
-cannot resolve their spread, and its log-ratio is a smooth bump over the whole mode whose gradient pulls every
-particle in it to one point (a step of ε = 1 is a jump to the data's posterior mean there; the repulsion of
-∇log q_σ is what the discriminator misses). A deterministic map never separates points it has merged. Measured
-on the zoo's unequal grid (3 × 3 modes, 30 % … 3 %), three conversion seeds: its 3 % mode ended at 0.45, 0.81
-and 0.00 of its share, the last as 82 bit-identical samples (the mode's particles merged at σ ≈ 0.4 — rms
-spread 0.38 → 0 within four stages — and the merged point later drifted out of the mode). With noise the moves
-add √(2ε) σ_k s n, so no two particles merge and the next stage's discriminator sees their spread; mass also
-diffuses over the ridges between modes while σ is large. Seeds 0 / 2: s = 0.03 → 0.67 / 0.53 of the share;
-s = 0.1 → 0.55 / 0.62 (0.65 / 0.75 without the finishing stages); s = 0.3 (no finishing stages) → 0.89 / 0.86. Larger s costs
-elsewhere: the source term is implicit (each discriminator's −∇log q_σ is learned on the noised particles), so
-at a fixed σ the stationary law is p_σ^{1/(1+s²)} (§9.4), and where the trusted range ends at a large σ_K the
-last stages leave a blur of about √(2ε·flow_steps)·s·σ_K: with s = 0.3 throughout, the digits DCGAN (σ_K 0.17)
-refined to Fréchet distance 34 instead of 4.7 and the overfit ring's weakest mode fell to 0.48; s = 0.1 with
-finishing: digits 8.2, 16-D mixture sliced W2 0.24 (0.185 without noise). The finishing stages (same σ_K,
-trained on the blurred particles, moved without noise) take the blur out where they are trusted; on the digits
-and the 16-D mixture the first of them already failed the gap test at σ_K (the schedule had just ended there
-for overfitting), so their remaining blur is 0.085 σ_K at s = 0.03. New samples get the same noise at sample
-time (seeded: ``GANFlow.sample(n, seed=...)`` repeats exactly).
+Noise (``noise_scale`` s = 0.03, then ``finish_stages`` = 3 noise-free stages). Without noise a mode the particles
+hold too little of can *collapse*: where q_k is short of p, few particles lie there, the discriminator cannot
+resolve their spread, and its log-ratio is a smooth bump over the whole mode whose gradient pulls every particle in
+it to one point (a step of ε = 1 is a jump to the data's posterior mean there; the repulsion of ∇log q_σ is what
+the discriminator misses). A deterministic map never separates points it has merged. Measured on the zoo's unequal
+grid (3 × 3 modes, 30 % … 3 %), three conversion seeds: its 3 % mode ended at 0.45, 0.81 and 0.00 of its share, the
+last as 82 bit-identical samples (the mode's particles merged at σ ≈ 0.4 — rms spread 0.38 → 0 within four stages —
+and the merged point later drifted out of the mode). With noise the moves add √(2ε) σ_k s n, so no two particles
+merge and the next stage's discriminator sees their spread; mass also diffuses over the ridges between modes while
+σ is large. Seeds 0 / 2: s = 0.03 → 0.67 / 0.53 of the share; s = 0.1 → 0.55 / 0.62 (0.65 / 0.75 without the
+finishing stages); s = 0.3 (no finishing stages) → 0.89 / 0.86. Larger s costs elsewhere: the source term is
+implicit (each discriminator's −∇log q_σ is learned on the noised particles), so at a fixed σ the stationary law is
+p_σ^{1/(1+s²)} (§9.4), and where the trusted range ends at a large σ_K the last stages leave a blur of about
+√(2ε·flow_steps)·s·σ_K: with s = 0.3 throughout, the digits DCGAN (σ_K 0.17) refined to Fréchet distance 34 instead
+of 4.7 and the overfit ring's weakest mode fell to 0.48; s = 0.1 with finishing: digits 8.2, 16-D mixture sliced W2
+0.24 (0.185 without noise). The finishing stages (same σ_K, trained on the blurred particles, moved without noise)
+take the blur out where they are trusted; on the digits and the 16-D mixture the first of them already failed the
+gap test at σ_K (the schedule had just ended there for overfitting), so their remaining blur is 0.085 σ_K at s =
+0.03. New samples get the same noise at sample time (seeded: ``GANFlow.sample(n, seed=...)`` repeats exactly).
 
 Defaults, as measured on foreign GANs (the zoo, docs/zoo.md): σ ratio 0.9 between stages, 0.97 after a stage
 with a signal, 100 updates per stage (300 for the first), 4 moves of ε = 1 per stage with backtracking, a
@@ -624,10 +623,10 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
         if stop:
             break
     # Noise-free finishing: the stages' noise leaves the particles blurred by about √(2ε·flow_steps)·s·σ_K after
-    # the last trusted stage σ_K (0.28 σ_K at s = 0.1), which no later stage removes when the trusted range ends at a
-    # large σ (the digits DCGAN at σ 0.17: Fréchet distance 4.7 → 34 with noise throughout). `finish_stages` more
-    # stages at σ_K, trained on the blurred particles and moved without noise, take it out. They go before the
-    # untrusted stage that ended the schedule (if any), which stays last in the report.
+    # the last trusted stage σ_K (0.085 σ_K at s = 0.03), which no later stage removes when the trusted range
+    # ends at a large σ (the digits DCGAN at σ 0.17: Fréchet distance 4.7 → 34 with s = 0.3 throughout).
+    # `finish_stages` more stages at σ_K, trained on the blurred particles and moved without noise, take it out.
+    # They go before the untrusted stage that ended the schedule (if any), which stays last in the report.
     used = [index for index in range(trusted_prefix(report)) if report[index]["moves"]]
     if automatic and noise_scale > 0 and finish_stages and used:
         ended = None
