@@ -17,7 +17,7 @@ from gan2flow import _checks, models
 # Budgets. "full" is what docs/losses.md reports: 526 CPU-seconds, 9.4 minutes wall on the 2-core
 # machine at load average ~4 (other jobs running). "quick" is a smoke run: 97 CPU-seconds.
 LOSS_BUDGETS = {
-    "full": dict(steps=1500, batch_size=None, hidden=(128, 128, 128), n_train=50_000, n_eval=4000,
+    "full": dict(steps=1500, batch_size=None, hidden=(256, 256, 256), n_train=50_000, n_eval=4000,
                  n_flow=2000, eval_sigmas=8, flow_levels=20),
     "quick": dict(steps=300, batch_size=None, hidden=(64, 64), n_train=8192, n_eval=1000, n_flow=1000,
                   eval_sigmas=5, flow_levels=12),

@@ -126,7 +126,8 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
       steps: discriminator training steps per loss (full 1500, quick 300).
       batch_size: real (and fake) samples per step (None: the ``discriminator_training``'s, 1024 for ``"sd"``,
         256 for ``"previous"``).
-      hidden: discriminator hidden widths (full (128, 128, 128), quick (64, 64)).
+      hidden: discriminator hidden widths (full (256, 256, 256) since issue 15's fourth pass, (128, 128, 128)
+        before it; quick (64, 64)).
       n_train: target samples to train on (full 50 000, quick 8192).
       n_eval: evaluation points per σ and per weighting (full 4000, quick 1000); as many again fit the
         scale.
