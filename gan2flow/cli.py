@@ -577,9 +577,9 @@ def _add_compare_command(commands):
                     "(minimax, non_saturating, logit, flow_regression) at an equal budget.\n\n"
                     "Writes report.md, fields.csv, flows.csv, training.csv, objectives.csv, seeds.csv, results.json\n"
                     "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget took\n"
-                    "about 9 CPU-minutes before its default added denoising score matching (10 minutes on 2\n"
-                    "cores, more when they are shared; DSM cost 20-65 % more training time for the logistic\n"
-                    "loss); --quick about 2.",
+                    "about 9 CPU-minutes before its default added denoising score matching and 256-wide\n"
+                    "discriminators (10 minutes on 2 cores, more when they are shared; each costs more:\n"
+                    "DSM 20-65 %, the widths 1.5-2x the training time); --quick about 2.",
         epilog="examples:\n"
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
                "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1\n"
