@@ -62,7 +62,7 @@ def convert_defaults(sample_shape):
     stage with 3e-3, 0.375 and 0.81 with 1e-3). The stages keep the settings the image members were measured with
     before issue 13's last defaults (2 moves of ε = 0.5, a fixed σ ratio, no refit, no noise): four moves of ε = 1,
     the adaptive schedule (up to 4× the stages) and the refit on small data would each multiply the cost of the
-    convolutional stages, and were not measured on images; nor was the stages' noise (``noise_scale``, 0.3 for
+    convolutional stages, and were not measured on images; nor was the stages' noise (``noise_scale``, 0.03 for
     other shapes). The backtracking on ε applies (it can only shorten
     moves). The trust rule's gap test allows 2 standard errors of the measured gap (``gap_errors``, found for the faces
     in issue 17 and since the default for every shape): the allowance shrinks as 1/√(held-out images), so it matters
