@@ -629,9 +629,9 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
     # They go before the untrusted stage that ended the schedule (if any), which stays last in the report.
     used = [index for index in range(trusted_prefix(report)) if report[index]["moves"]]
     if automatic and noise_scale > 0 and finish_stages and used:
-        ended = None
-        if not report[-1]["trusted"]:  # set the stage that stopped the schedule aside, with its weights
-            ended = (report.pop(), weights.pop(), sizes.pop(), levels.pop(), factors.pop())
+        per_stage = (report, weights, sizes, levels, factors)
+        # set the stage that stopped the schedule aside, with its weights (finishing stages follow a trusted one)
+        ended = [values.pop() for values in per_stage] if not report[-1]["trusted"] else None
         sigma_last = float(levels[used[-1]])
         for _ in range(int(finish_stages)):
             entry, stop = run_stage(len(report), sigma_last, 0.0)
@@ -639,14 +639,9 @@ def calibrate_stages(generator, real_train, real_heldout, *, latent_shape, sigma
             if stop or not entry["trusted"]:
                 break
         if ended is not None:
-            entry, weight, size, level, factor = ended
-            entry["stage"] = len(report)
-            report.append(entry)
-            weights.append(weight)
-            sizes.append(size)
-            levels.append(level)
-            factors.append(factor)
-    particles = state["particles"]
+            ended[0]["stage"] = len(report)
+            for values, value in zip(per_stage, ended, strict=True):
+                values.append(value)
     result = StagedCalibration(model, weights, levels, sizes, flow_steps, bounds, report,
                                trusted_prefix(report))
     result.noise_scale = float(noise_scale)

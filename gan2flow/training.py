@@ -142,6 +142,13 @@ def _logs(trackers):
     return logs
 
 
+def _global_share(local_mean, local_rows, global_batch):
+    """A mean over this replica's rows as its share of the global batch's mean: the penalty helpers average over
+    the local batch (a replica with no rows, in a last partial batch, contributes 0, not 0 × NaN)."""
+    local = tf.shape(local_rows)[0]
+    return tf.where(local > 0, local_mean, 0.0) * (tf.cast(local, tf.float32) / tf.cast(global_batch, tf.float32))
+
+
 class SDGAN(keras.Model):
     """A GAN trainer whose discriminator learns the score difference of noised real and fake data.
 
@@ -624,19 +631,13 @@ class SDGAN(keras.Model):
             total = d_loss
             penalty = tf.constant(0.0)
             if self.penalty is not None:
-                # The penalty helpers average over the local batch; rescale to a share of the global mean
-                # (a replica with no rows, in a last partial batch, contributes 0, not 0 × NaN).
-                local = tf.shape(real)[0]
-                local_fraction = tf.cast(local, tf.float32) / tf.cast(global_batch, tf.float32)
-                penalty = self._penalty(noisy_real, noisy_fake, sigma, offset, labels)
-                penalty = tf.where(local > 0, penalty, 0.0) * local_fraction
+                penalty = _global_share(self._penalty(noisy_real, noisy_fake, sigma, offset, labels), real,
+                                        global_batch)
                 total = total + self.penalty_weight * penalty
             denoising = tf.constant(0.0)
-            if self._bowls is not None:  # a share of the global mean, as the penalty
-                local = tf.shape(real)[0]
-                local_fraction = tf.cast(local, tf.float32) / tf.cast(global_batch, tf.float32)
-                denoising = self._denoising(noisy_real, noisy_fake, sigma, real_noise, fake_noise, labels)
-                denoising = tf.where(local > 0, denoising, 0.0) * local_fraction
+            if self._bowls is not None:
+                denoising = _global_share(self._denoising(noisy_real, noisy_fake, sigma, real_noise, fake_noise,
+                                                          labels), real, global_batch)
                 total = total + self.denoising_weight * denoising
         gradients = tape.gradient(total, variables)
         self.d_optimizer.apply_gradients(zip(gradients, variables, strict=False))
