@@ -8,8 +8,10 @@ c* per σ under q_σ against the exact SD, and the sliced W2 of the flow along t
     python benchmarks/parametrisations.py [--quick] [--seeds 0,1,2] [--steps N] [--out DIR] [--variants "a;b"]
 
 Variants are measured with the training of the runs before issue 15 (``discriminator_training="previous"``)
-unless they say otherwise; "recipe sd" is the comparison's default since then at the quick budget, and
-"sd + DSM 10" (= "sd_dsm") at the full budget (issue 15, third pass).
+unless they say otherwise; "recipe sd" was the comparison's default at the quick budget and "sd + DSM 10"
+(= "sd_dsm") at the full budget after issue 15's third pass. Every energy-difference variant but the last
+two has ``energy_skip=False`` (the residuals of the passes before the skip gain); "sd + skip gain + DSM 10"
+is the comparison's discriminator and training since the fifth pass (docs/losses.md, "The skip gain").
 
 On the shared 2-core machine one variant costs about 1 minute per seed with --quick (300 steps).
 """
@@ -24,16 +26,17 @@ VARIANTS = {
     "plain": {"parametrisation": "plain"},
     "plain + Fourier(x)": {"parametrisation": "plain", "fourier_features": 64},
     "preconditioned": {"parametrisation": "preconditioned"},
-    "energy difference, K=1": {"parametrisation": "energy_difference", "energy_components": 1},
-    "energy difference, K=4": {"parametrisation": "energy_difference", "energy_components": 4},
-    "energy difference, K=8 (default)": {"parametrisation": "energy_difference"},
-    "energy difference, K=8 + Fourier(x)": {"parametrisation": "energy_difference", "fourier_features": 64},
+    "energy difference, K=1": {"parametrisation": "energy_difference", "energy_components": 1, "energy_skip": False},
+    "energy difference, K=4": {"parametrisation": "energy_difference", "energy_components": 4, "energy_skip": False},
+    "energy difference, K=8": {"parametrisation": "energy_difference", "energy_skip": False},
+    "energy difference, K=8 + Fourier(x)": {"parametrisation": "energy_difference", "fourier_features": 64,
+                                            "energy_skip": False},
 }
 # Every variant trains with compare_losses(discriminator_training="previous") (batch 256, Adam 1e-3, no
 # penalty) unless it names another "discriminator_training". Training variants of the default discriminator
 # (docs/losses.md, "Training the SD discriminator"): "training" adds to its training_options, "budget" scales
 # the batch (× n; with the steps ÷ n unless "steps" is given too) or sets the learning rate.
-_ED = {"parametrisation": "energy_difference"}
+_ED = {"parametrisation": "energy_difference", "energy_skip": False}
 VARIANTS.update({
     "EMA 0.9": dict(_ED, training={"ema_momentum": 0.9}),
     "EMA 0.95": dict(_ED, training={"ema_momentum": 0.95}),
@@ -87,6 +90,12 @@ VARIANTS.update({
     "sd + offset + DSM 0.1": dict(_SD, energy_bias=True, training={"denoising_weight": 0.1}),
     "sd + offset + DSM 1": dict(_SD, energy_bias=True, training={"denoising_weight": 1.0}),
     "sd + offset + DSM 10": dict(_SD, energy_bias=True, training={"denoising_weight": 10.0}),
+})
+# The skip gain (issue 15, fifth pass): residuals c_s(σ)·u − r (mlp_discriminator(energy_skip=True), the
+# builder's default since then), with and without DSM.
+VARIANTS.update({
+    "sd + skip gain": dict(_SD, energy_skip=True),
+    "sd + skip gain + DSM 10 (default)": dict(_SD, energy_skip=True, training={"denoising_weight": 10.0}),
 })
 
 

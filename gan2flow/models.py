@@ -66,6 +66,7 @@ __all__ = [
     "input_scale",
     "InputScaling",
     "EnergyDifference",
+    "ResidualSkip",
     "energy_bowls",
 ]
 
@@ -182,8 +183,8 @@ def _sigma_input(sigma_conditioned, n_frequencies):
 # ------------------------------------------------------------------------------------------------
 def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=True, activation="swish",
                       spectral_norm=False, sigma_frequencies=4, parametrisation="plain", sigma_data=0.5,
-                      energy_components=8, energy_bias=False, fourier_features=0, fourier_scales=(0.05, 5.0),
-                      name="mlp_discriminator"):
+                      energy_components=8, energy_bias=False, energy_skip=True, fourier_features=0,
+                      fourier_scales=(0.05, 5.0), name="mlp_discriminator"):
     """An MLP discriminator ``T(x, σ)`` returning one raw output per sample.
 
     ``x`` is flattened; with ``sigma_conditioned`` the :class:`SigmaEmbedding` of σ is concatenated to
@@ -216,7 +217,9 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
           ``Δ_{p,k}`` and ``K`` vectors ``Δ_{q,k}`` shaped like the flattened x, and a log-gain ``g(σ)``
           (a linear function of the σ embedding, initially 0), and
           ``T = LSE_k(−½‖e^g Δ_{p,k}‖²) − LSE_k(−½‖e^g Δ_{q,k}‖²)`` (:class:`EnergyDifference`).
-          For K = 1 and g = 0, reading ``Δ = u − a`` as a denoiser residual in scaled units,
+          With ``energy_skip`` (the default) the residuals are ``Δ_{s,k} = c_s(σ)·u − r_{s,k}``
+          (:class:`ResidualSkip`, learned skip gains ``c_p``, ``c_q``), so ``r`` is a bowl's centre.
+          For K = 1, g = 0 and c = 1, reading ``Δ = u − a`` as a denoiser residual in scaled units,
           ``T = (‖x − B‖² − ‖x − A‖²)/(2(σ² + σ_data²))`` with ``A = a/c_in``: a difference of two
           quadratic energies whose gradient is ``(A − B)/(σ² + σ_data²)`` where ``A, B`` vary slowly,
           the denoiser-difference form of the SD (SD_FLOW.md §2) with the ``1/(σ² + σ_data²)`` scaling
@@ -226,6 +229,12 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
           lets the curvature of the bowls follow σ.
       sigma_data: σ_data of the preconditioned parametrisations (> 0; the data's per-feature scale).
       energy_components: K of ``"energy_difference"`` (≥ 1).
+      energy_skip: in ``"energy_difference"``, residuals ``Δ_{s,k} = c_s(σ)·u − r_{s,k}`` (s = p, q) instead of
+        the network's outputs ``r`` themselves (:class:`ResidualSkip`): EDM's skip connection, with one
+        learned skip gain ``c_s(σ)`` per bowl (a linear function of the σ embedding, initially ½), so that a
+        Gaussian mode's bowl is ``e^g(c u − r)`` with ``r`` constant in x and the network need not build an
+        identity map out of its hidden units. Measured in docs/losses.md ("The skip gain"); False gives the
+        residuals of issue 15's earlier passes.
       energy_bias: add a σ-dependent offset ``c(σ)`` (a linear function of the σ embedding, initially 0)
         to the p bowl of ``"energy_difference"``: ``T = A − B + c(σ)``. It changes no gradient in x; it
         lets ``T`` equal ``log p_σ/q_σ`` (whose σ-dependent constant, e.g. ``(d/2) log(s_q²/s_p²)`` for two
@@ -277,6 +286,10 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
         h = keras.layers.Concatenate(name="concat_sigma_out")([h, embedding])
     if parametrisation == "energy_difference":
         residuals = _dense(2 * energy_components * int(np.prod(input_shape)), None, spectral_norm, "residuals")(h)
+        if energy_skip:
+            skip_gain = keras.layers.Dense(2, kernel_initializer="zeros",
+                                           bias_initializer=keras.initializers.Constant(0.5), name="skip_gain")(embedding)
+            residuals = ResidualSkip(components=energy_components, name="residual_skip")([scaled, residuals, skip_gain])
         log_gain = keras.layers.Dense(1, kernel_initializer="zeros", name="log_gain")(embedding)
         head = [scaled, residuals, log_gain]
         if energy_bias:
@@ -326,6 +339,42 @@ class InputScaling(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"sigma_data": self.sigma_data})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gan2flow")
+class ResidualSkip(keras.layers.Layer):
+    """``[u, r, c] -> [c_p·u, …, c_p·u, c_q·u, …, c_q·u] − r``: the skip connection of the energy-difference bowls.
+
+    In ``mlp_discriminator(parametrisation="energy_difference", energy_skip=True)`` it turns the network's
+    outputs ``r`` (``K`` vectors for p, then ``K`` for q, each shaped like u) into the residuals
+    ``Δ_{p,k} = c_p u − r_{p,k}``, ``Δ_{q,k} = c_q u − r_{q,k}`` that :class:`EnergyDifference` squares. With
+    ``c = 1`` and ``r`` constant in x a bowl is an isotropic Gaussian's log-density: the form of EDM's
+    ``D = c_skip x + c_out F`` (Karras et al. 2022), with the skip gains learned per σ and per side.
+
+    Input: u ``[batch, d]``, r ``[batch, 2·K·d]``, c ``[batch, 2]`` (``c_p``, ``c_q``).
+    Output: float32 ``[batch, 2·K·d]``.
+
+    Args:
+      components: K (≥ 1).
+    """
+
+    def __init__(self, components=1, **kwargs):
+        super().__init__(**kwargs)
+        self.components = _checks.positive_int(components, "components")
+
+    def call(self, inputs):
+        u, residuals, gains = (keras.ops.cast(t, "float32") for t in inputs)
+        repeated = keras.ops.tile(u, [1, self.components])
+        skip = keras.ops.concatenate([gains[:, :1] * repeated, gains[:, 1:2] * repeated], axis=-1)
+        return skip - residuals
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"components": self.components})
         return config
 
 

@@ -49,13 +49,17 @@ def three_input_discriminator():
     inputs = [keras.Input((2,)), keras.Input((1,)), keras.Input((1,))]
     return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Concatenate()(inputs)))
 
-def gaussian_energy_difference(sigma, m, tau, rho, energy_bias=False):
+def gaussian_energy_difference(sigma, m, tau, rho, energy_bias=False, via_skip=False):
     """``mlp_discriminator(parametrisation="energy_difference")`` set by hand to the exact bowls of two Gaussians.
 
     p = N(m, τ² I), q = N(0, ρ² I), at the noise level σ: with no hidden layer, σ_data = τ, a zero log-gain,
     u = x/sqrt(σ² + τ²), residuals Δ_p = u − m/sqrt(σ² + τ²) and Δ_q = β u with β = sqrt((σ² + τ²)/(σ² + ρ²)),
     the bowls are A = −‖x − m‖²/(2(σ² + τ²)) (+ log K) and B = −‖x‖²/(2(σ² + ρ²)) (+ log K): log p_σ and
     log q_σ up to constants, so ∇A, ∇B are the exact scores at σ (every mixture component set alike).
+
+    The residuals ``Δ = c·u − r`` (:class:`~gan2flow.models.ResidualSkip`) are set one of two ways: with the
+    skip gains c = 0 and ``r = −Δ`` computed from u by the ``residuals`` layer (``via_skip=False``), or with
+    c_p = 1, c_q = β and ``r`` the constant centres ``r_p = m/sqrt(σ² + τ²)``, ``r_q = 0`` (``via_skip=True``).
     """
     m = np.asarray(m, np.float32)
     dim = len(m)
@@ -70,11 +74,15 @@ def gaussian_energy_difference(sigma, m, tau, rho, energy_bias=False):
     beta = np.sqrt((sigma**2 + tau**2) / (sigma**2 + rho**2))
     kernel = np.zeros((in_features, out_features), np.float32)
     bias = np.zeros(out_features, np.float32)
+    skip_kernel, _ = model.get_layer("skip_gain").get_weights()
     for k in range(components):
-        kernel[:dim, k * dim:(k + 1) * dim] = np.eye(dim)
-        bias[k * dim:(k + 1) * dim] = -m / scale
-        q = (components + k) * dim
-        kernel[:dim, q:q + dim] = beta * np.eye(dim)
+        bias[k * dim:(k + 1) * dim] = m / scale
+        if not via_skip:
+            kernel[:dim, k * dim:(k + 1) * dim] = -np.eye(dim)
+            q = (components + k) * dim
+            kernel[:dim, q:q + dim] = -beta * np.eye(dim)
+    skip_gains = np.array([1.0, beta] if via_skip else [0.0, 0.0], np.float32)
+    model.get_layer("skip_gain").set_weights([np.zeros_like(skip_kernel), skip_gains])
     residuals.set_weights([kernel, bias])
     return model
 

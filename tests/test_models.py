@@ -173,16 +173,18 @@ def _set_dense(model, name, kernel, bias):
     layer.set_weights([np.asarray(kernel, np.float32), np.asarray(bias, np.float32)])
 
 
+@pytest.mark.parametrize("via_skip", [False, True])
 @pytest.mark.parametrize("sigma", [0.05, 0.4, 2.0])
-def test_energy_difference_gives_the_gaussian_score_difference(sigma):
+def test_energy_difference_gives_the_gaussian_score_difference(sigma, via_skip):
     # p = N(m, τ² I), q = N(0, ρ² I): v_σ(x) = −(x − m)/(σ² + τ²) + x/(σ² + ρ²) and
     # log p_σ/q_σ = −‖x − m‖²/(2(σ² + τ²)) + ‖x‖²/(2(σ² + ρ²)) + const. With no hidden layer and
     # σ_data = τ, u = x/sqrt(σ² + τ²); residuals Δ_p = u − m/sqrt(σ² + τ²) and Δ_q = β u,
     # β = sqrt((σ² + τ²)/(σ² + ρ²)), give exactly T = ½‖Δ_q‖² − ½‖Δ_p‖² = log p_σ/q_σ − const, in
-    # every mixture component (all K set alike, the log-sum-exp adds log K, a constant).
+    # every mixture component (all K set alike, the log-sum-exp adds log K, a constant). Both ways of
+    # writing the residuals (computed from u, or skip gains c_p = 1, c_q = β and constant centres) agree.
     dim, tau, rho = 3, 0.3, 1.5
     m = np.array([1.0, -0.5, 0.25], np.float32)
-    model = gaussian_energy_difference(sigma, m, tau, rho)
+    model = gaussian_energy_difference(sigma, m, tau, rho, via_skip=via_skip)
     x = RNG.normal(size=(64, dim)).astype(np.float32) * 2.0
     v = estimators.DiscriminatorScoreDifference(model, loss="logistic")(x, sigma).numpy()
     expected = -(x - m) / (sigma**2 + tau**2) + x / (sigma**2 + rho**2)
@@ -201,7 +203,7 @@ def test_energy_bowls_are_the_two_scores_and_the_offset_moves_no_gradient(sigma)
     # gradient. Tolerances as in the test above (float32 on values up to ~1e3).
     dim, tau, rho = 3, 0.3, 1.5
     m = np.array([1.0, -0.5, 0.25], np.float32)
-    model = gaussian_energy_difference(sigma, m, tau, rho, energy_bias=True)
+    model = gaussian_energy_difference(sigma, m, tau, rho, energy_bias=True, via_skip=True)
     bowls = models.energy_bowls(model)
     assert {id(w) for w in bowls.trainable_weights} == {id(w) for w in model.trainable_weights}
     x = tf.constant(RNG.normal(size=(32, dim)).astype(np.float32) * 2.0)
@@ -246,6 +248,30 @@ def test_energy_bowls_and_bias_checks(tmp_path):
     np.testing.assert_array_equal(keras.saving.load_model(path)(inputs).numpy(), model(inputs).numpy())
     layer = models.EnergyDifference(components=3, bowls=True)
     assert models.EnergyDifference.from_config(layer.get_config()).bowls
+
+
+def test_residual_skip_layer_against_numpy_and_the_builder_switch(tmp_path):
+    # Δ_{p,k} = c_p·u − r_{p,k}, Δ_{q,k} = c_q·u − r_{q,k}, by hand.
+    batch, dim, components = 4, 3, 2
+    u = RNG.normal(size=(batch, dim)).astype(np.float32)
+    r = RNG.normal(size=(batch, 2 * components * dim)).astype(np.float32)
+    gains = RNG.normal(size=(batch, 2)).astype(np.float32)
+    out = models.ResidualSkip(components=components)([u, r, gains]).numpy().reshape(batch, 2, components, dim)
+    expected = gains[:, :, None, None] * u[:, None, None, :] - r.reshape(batch, 2, components, dim)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert models.ResidualSkip.from_config(models.ResidualSkip(components=3).get_config()).components == 3
+    # On by default (gains start at ½ for both sides), off with energy_skip=False; it round-trips.
+    model = models.mlp_discriminator((2,), hidden=(8,), parametrisation="energy_difference")
+    kernel, bias = model.get_layer("skip_gain").get_weights()
+    np.testing.assert_array_equal(kernel, 0.0)
+    np.testing.assert_array_equal(bias, [0.5, 0.5])
+    names = {layer.name for layer in models.mlp_discriminator(
+        (2,), hidden=(8,), parametrisation="energy_difference", energy_skip=False).layers}
+    assert "skip_gain" not in names and "residual_skip" not in names
+    path = str(tmp_path / "skip.keras")
+    model.save(path)
+    inputs = _inputs(model)
+    np.testing.assert_array_equal(keras.saving.load_model(path)(inputs).numpy(), model(inputs).numpy())
 
 
 def test_preconditioned_gradient_carries_c_in():
