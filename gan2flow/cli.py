@@ -626,9 +626,8 @@ def _add_compare_command(commands):
                          help="how the loss comparison trains its discriminators: 'sd_dsm' ('sd' plus denoising "
                               "score matching of weight 10 on the energy difference's bowls, SD-consistent losses "
                               "only), 'sd' (batch 1024, Adam 3e-3, R1 penalty 1e-3) or 'previous' (batch 256, Adam "
-                              "1e-3, no penalty: the runs before issue 15). Default: 'sd_dsm' at the full budget, "
-                              "'sd' with --quick (DSM measured better at the full budget, worse at the quick one) "
-                              "or with another --parametrisation than energy_difference; pass 'sd' to turn DSM "
+                              "1e-3, no penalty: the runs before issue 15). Default: 'sd_dsm' at both budgets, 'sd' "
+                              "with another --parametrisation than energy_difference; pass 'sd' to turn DSM "
                               "off. The training that ran is in report.md and results.json; docs/losses.md, "
                               "'Denoising score matching on the bowls'")
     compare.add_argument("--n", type=int, default=None,

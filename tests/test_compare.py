@@ -158,11 +158,14 @@ def test_run_end_to_end_tiny(tmp_path, eager):
         saved = json.load(handle)
     settings = saved["losses"]["settings"]
     assert settings["seed"] == 3 and settings["steps"] == 2 and settings["hidden"] == [8]
-    # The training that ran is recorded: the quick budget's default is "sd" (no DSM).
-    assert settings["discriminator_training"] == "sd" and "denoising_weight" not in settings["training_options"]
-    assert "training `sd` (r1 0.001)" in report
+    # The training that ran is recorded: the quick budget's default is "sd_dsm" (DSM of weight 10 for the
+    # SD-consistent losses, none for hinge and Wasserstein).
+    assert settings["discriminator_training"] == "sd_dsm" and settings["training_options"]["denoising_weight"] == 10
+    assert "training `sd_dsm`" in report
     with open(result["files"]["training"], newline="") as handle:
-        assert {row["denoising_weight"] for row in csv.DictReader(handle)} == {"0.0"}
+        weights = {row["loss"]: row["denoising_weight"] for row in csv.DictReader(handle)}
+    assert {weights[name] for name in names if losses.get(name).sd_consistent} == {"10.0"}
+    assert weights["hinge"] == weights["wasserstein"] == "0.0"
     assert saved["objectives"]["settings"]["steps"] == 2 and saved["objectives"]["settings"]["seeds"] == 1
     assert [row["objective"] for row in saved["objectives"]["rows"]] == ["logit"]
 
@@ -281,8 +284,8 @@ _SD = {"penalty": "r1", "penalty_weight": 1e-3}
 
 
 @pytest.mark.parametrize("loss, quick, recipe, options, expected_sdgan, expected_optimizer", [
-    # The quick default ("sd", issue 15): batch 1024, Adam 3e-3, R1 of weight 1e-3, no DSM.
-    ("logistic", True, None, None, dict(_SD, denoising_weight=None), (1024, 3e-3)),
+    # The quick default ("sd_dsm" since the skip gain, issue 15): batch 1024, Adam 3e-3, R1 1e-3, DSM 10.
+    ("logistic", True, None, None, dict(_SD, denoising_weight=10.0), (1024, 3e-3)),
     # The full default ("sd_dsm"): "sd" plus DSM of weight 10 on the energy difference's bowls.
     ("logistic", False, None, None, dict(_SD, denoising_weight=10.0), (1024, 3e-3)),
     # ... for SD-consistent losses only: hinge has no link, so its T is not log r and DSM would fight it.
@@ -331,12 +334,13 @@ def test_compare_losses_trains_with_the_named_recipe(monkeypatch, loss, quick, r
 
 
 def test_discriminator_training_resolution():
-    # None: DSM ("sd_dsm") at the full budget with the energy difference, "sd" at the quick budget or with a
-    # discriminator without bowls; a name is kept, and "sd_dsm" without bowls is an error.
+    # None: DSM ("sd_dsm") at both budgets with the energy difference, "sd" with a discriminator without
+    # bowls; a name is kept, and "sd_dsm" without bowls is an error.
     resolve = compare.budgets.resolve_discriminator_training
     energy = models.SD_PARAMETRISATION
     assert resolve(None, quick=False, parametrisation=energy) == "sd_dsm"
-    assert resolve(None, quick=True, parametrisation=energy) == "sd"
+    assert resolve(None, quick=True, parametrisation=energy) == "sd_dsm"
+    assert resolve(None, quick=True, parametrisation="plain") == "sd"
     assert resolve(None, quick=False, parametrisation="plain") == "sd"
     assert resolve("sd", quick=False, parametrisation=energy) == "sd"
     assert resolve("previous", quick=False, parametrisation="plain") == "previous"

@@ -42,9 +42,10 @@ DISCRIMINATOR_TRAININGS = {
     "previous": dict(batch_size=256, learning_rate=1e-3, options={}),
 }
 # The default per budget, where the discriminator is the energy difference (DSM needs its bowls; "sd"
-# otherwise). Measured (three seeds, logistic): DSM raised the full budget's mean cosine to the exact SD
-# (2-D 0.945 -> 0.969, 16-D 0.927 -> 0.939) and lowered the quick budget's (2-D 0.896 -> 0.834).
-DISCRIMINATOR_TRAINING = {"full": "sd_dsm", "quick": "sd"}
+# otherwise). Measured (three seeds, logistic): with the skip gain of the bowls (models.ResidualSkip), DSM
+# raised the quick budget's mean cosine to the exact SD too (docs/losses.md, "The skip gain"); without the
+# skip gain it had lowered it (2-D 0.896 -> 0.834), and the quick budget kept "sd" until then.
+DISCRIMINATOR_TRAINING = {"full": "sd_dsm", "quick": "sd_dsm"}
 
 
 def resolve_discriminator_training(name, *, quick, parametrisation):
@@ -52,8 +53,8 @@ def resolve_discriminator_training(name, *, quick, parametrisation):
 
     Args:
       name: a key of :data:`DISCRIMINATOR_TRAININGS`, or None for :data:`DISCRIMINATOR_TRAINING`'s
-        entry of the budget (``"sd_dsm"`` at the full budget, ``"sd"`` at the quick one); ``"sd"`` instead
-        of ``"sd_dsm"`` when the discriminator is not the energy difference.
+        entry of the budget (``"sd_dsm"`` at both budgets); ``"sd"`` instead of ``"sd_dsm"`` when the
+        discriminator is not the energy difference.
       quick: the quick budget.
       parametrisation: the discriminators' ``mlp_discriminator`` parametrisation.
 

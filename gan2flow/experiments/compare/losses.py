@@ -139,16 +139,16 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         ``discriminator_training``'s, 3e-3 for ``"sd"``, 1e-3 for ``"previous"``).
       flow_step_scale: ε in η_k = ε σ_k², the same for every row.
       discriminator_options: keyword arguments of :func:`gan2flow.models.mlp_discriminator`; None:
-        ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"``, the best measured SD
-        estimator; ``{"parametrisation": "plain"}`` with ``discriminator_training="previous"`` reproduces the
+        ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"`` with its skip gain, the best
+        measured SD estimator; ``{"parametrisation": "plain"}`` with ``discriminator_training="previous"`` reproduces the
         runs before issue 15).
       discriminator_training: a name in ``budgets.DISCRIMINATOR_TRAININGS``: ``"sd_dsm"`` (``"sd"`` plus
         ``denoising_weight=10``: denoising score matching on the energy difference's bowls, for the
         SD-consistent losses; docs/losses.md, "Denoising score matching on the bowls"), ``"sd"`` (batch
         1024, Adam 3e-3, an R1 penalty of weight 1e-3; "Training the SD discriminator") or ``"previous"``
-        (batch 256, Adam 1e-3, no penalty). None (the default): ``"sd_dsm"`` at the full budget with the
-        energy-difference discriminator, ``"sd"`` otherwise (DSM was measured better at the full budget and
-        worse at the quick one; ``budgets.resolve_discriminator_training``). It supplies ``batch_size``,
+        (batch 256, Adam 1e-3, no penalty). None (the default): ``"sd_dsm"`` at both budgets with the
+        energy-difference discriminator, ``"sd"`` with another parametrisation (DSM needs the bowls;
+        ``budgets.resolve_discriminator_training``). It supplies ``batch_size``,
         ``learning_rate`` and ``training_options`` where those are None; ``"sd"`` turns DSM off.
       training_options: further keyword arguments of :class:`gan2flow.SDGAN` (``penalty``,
         ``penalty_weight``, ``denoising_weight``, ``sigma_sampling``, ``discriminator_steps``) and of the
