@@ -1,7 +1,7 @@
 """The ``flow_regression`` measurements of docs/losses.md (issue 15): generator objectives × regression weighting
 × discriminator parametrisation on the 2-D ring (``compare_objectives``, full budget), and the digits SDGANs.
 
-    python benchmarks/flow_regression.py toys [--steps 1200] [--seeds 2]
+    python benchmarks/flow_regression.py toys [--steps 1200] [--seeds 2] [--only TEXT]
     python benchmarks/flow_regression.py digits [--steps 2000]
 
 Each configuration prints one line per seed (sliced W2, MMD², modes, high-quality %, seconds) or, for digits,
@@ -18,18 +18,27 @@ TOY_RUNS = [
      {"parametrisation": "plain"}),
     ("flow_regression inverse_step, plain", "flow_regression", {"regression_weighting": "inverse_step"},
      {"parametrisation": "plain"}),
-    ("logit, energy_difference", "logit", {}, {"parametrisation": "energy_difference"}),
+    # The energy difference as in issue 15's first passes (no skip gain) ...
+    ("logit, energy_difference", "logit", {}, {"parametrisation": "energy_difference", "energy_skip": False}),
     ("flow_regression uniform, energy_difference", "flow_regression", {"regression_weighting": "uniform"},
-     {"parametrisation": "energy_difference"}),
+     {"parametrisation": "energy_difference", "energy_skip": False}),
     ("flow_regression inverse_step, energy_difference", "flow_regression",
+     {"regression_weighting": "inverse_step"}, {"parametrisation": "energy_difference", "energy_skip": False}),
+    # ... and with it (mlp_discriminator's energy_skip=True, the default since the fifth pass).
+    ("logit, energy_difference + skip", "logit", {}, {"parametrisation": "energy_difference"}),
+    ("flow_regression uniform, energy_difference + skip", "flow_regression", {"regression_weighting": "uniform"},
+     {"parametrisation": "energy_difference"}),
+    ("flow_regression inverse_step, energy_difference + skip", "flow_regression",
      {"regression_weighting": "inverse_step"}, {"parametrisation": "energy_difference"}),
 ]
 
 
-def toys(steps, seeds):
+def toys(steps, seeds, only=None):
     from gan2flow.experiments.compare import compare_objectives
 
     for label, objective, sdgan_options, discriminator_options in TOY_RUNS:
+        if only and only not in label:
+            continue
         result = compare_objectives(objectives=[objective], target="2d", quick=False, steps=steps, seeds=seeds,
                                     sdgan_options=sdgan_options, discriminator_options=discriminator_options,
                                     verbose=False)
@@ -61,9 +70,10 @@ def main():
     parser.add_argument("what", choices=("toys", "digits"))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--only", default=None, help="toys: run only the rows whose label contains this text")
     args = parser.parse_args()
     if args.what == "toys":
-        toys(args.steps or 1200, args.seeds)
+        toys(args.steps or 1200, args.seeds, args.only)
     else:
         digits(args.steps or 2000)
 
