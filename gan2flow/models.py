@@ -287,8 +287,8 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
     if parametrisation == "energy_difference":
         residuals = _dense(2 * energy_components * int(np.prod(input_shape)), None, spectral_norm, "residuals")(h)
         if energy_skip:
-            skip_gain = keras.layers.Dense(2, kernel_initializer="zeros",
-                                           bias_initializer=keras.initializers.Constant(0.5), name="skip_gain")(embedding)
+            skip_gain = keras.layers.Dense(2, kernel_initializer="zeros", name="skip_gain",
+                                           bias_initializer=keras.initializers.Constant(0.5))(embedding)
             residuals = ResidualSkip(components=energy_components, name="residual_skip")([scaled, residuals, skip_gain])
         log_gain = keras.layers.Dense(1, kernel_initializer="zeros", name="log_gain")(embedding)
         head = [scaled, residuals, log_gain]

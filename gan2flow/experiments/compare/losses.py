@@ -139,9 +139,9 @@ def compare_losses(*, losses=None, targets=PROBLEMS, seed=0, quick=False, steps=
         ``discriminator_training``'s, 3e-3 for ``"sd"``, 1e-3 for ``"previous"``).
       flow_step_scale: ε in η_k = ε σ_k², the same for every row.
       discriminator_options: keyword arguments of :func:`gan2flow.models.mlp_discriminator`; None:
-        ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"`` with its skip gain, the best
-        measured SD estimator; ``{"parametrisation": "plain"}`` with ``discriminator_training="previous"`` reproduces the
-        runs before issue 15).
+        ``{"parametrisation": models.SD_PARAMETRISATION}`` (``"energy_difference"`` with its skip gain, the
+        best measured SD estimator; ``{"parametrisation": "plain"}`` with ``discriminator_training="previous"``
+        reproduces the runs before issue 15).
       discriminator_training: a name in ``budgets.DISCRIMINATOR_TRAININGS``: ``"sd_dsm"`` (``"sd"`` plus
         ``denoising_weight=10``: denoising score matching on the energy difference's bowls, for the
         SD-consistent losses; docs/losses.md, "Denoising score matching on the bowls"), ``"sd"`` (batch
