@@ -579,7 +579,7 @@ def _add_compare_command(commands):
                     "(seeds, budgets, schedules, wall times) and PNG plots into --out. The full budget took\n"
                     "about 9 CPU-minutes before its default added denoising score matching and 256-wide\n"
                     "discriminators (10 minutes on 2 cores, more when they are shared; each costs more:\n"
-                    "DSM 20-65 %, the widths 1.5-2x the training time); --quick about 2.",
+                    "DSM 20-65 %, the widths 1.5-2x the training time); --quick about 3 (192 s with DSM).",
         epilog="examples:\n"
                "  gan2flow compare --quick --out /tmp/compare-quick\n"
                "  gan2flow compare --losses logistic,hinge --targets 2d --seed 1\n"
@@ -590,7 +590,7 @@ def _add_compare_command(commands):
                "  gan2flow compare --refiners --members digits_dcgan --seeds 0,1,2 --n 1000",
     )
     compare.add_argument("--quick", action="store_true",
-                         help="small budget (about 2 minutes): 300 training steps per loss, smaller networks "
+                         help="small budget (about 3 minutes): 300 training steps per loss, smaller networks "
                               "and samples; a smoke test, its numbers are not the measured results")
     compare.add_argument("--out", default=None,
                          help="output folder (default gan2flow-out/compare; gan2flow-out/refiners with --refiners)")

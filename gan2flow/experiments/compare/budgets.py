@@ -15,7 +15,8 @@ import keras
 from gan2flow import _checks, models
 
 # Budgets. "full" is what docs/losses.md reports: 526 CPU-seconds, 9.4 minutes wall on the 2-core
-# machine at load average ~4 (other jobs running). "quick" is a smoke run: 97 CPU-seconds.
+# machine at load average ~4 (other jobs running), before DSM and the 256-wide networks. "quick" is a smoke run:
+# 97 CPU-seconds before DSM, 263 with it (192 s wall).
 LOSS_BUDGETS = {
     "full": dict(steps=1500, batch_size=None, hidden=(256, 256, 256), n_train=50_000, n_eval=4000,
                  n_flow=2000, eval_sigmas=8, flow_levels=20),
