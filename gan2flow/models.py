@@ -233,7 +233,7 @@ def mlp_discriminator(input_shape, *, hidden=(128, 128, 128), sigma_conditioned=
         the network's outputs ``r`` themselves (:class:`ResidualSkip`): EDM's skip connection, with one
         learned skip gain ``c_s(σ)`` per bowl (a linear function of the σ embedding, initially ½), so that a
         Gaussian mode's bowl is ``e^g(c u − r)`` with ``r`` constant in x and the network need not build an
-        identity map out of its hidden units. Measured in docs/losses.md ("The skip gain"); False gives the
+        identity map out of its hidden units. Measured in docs/losses.md ("The skip gain of the bowls"); False gives the
         residuals of issue 15's earlier passes.
       energy_bias: add a σ-dependent offset ``c(σ)`` (a linear function of the σ embedding, initially 0)
         to the p bowl of ``"energy_difference"``: ``T = A − B + c(σ)``. It changes no gradient in x; it

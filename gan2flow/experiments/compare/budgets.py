@@ -44,7 +44,7 @@ DISCRIMINATOR_TRAININGS = {
 }
 # The default per budget, where the discriminator is the energy difference (DSM needs its bowls; "sd"
 # otherwise). Measured (three seeds, logistic): with the skip gain of the bowls (models.ResidualSkip), DSM
-# raised the quick budget's mean cosine to the exact SD too (docs/losses.md, "The skip gain"); without the
+# raised the quick budget's mean cosine to the exact SD too (docs/losses.md, "The skip gain of the bowls"); without the
 # skip gain it had lowered it (2-D 0.896 -> 0.834), and the quick budget kept "sd" until then.
 DISCRIMINATOR_TRAINING = {"full": "sd_dsm", "quick": "sd_dsm"}
 
