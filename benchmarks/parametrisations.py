@@ -11,7 +11,7 @@ Variants are measured with the training of the runs before issue 15 (``discrimin
 unless they say otherwise; "recipe sd" was the comparison's default at the quick budget and "sd + DSM 10"
 (= "sd_dsm") at the full budget after issue 15's third pass. Every energy-difference variant but the last
 two has ``energy_skip=False`` (the residuals of the passes before the skip gain); "sd + skip gain + DSM 10"
-is the comparison's discriminator and training since the fifth pass (docs/losses.md, "The skip gain").
+is the comparison's discriminator and training since the fifth pass (docs/losses.md, "The skip gain of the bowls").
 
 On the shared 2-core machine one variant costs about 1 minute per seed with --quick (300 steps).
 """
